@@ -1,0 +1,44 @@
+# AlgoTerm: `make run` serves the whole stack, `make test` runs the whole suite, `make bench` the benchmarks.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Tests always run against real PostgreSQL and Redis; these defaults are the local servers.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/algoterm
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: run test bench migrate seed clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+migrate: $(VENV)/.installed
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py sync_periodic_tasks
+
+seed: migrate
+	$(BIN)/python manage.py seed_demo
+
+run: seed
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python manage.py serve
+
+test: $(VENV)/.dev-installed
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	REDIS_KEY_PREFIX=algoterm-test-$$$$ DJANGO_ENV=test LOG_LEVEL=$${LOG_LEVEL:-WARNING} \
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	@for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

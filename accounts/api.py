@@ -1,0 +1,165 @@
+"""Auth, user and notification routes: parse, call one service or selector, render."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from accounts import selectors, services
+from accounts.serializers import (
+    LoginInput,
+    MarkedReadOutput,
+    MeOutput,
+    NotificationListQuery,
+    NotificationOutput,
+    RefreshInput,
+    RegisterInput,
+    SessionOutput,
+    TokenPairOutput,
+    UserOutput,
+    UserUpdateInput,
+)
+from algoterm.api.pagination import PagePagination, paginate
+
+
+class RegisterThrottle(AnonRateThrottle):
+    scope = "register"
+
+
+def _session_body(user, tokens) -> dict:
+    return SessionOutput({"token_type": "Bearer", **asdict(tokens), "user": user}).data
+
+
+class RegisterApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [RegisterThrottle]
+
+    @extend_schema(tags=["auth"], request=RegisterInput, responses={201: SessionOutput}, summary="Create an account")
+    def post(self, request: Request) -> Response:
+        data = RegisterInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        user, tokens = services.user_register(**data.validated_data)
+        return Response(_session_body(user, tokens), status=status.HTTP_201_CREATED)
+
+
+class LoginApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["auth"],
+        request=LoginInput,
+        responses={200: SessionOutput},
+        summary="Log in with email and password",
+        description="5 failed attempts in 15 minutes per IP or per email answer 429 RATE_LIMITED with Retry-After.",
+    )
+    def post(self, request: Request) -> Response:
+        data = LoginInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        user, tokens = services.auth_login(**data.validated_data)
+        return Response(_session_body(user, tokens))
+
+
+class RefreshApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["auth"],
+        request=RefreshInput,
+        responses={200: TokenPairOutput},
+        summary="Exchange a refresh token for a new pair",
+        description="The refresh token is rotated: the one sent is spent and refused from then on.",
+    )
+    def post(self, request: Request) -> Response:
+        data = RefreshInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tokens = services.auth_refresh(refresh=data.validated_data["refresh"])
+        return Response(TokenPairOutput({"token_type": "Bearer", **asdict(tokens)}).data)
+
+
+class LogoutApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        tags=["auth"],
+        request=RefreshInput,
+        responses={204: None},
+        summary="End this session",
+        description="Revokes the refresh token sent and the access token used for this call.",
+    )
+    def post(self, request: Request) -> Response:
+        data = RefreshInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.auth_logout(user=request.user, refresh=data.validated_data["refresh"], access=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeApi(APIView):
+    @extend_schema(tags=["users"], responses={200: MeOutput}, summary="The caller's profile")
+    def get(self, request: Request) -> Response:
+        user = request.user
+        user.unread_notifications = selectors.notification_unread_count(user=user)
+        user.subscription = None
+        user.entitlements = {}
+        return Response(MeOutput(user).data)
+
+
+class UserDetailApi(APIView):
+    @extend_schema(
+        tags=["users"],
+        request=UserUpdateInput,
+        responses={200: UserOutput},
+        summary="Update a user",
+        description="Yourself: name and phone. Admins: role and status of other users.",
+    )
+    def patch(self, request: Request, user_id: str) -> Response:
+        user = selectors.user_get(user=request.user, user_id=user_id)
+        data = UserUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = services.user_update(actor=request.user, user=user, data=data.validated_data)
+        return Response(UserOutput(user).data)
+
+
+class NotificationListApi(APIView):
+    pagination_class = PagePagination
+
+    @extend_schema(
+        tags=["notifications"],
+        parameters=[
+            OpenApiParameter("unread", bool, description="only unread (true) or only read (false)"),
+            OpenApiParameter("kind", str),
+        ],
+        responses={200: NotificationOutput(many=True)},
+        summary="The caller's notifications, newest first",
+    )
+    def get(self, request: Request) -> Response:
+        query = NotificationListQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        notifications = selectors.notification_list(
+            user=request.user, unread=query.validated_data.get("unread"), kind=query.validated_data.get("kind")
+        )
+        return paginate(request=request, queryset=notifications, serializer_class=NotificationOutput, view=self)
+
+
+class NotificationReadApi(APIView):
+    @extend_schema(tags=["notifications"], request=None, responses={200: NotificationOutput}, summary="Mark read")
+    def post(self, request: Request, notification_id: str) -> Response:
+        notification = selectors.notification_get(user=request.user, notification_id=notification_id)
+        notification = services.notification_mark_read(notification=notification)
+        return Response(NotificationOutput(notification).data)
+
+
+class NotificationReadAllApi(APIView):
+    @extend_schema(tags=["notifications"], request=None, responses={200: MarkedReadOutput}, summary="Mark all read")
+    def post(self, request: Request) -> Response:
+        count = services.notification_mark_all_read(user=request.user)
+        return Response(MarkedReadOutput({"marked_read": count}).data)

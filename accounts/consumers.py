@@ -1,0 +1,52 @@
+"""/ws/events: the user's orders, trades, positions, RMS alerts and notifications as they happen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from accounts import selectors
+from algoterm.api.errors import ValidationFailed
+from algoterm.api.ws import CLOSE_FORBIDDEN, ProtocolConsumer
+from algoterm.realtime import EVENT_TOPICS, user_group
+
+
+class EventsConsumer(ProtocolConsumer):
+    """Subscribed to every topic on connect; `subscription` narrows or widens the set."""
+
+    async def on_authenticated(self) -> None:
+        self.topics: set[str] = set(EVENT_TOPICS)
+        self.group = user_group(self.user.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def handle_subscription(self, payload: dict[str, Any]) -> None:
+        action = payload.get("action")
+        topics = payload.get("topics")
+        if action not in ("subscribe", "unsubscribe"):
+            raise ValidationFailed('"action" must be "subscribe" or "unsubscribe".')
+        if not isinstance(topics, list) or not topics or not all(isinstance(topic, str) for topic in topics):
+            raise ValidationFailed('"topics" must be a non-empty list of topic names.')
+        unknown = sorted(set(topics) - EVENT_TOPICS)
+        if unknown:
+            raise ValidationFailed(f"Unknown topics {unknown}; known: {sorted(EVENT_TOPICS)}.")
+        if action == "subscribe":
+            self.topics |= set(topics)
+        else:
+            self.topics -= set(topics)
+
+    async def handle_request_snapshot(self, payload: dict[str, Any]) -> None:
+        unread = await database_sync_to_async(selectors.notification_unread_count)(user=self.user)
+        await self.send_message("snapshot", {"topics": sorted(self.topics), "unread_notifications": unread})
+
+    async def user_event(self, event: dict[str, Any]) -> None:
+        if event["topic"] in self.topics:
+            await self.send_message(event["t"], event["p"])
+
+    async def user_disconnect(self, event: dict[str, Any]) -> None:
+        await self.send_error(event["reason"], code=event["code"], recoverable=False)
+        await self.close(code=CLOSE_FORBIDDEN)

@@ -1,0 +1,29 @@
+"""Seed the demo: an admin and a trader (idempotent: existing users are left as they are)."""
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from accounts.models import Role, User
+
+DEMO_USERS = [
+    {"email": "admin@example.com", "password": "Admin@Demo2026", "name": "Demo Admin", "phone": "+919800000001", "role": Role.ADMIN},
+    {"email": "trader@example.com", "password": "Trader@Demo2026", "name": "Demo Trader", "phone": "+919800000002", "role": Role.TRADER},
+]
+
+
+class Command(BaseCommand):
+    help = "Create the demo admin and trader if they do not exist, and print the demo logins."
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        for spec in DEMO_USERS:
+            fields = {key: value for key, value in spec.items() if key not in ("email", "password")}
+            if User.objects.filter(email=spec["email"]).exists():
+                state = "kept"
+            elif spec["role"] == Role.ADMIN:
+                User.objects.create_superuser(spec["email"], spec["password"], **fields)
+                state = "created"
+            else:
+                User.objects.create_user(spec["email"], spec["password"], **fields)
+                state = "created"
+            self.stdout.write(f"  {spec['role']:<7} {spec['email']:<22} password {spec['password']:<16} ({state})")

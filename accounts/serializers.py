@@ -1,0 +1,87 @@
+"""Input and output shapes of the accounts API."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from accounts.models import Notification, Role, User
+from algoterm.api.serializers import InputSerializer
+
+
+class UserOutput(serializers.ModelSerializer):
+    status = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = User
+        fields = ["id", "email", "name", "phone", "role", "status", "date_joined", "last_login"]
+        read_only_fields = fields
+
+
+class TokenPairOutput(serializers.Serializer):
+    token_type = serializers.CharField(default="Bearer")
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+    access_expires_in = serializers.IntegerField(help_text="seconds")
+    refresh_expires_in = serializers.IntegerField(help_text="seconds")
+
+
+class SessionOutput(TokenPairOutput):
+    user = UserOutput()
+
+
+class RegisterInput(InputSerializer):
+    name = serializers.CharField(max_length=150)
+    email = serializers.EmailField(max_length=254)
+    phone = serializers.CharField(max_length=20, help_text="Indian mobile; +91 optional, e.g. 9876543210")
+    password = serializers.CharField(write_only=True, max_length=128, style={"input_type": "password"})
+
+
+class LoginInput(InputSerializer):
+    email = serializers.EmailField(max_length=254)
+    password = serializers.CharField(write_only=True, max_length=128, style={"input_type": "password"})
+
+
+class RefreshInput(InputSerializer):
+    refresh = serializers.CharField(max_length=2048)
+
+
+class UserUpdateInput(InputSerializer):
+    name = serializers.CharField(max_length=150, required=False)
+    phone = serializers.CharField(max_length=20, required=False)
+    role = serializers.ChoiceField(choices=Role.choices, required=False, help_text="admins only")
+    status = serializers.ChoiceField(choices=["active", "deactivated"], required=False, help_text="admins only")
+
+    def validate(self, attrs):
+        if not attrs:
+            raise serializers.ValidationError("Send at least one of name, phone, role, status.")
+        return attrs
+
+
+class MeOutput(UserOutput):
+    unread_notifications = serializers.IntegerField(read_only=True)
+    subscription = serializers.JSONField(read_only=True, allow_null=True, help_text="filled in by billing")
+    entitlements = serializers.JSONField(read_only=True, help_text="filled in by billing")
+
+    class Meta(UserOutput.Meta):
+        fields = UserOutput.Meta.fields + ["unread_notifications", "subscription", "entitlements"]
+        read_only_fields = fields
+
+
+class NotificationOutput(serializers.ModelSerializer):
+    is_read = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Notification
+        fields = ["id", "kind", "level", "title", "body", "data", "created_at", "read_at", "is_read"]
+        read_only_fields = fields
+
+
+class NotificationListQuery(InputSerializer):
+    unread = serializers.BooleanField(required=False, allow_null=True, default=None)
+    kind = serializers.CharField(required=False, max_length=48)
+    page = serializers.IntegerField(required=False)
+    page_size = serializers.IntegerField(required=False)
+
+
+class MarkedReadOutput(serializers.Serializer):
+    marked_read = serializers.IntegerField()

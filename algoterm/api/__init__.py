@@ -1,0 +1,1 @@
+"""The shared API layer: errors, pagination, permissions, schema, WebSocket protocol."""

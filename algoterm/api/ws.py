@@ -1,0 +1,153 @@
+"""The WebSocket side of the API: JWT auth, origin check and the `{t, p}` protocol shared by every endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.middleware import BaseMiddleware
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from rest_framework.utils.encoders import JSONEncoder
+
+from algoterm.api.errors import AppError, ErrorCode
+
+CLOSE_AUTH_FAILED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+def _token_from_scope(scope: dict[str, Any]) -> str | None:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if query.get("token"):
+        return query["token"][0]
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and credentials:
+                return credentials.strip()
+    return None
+
+
+class JwtAuthMiddleware(BaseMiddleware):
+    """Sets scope["user"] from `?token=` or `Authorization: Bearer`; scope["auth_error"] says why it is anonymous."""
+
+    async def __call__(self, scope, receive, send):
+        scope = dict(scope)
+        raw_token = _token_from_scope(scope)
+        if raw_token is None:
+            scope["user"], scope["auth_error"] = AnonymousUser(), ErrorCode.AUTH_REQUIRED
+        else:
+            scope["user"], scope["auth_error"] = await _user_for_token(raw_token)
+        return await self.inner(scope, receive, send)
+
+
+@database_sync_to_async
+def _user_for_token(raw_token: str):
+    from accounts.authentication import authenticate_access_token
+
+    try:
+        return authenticate_access_token(raw_token), None
+    except AppError as error:
+        return AnonymousUser(), error.code
+
+
+class TokenClientOriginValidator(OriginValidator):
+    """Browsers must come from an allowed origin; native apps send no Origin and authenticate by token alone."""
+
+    def valid_origin(self, parsed_origin) -> bool:
+        return parsed_origin is None or self.validate_origin(parsed_origin)
+
+
+def websocket_stack(inner):
+    allowed = list(settings.ALLOWED_HOSTS) + list(settings.CORS_ALLOWED_ORIGINS)
+    return TokenClientOriginValidator(JwtAuthMiddleware(inner), allowed)
+
+
+class ProtocolConsumer(AsyncJsonWebsocketConsumer):
+    """Speaks `{"t": type, "p": payload}`: authenticates, says server_ready, answers ping, reports bad input
+    with a recoverable `error` and keeps the connection. Subclasses add `handle_<type>(payload)` methods."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            code = self.scope.get("auth_error") or ErrorCode.AUTH_INVALID
+            message = "Account deactivated." if code == ErrorCode.ACCOUNT_DEACTIVATED else "Authentication failed."
+            await self.send_error(message, code=code, recoverable=False)
+            await self.close(code=CLOSE_AUTH_FAILED)
+            return
+        self.user = user
+        self.connection_id = uuid.uuid4().hex
+        self._window_started = time.monotonic()
+        self._window_count = 0
+        await self.on_authenticated()
+        await self.send_message(
+            "server_ready", {"connection_id": self.connection_id, "protocol_version": settings.WS_PROTOCOL_VERSION}
+        )
+
+    async def on_authenticated(self) -> None:
+        """Join groups and set up state; the user is in self.user."""
+
+    @classmethod
+    async def encode_json(cls, content) -> str:
+        return json.dumps(content, cls=JSONEncoder)
+
+    async def send_message(self, message_type: str, payload: dict[str, Any]) -> None:
+        await self.send_json({"t": message_type, "p": payload})
+
+    async def send_error(self, message: str, *, code: ErrorCode | str, recoverable: bool = True) -> None:
+        await self.send_message("error", {"message": message, "code": str(code), "recoverable": recoverable})
+
+    def _over_rate_limit(self) -> bool:
+        now = time.monotonic()
+        if now - self._window_started >= 1.0:
+            self._window_started, self._window_count = now, 0
+        self._window_count += 1
+        return self._window_count > settings.WS_MAX_MESSAGES_PER_SECOND
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not hasattr(self, "user"):
+            return
+        if self._over_rate_limit():
+            await self.send_error("Too many messages; slow down.", code=ErrorCode.RATE_LIMITED)
+            return
+        if text_data is None:
+            await self.send_error("Binary frames are not supported; send JSON text.", code=ErrorCode.VALIDATION_ERROR)
+            return
+        try:
+            message = json.loads(text_data)
+        except ValueError:
+            await self.send_error("Malformed JSON.", code=ErrorCode.VALIDATION_ERROR)
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+            await self.send_error('Messages are {"t": type, "p": payload}.', code=ErrorCode.VALIDATION_ERROR)
+            return
+        payload = message.get("p", {})
+        if not isinstance(payload, dict):
+            await self.send_error('"p" must be an object.', code=ErrorCode.VALIDATION_ERROR)
+            return
+        handler = getattr(self, f"handle_{message['t']}", None)
+        if handler is None:
+            await self.send_error(f"Unknown message type {message['t'][:40]!r}.", code=ErrorCode.VALIDATION_ERROR)
+            return
+        try:
+            await handler(payload)
+        except AppError as error:
+            await self.send_error(error.detail, code=error.code)
+
+    async def handle_ping(self, payload: dict[str, Any]) -> None:
+        await self.send_message("pong", {"server_time": time.time()})
+
+
+class NotFoundConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        await self.accept()
+        await self.send_json({"t": "error", "p": {"message": "No such WebSocket endpoint.", "code": "NOT_FOUND", "recoverable": False}})
+        await self.close(code=CLOSE_NOT_FOUND)

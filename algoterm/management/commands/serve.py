@@ -1,0 +1,111 @@
+"""Serve the whole stack: web (ASGI: REST, WebSockets, admin, docs), Celery worker, beat.
+
+Embedded (no REDIS_URL): one process; worker and beat are threads on an in-memory broker.
+Distributed (REDIS_URL set): web, worker and beat run as supervised child processes; if one dies, all stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Serve AlgoTerm: web, worker and beat (in one process when embedded)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+
+    def handle(self, *args, host: str, port: int, **options):
+        self._print_banner(host, port)
+        if settings.EMBEDDED:
+            self._serve_embedded(host, port)
+        else:
+            sys.exit(self._serve_distributed(host, port))
+
+    def _print_banner(self, host: str, port: int) -> None:
+        from accounts.management.commands.seed_demo import DEMO_USERS
+
+        base = f"http://{host}:{port}"
+        mode = "embedded (SQLite or DATABASE_URL, in-process worker and beat)" if settings.EMBEDDED else (
+            "distributed (PostgreSQL, Redis; web, worker and beat processes)"
+        )
+        lines = [
+            "",
+            f"AlgoTerm {settings.VERSION}: {mode}",
+            f"  API docs   {base}/docs",
+            f"  Admin      {base}/admin/",
+            f"  Health     {base}/api/health",
+            f"  WebSocket  ws://{host}:{port}/ws/events?token=<access token>",
+            "  Demo logins:",
+            *(f"    {user['role']:<7} {user['email']:<20} {user['password']}" for user in DEMO_USERS),
+            "",
+        ]
+        self.stdout.write("\n".join(lines))
+
+    def _serve_embedded(self, host: str, port: int) -> None:
+        import uvicorn
+
+        from algoterm import embedded, realtime
+
+        embedded.start_worker()
+        embedded.start_beat()
+        config = uvicorn.Config(
+            "algoterm.asgi:application", host=host, port=port, log_config=None, access_log=False, lifespan="off"
+        )
+        server = uvicorn.Server(config)
+
+        async def run() -> None:
+            realtime.register_server_loop(asyncio.get_running_loop())
+            await server.serve()
+
+        try:
+            asyncio.run(run())
+        finally:
+            embedded.stop()
+
+    def _serve_distributed(self, host: str, port: int) -> int:
+        python = sys.executable
+        commands = {
+            "web": [python, "-m", "uvicorn", "algoterm.asgi:application", "--host", host, "--port", str(port),
+                    "--no-access-log", "--lifespan", "off"],
+            "worker": [python, "-m", "celery", "-A", "algoterm", "worker", "-l", "INFO", "--concurrency", "2"],
+            "beat": [python, "-m", "celery", "-A", "algoterm", "beat", "-l", "INFO",
+                     "-S", "django_celery_beat.schedulers:DatabaseScheduler"],
+        }
+        children = {name: subprocess.Popen(command) for name, command in commands.items()}
+        self.stdout.write(f"started {', '.join(f'{name} (pid {child.pid})' for name, child in children.items())}")
+        stopping = False
+
+        def stop(*_):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        exit_code = 0
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    self.stderr.write(f"{name} exited with {child.returncode}; stopping the others")
+                    exit_code, stopping = child.returncode or 1, True
+                    break
+            time.sleep(0.5)
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 15
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return exit_code

@@ -1,0 +1,79 @@
+"""Pushing messages to a user's live WebSocket connections, after the current transaction commits.
+
+Services call `push_to_user`; every /ws/events connection of that user joins the group `user.<id>` and
+forwards the message as `{"t": message_type, "p": payload}` if its subscribed topics include it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from rest_framework.utils.encoders import JSONEncoder
+
+logger = logging.getLogger(__name__)
+
+# Which /ws/events topic carries each server message type.
+TOPIC_OF_MESSAGE = {
+    "order_update": "orders",
+    "trade": "trades",
+    "position_update": "positions",
+    "rms_alert": "rms",
+    "notification": "notifications",
+}
+EVENT_TOPICS = frozenset(TOPIC_OF_MESSAGE.values())
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+_server_thread_id: int | None = None
+
+
+def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Embedded mode: the in-memory channel layer lives on the web server's loop; other threads send via it."""
+    global _server_loop, _server_thread_id
+    _server_loop, _server_thread_id = loop, threading.get_ident()
+
+
+def user_group(user_id: str) -> str:
+    return f"user.{user_id}"
+
+
+def to_wire(payload: dict[str, Any]) -> dict[str, Any]:
+    """Decimals, datetimes and ids as the REST API renders them, so both channels agree."""
+    return json.loads(json.dumps(payload, cls=JSONEncoder))
+
+
+def _group_send(group: str, message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        if _server_loop is not None and _server_loop.is_running() and threading.get_ident() != _server_thread_id:
+            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _server_loop).result(timeout=5)
+        else:
+            async_to_sync(layer.group_send)(group, message)
+    except Exception:  # a push is best effort: the state change it reports has already committed
+        logger.exception("push to %s failed", group)
+
+
+def push_to_user(*, user_id: str, message_type: str, payload: dict[str, Any]) -> None:
+    if message_type not in TOPIC_OF_MESSAGE:
+        raise ValueError(f"unknown event message type {message_type!r}")
+    message = {
+        "type": "user.event",
+        "topic": TOPIC_OF_MESSAGE[message_type],
+        "t": message_type,
+        "p": to_wire(payload),
+    }
+    transaction.on_commit(lambda: _group_send(user_group(user_id), message))
+
+
+def disconnect_user(*, user_id: str, code: str, reason: str) -> None:
+    """Close every live connection of the user (deactivation), after commit."""
+    message = {"type": "user.disconnect", "code": code, "reason": reason}
+    transaction.on_commit(lambda: _group_send(user_group(user_id), message))

@@ -1,0 +1,8 @@
+"""Every WebSocket route; each app contributes its own list."""
+
+from django.urls import re_path
+
+from accounts.routing import websocket_urlpatterns as accounts_ws
+from algoterm.api.ws import NotFoundConsumer
+
+websocket_urlpatterns = [*accounts_ws, re_path(r"^.*$", NotFoundConsumer.as_asgi())]

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class MarketDataConfig(AppConfig):
+    """Instrument master, quote cache, ticks, feeds, candles, option chain and market calendar."""
+
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "marketdata"
