@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from rest_framework.test import APIClient
@@ -42,3 +48,27 @@ def assert_requires_auth(method: str, url: str, data: Any = None) -> None:
     response = _call(APIClient(), method, url, data)
     assert_error(response, 401, "AUTH_REQUIRED")
     assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+@contextlib.contextmanager
+def celery_worker_process(*, timeout: float = 30) -> Iterator[subprocess.Popen]:
+    """A real `celery worker` process on the configured broker, answering pings before the block starts."""
+    from algoterm.celery import app as celery_app
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "algoterm", "worker", "--pool", "solo", "-l", "WARNING",
+         "--hostname", f"test-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+        env=os.environ.copy(),
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not celery_app.control.ping(timeout=0.5):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the test Celery worker did not start")
+        yield worker
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
