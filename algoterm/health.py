@@ -8,12 +8,16 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
+from django.utils import timezone
 
 from algoterm import embedded
 from algoterm.celery import app as celery_app
 
 WORKER_PING_TIMEOUT = 1.0
+HEARTBEAT_CACHE_KEY = "system:heartbeat"
+HEARTBEAT_STALE_AFTER_SECONDS = 60
 
 
 @dataclass
@@ -77,7 +81,30 @@ def check_workers(*, broker_up: bool) -> ComponentHealth:
     return ComponentHealth("up", latency, info={"count": len(replies)})
 
 
+def heartbeat_record() -> None:
+    """Run by beat through a worker every few seconds: its age proves the whole scheduling path works."""
+    cache.set(HEARTBEAT_CACHE_KEY, timezone.now().timestamp(), timeout=24 * 3600)
+
+
+def check_scheduler() -> ComponentHealth:
+    """Not required for serving requests, so it never makes health 503; it tells operators beat is ticking."""
+    try:
+        last = cache.get(HEARTBEAT_CACHE_KEY)
+    except Exception as error:
+        return ComponentHealth("down", None, required=False, detail=type(error).__name__)
+    if last is None:
+        return ComponentHealth("down", None, required=False, detail="no heartbeat yet")
+    age = round(timezone.now().timestamp() - last, 1)
+    status = "up" if age <= HEARTBEAT_STALE_AFTER_SECONDS else "down"
+    return ComponentHealth(status, None, required=False, info={"last_heartbeat_age_s": age})
+
+
 def platform_health() -> dict[str, ComponentHealth]:
     database = check_database()
     redis_health = check_redis()
-    return {"database": database, "redis": redis_health, "workers": check_workers(broker_up=redis_health.is_up)}
+    return {
+        "database": database,
+        "redis": redis_health,
+        "workers": check_workers(broker_up=redis_health.is_up),
+        "scheduler": check_scheduler() if redis_health.is_up else ComponentHealth("down", None, required=False),
+    }

@@ -226,10 +226,12 @@ CELERY_TIMEZONE = MARKET_TIMEZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:"}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # workers log through LOGGING below: JSON, redacted
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 # The system's periodic tasks, defined here and synced into django-celery-beat by `manage.py sync_periodic_tasks`
 # (and whenever beat starts). Domain issues add their own entries.
 CELERY_BEAT_SCHEDULE = {
+    "system.heartbeat": {"task": "algoterm.tasks.heartbeat", "schedule": timedelta(seconds=10)},
     "accounts.purge_expired_tokens": {
         "task": "accounts.tasks.purge_expired_tokens",
         "schedule": timedelta(hours=6),

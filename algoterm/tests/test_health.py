@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from algoterm.testing import assert_error, celery_worker_process
@@ -22,6 +24,21 @@ def test_health_is_ok_with_database_redis_and_a_worker(api_client, running_worke
         assert body["components"][name]["latency_ms"] >= 0
     assert body["components"]["workers"]["info"]["count"] >= 1
     assert body["components"]["database"]["info"]["vendor"] == "postgresql"
+
+
+def test_scheduler_component_follows_the_heartbeat_task_run_by_a_real_worker(api_client, running_worker):
+    from algoterm.tasks import heartbeat
+
+    assert api_client.get("/api/health").json()["components"]["scheduler"]["status"] == "down"
+
+    heartbeat.delay()
+    deadline = time.monotonic() + 20
+    while api_client.get("/api/health").json()["components"]["scheduler"]["status"] != "up":
+        assert time.monotonic() < deadline, "the worker never ran the heartbeat task"
+        time.sleep(0.2)
+
+    scheduler = api_client.get("/api/health").json()["components"]["scheduler"]
+    assert scheduler["required"] is False and scheduler["info"]["last_heartbeat_age_s"] < 20
 
 
 def test_health_is_503_when_no_worker_answers(api_client):

@@ -27,7 +27,7 @@ def test_tasks_removed_from_code_are_disabled_and_changed_ones_updated(settings)
 
     result = periodic_tasks_sync()
 
-    assert result.disabled == ["accounts.purge_old_notifications"]
+    assert result.disabled == ["accounts.purge_old_notifications", "system.heartbeat"]
     assert not PeriodicTask.objects.get(name="accounts.purge_old_notifications").enabled
     assert PeriodicTask.objects.get(name="accounts.purge_expired_tokens").interval.every == 3600
 
