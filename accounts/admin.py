@@ -4,12 +4,15 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from accounts import services
+from accounts.forms import UserChangeAdminForm, UserCreationAdminForm
 from accounts.models import AuditEvent, Notification, User
 from algoterm.api.errors import AppError
 
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
+    form = UserChangeAdminForm
+    add_form = UserCreationAdminForm
     ordering = ["-date_joined"]
     list_display = ["email", "name", "phone", "role", "is_active", "date_joined", "last_login"]
     list_filter = ["role", "is_active"]
