@@ -106,11 +106,7 @@ class LogoutApi(APIView):
 class MeApi(APIView):
     @extend_schema(tags=["users"], responses={200: MeOutput}, summary="The caller's profile")
     def get(self, request: Request) -> Response:
-        user = request.user
-        user.unread_notifications = selectors.notification_unread_count(user=user)
-        user.subscription = None
-        user.entitlements = {}
-        return Response(MeOutput(user).data)
+        return Response(MeOutput(selectors.user_profile(user=request.user)).data)
 
 
 class UserDetailApi(APIView):

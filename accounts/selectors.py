@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from accounts.models import Notification, User
 from algoterm.api.errors import NotFound
@@ -39,3 +39,11 @@ def notification_get(*, user: User, notification_id: str) -> Notification:
 
 def notification_unread_count(*, user: User) -> int:
     return Notification.objects.filter(user=user, read_at__isnull=True).count()
+
+
+
+def user_profile(*, user: User) -> User:
+    """The caller with what the app's home screen needs (unread_notifications) annotated on."""
+    return User.objects.annotate(
+        unread_notifications=Count("notifications", filter=Q(notifications__read_at__isnull=True))
+    ).get(pk=user.pk)

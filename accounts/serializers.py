@@ -59,12 +59,18 @@ class UserUpdateInput(InputSerializer):
 
 class MeOutput(UserOutput):
     unread_notifications = serializers.IntegerField(read_only=True)
-    subscription = serializers.JSONField(read_only=True, allow_null=True, help_text="filled in by billing")
-    entitlements = serializers.JSONField(read_only=True, help_text="filled in by billing")
+    subscription = serializers.SerializerMethodField(help_text="the active subscription; billing fills it in")
+    entitlements = serializers.SerializerMethodField(help_text="the plan's limits; billing fills them in")
 
     class Meta(UserOutput.Meta):
         fields = UserOutput.Meta.fields + ["unread_notifications", "subscription", "entitlements"]
         read_only_fields = fields
+
+    def get_subscription(self, user) -> dict | None:
+        return None
+
+    def get_entitlements(self, user) -> dict:
+        return {}
 
 
 class NotificationOutput(serializers.ModelSerializer):

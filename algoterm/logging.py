@@ -44,7 +44,10 @@ def redact_value(key: str, value: Any) -> Any:
         return [redact_value(key, item) for item in value]
     if isinstance(value, str):
         return redact_text(value)
-    return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    # Objects (a request, an exception) are logged by their text, which may carry a query string.
+    return redact_text(str(value))
 
 
 class RequestContextFilter(logging.Filter):

@@ -47,3 +47,12 @@ def test_secrets_never_reach_the_log():
         assert secret not in text
     assert record["payload"]["symbol"] == "NSE:INFY"
     assert "a@example.com" in record["message"]
+
+
+def test_objects_logged_as_extras_are_scrubbed_by_their_text():
+    class Request:
+        def __str__(self) -> str:
+            return "<ASGIRequest: GET '/ws/events?token=abc.def.ghi'>"
+
+    record = capture("request failed", request=Request(), status_code=500)
+    assert "abc.def.ghi" not in json.dumps(record) and record["status_code"] == 500
