@@ -8,7 +8,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/algoterm
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test bench migrate seed clean-venv
+.PHONY: run test lint bench migrate seed clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(VENV)/.dev-installed
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	REDIS_KEY_PREFIX=algoterm-test-$$$$ DJANGO_ENV=test LOG_LEVEL=$${LOG_LEVEL:-WARNING} \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.dev-installed
 	@for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done

@@ -24,17 +24,26 @@ class UserAdmin(DjangoUserAdmin):
         ("Access", {"fields": ["role", "is_active", "deactivated_at"]}),
         ("Dates", {"fields": ["date_joined", "last_login"]}),
     ]
-    add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "name", "phone", "role", "password1", "password2"]})]
+    add_fieldsets = [
+        (None, {"classes": ["wide"], "fields": ["email", "name", "phone", "role", "password1", "password2"]})
+    ]
     filter_horizontal: list = []
     actions = ["deactivate_users", "reactivate_users"]
 
     @admin.action(description="Deactivate selected users (tokens stop working at once)")
     def deactivate_users(self, request, queryset):
-        self._apply(request, queryset, lambda user: services.user_deactivate(actor=request.user, user=user, reason="admin action"), "deactivated")
+        self._apply(
+            request,
+            queryset,
+            lambda user: services.user_deactivate(actor=request.user, user=user, reason="admin action"),
+            "deactivated",
+        )
 
     @admin.action(description="Reactivate selected users")
     def reactivate_users(self, request, queryset):
-        self._apply(request, queryset, lambda user: services.user_reactivate(actor=request.user, user=user), "reactivated")
+        self._apply(
+            request, queryset, lambda user: services.user_reactivate(actor=request.user, user=user), "reactivated"
+        )
 
     def _apply(self, request, queryset, action, verb: str) -> None:
         done = 0

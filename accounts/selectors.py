@@ -41,7 +41,6 @@ def notification_unread_count(*, user: User) -> int:
     return Notification.objects.filter(user=user, read_at__isnull=True).count()
 
 
-
 def user_profile(*, user: User) -> User:
     """The caller with what the app's home screen needs (unread_notifications) annotated on."""
     return User.objects.annotate(

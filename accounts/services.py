@@ -323,9 +323,7 @@ def notification_create(
     notification = Notification.objects.create(
         user=user, kind=kind, title=title, body=body, level=level, data=realtime.to_wire(data or {})
     )
-    realtime.push_to_user(
-        user_id=user.pk, message_type="notification", payload=NotificationOutput(notification).data
-    )
+    realtime.push_to_user(user_id=user.pk, message_type="notification", payload=NotificationOutput(notification).data)
     return notification
 
 

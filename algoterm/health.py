@@ -65,7 +65,9 @@ def check_workers(*, broker_up: bool) -> ComponentHealth:
     if settings.EMBEDDED:
         alive = embedded.worker_alive()
         return ComponentHealth(
-            "up" if alive else "down", 0.0, detail="" if alive else "in-process worker is not running",
+            "up" if alive else "down",
+            0.0,
+            detail="" if alive else "in-process worker is not running",
             info={"mode": "in-process", "count": 1 if alive else 0},
         )
     if not broker_up:

@@ -31,9 +31,11 @@ def assert_error(response, status: int, error_code: str) -> dict[str, Any]:
 
 
 def _call(client: APIClient, method: str, url: str, data: Any = None):
-    return getattr(client, method.lower())(url, data=data, format="json") if data is not None else getattr(
-        client, method.lower()
-    )(url)
+    return (
+        getattr(client, method.lower())(url, data=data, format="json")
+        if data is not None
+        else getattr(client, method.lower())(url)
+    )
 
 
 def assert_other_user_gets_404(method: str, url: str, data: Any = None) -> None:
@@ -56,8 +58,22 @@ def celery_worker_process(*, timeout: float = 30) -> Iterator[subprocess.Popen]:
     from algoterm.celery import app as celery_app
 
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "algoterm", "worker", "--pool", "solo", "-l", "WARNING",
-         "--hostname", f"test-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "algoterm",
+            "worker",
+            "--pool",
+            "solo",
+            "-l",
+            "WARNING",
+            "--hostname",
+            f"test-{os.getpid()}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
         env=os.environ.copy(),
     )
     try:

@@ -15,8 +15,15 @@ def console(admin_user) -> Client:
 
 
 def test_admin_pages_render_for_admins_only(console, trader):
-    for url in ("/admin/", "/admin/accounts/user/", "/admin/accounts/user/add/", f"/admin/accounts/user/{trader.pk}/change/",
-                "/admin/accounts/auditevent/", "/admin/accounts/notification/", "/admin/django_celery_beat/periodictask/"):
+    for url in (
+        "/admin/",
+        "/admin/accounts/user/",
+        "/admin/accounts/user/add/",
+        f"/admin/accounts/user/{trader.pk}/change/",
+        "/admin/accounts/auditevent/",
+        "/admin/accounts/notification/",
+        "/admin/django_celery_beat/periodictask/",
+    ):
         assert console.get(url).status_code == 200, url
     outsider = Client()
     outsider.force_login(trader)
@@ -30,10 +37,18 @@ def test_user_search_and_filters(console):
 
 
 def test_admin_creates_a_user_with_a_normalised_phone(console):
-    response = console.post("/admin/accounts/user/add/", {
-        "email": "Desk@Example.com", "name": "Desk", "phone": "98111 22233", "role": Role.USER,
-        "password1": "Desk-Password-2026", "password2": "Desk-Password-2026", "usable_password": "true",
-    })
+    response = console.post(
+        "/admin/accounts/user/add/",
+        {
+            "email": "Desk@Example.com",
+            "name": "Desk",
+            "phone": "98111 22233",
+            "role": Role.USER,
+            "password1": "Desk-Password-2026",
+            "password2": "Desk-Password-2026",
+            "usable_password": "true",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     user = User.objects.get(email="desk@example.com")
     assert user.phone == "+919811122233" and user.check_password("Desk-Password-2026")

@@ -138,7 +138,11 @@ async def test_another_users_pushes_never_arrive(user):
 
 @pytest.mark.parametrize(
     "payload",
-    [{"action": "watch", "topics": ["orders"]}, {"action": "subscribe", "topics": []}, {"action": "subscribe", "topics": ["gossip"]}],
+    [
+        {"action": "watch", "topics": ["orders"]},
+        {"action": "subscribe", "topics": []},
+        {"action": "subscribe", "topics": ["gossip"]},
+    ],
 )
 async def test_bad_subscriptions_are_refused(user, payload):
     communicator = await connect(f"/ws/events?token={token_for(user)}")

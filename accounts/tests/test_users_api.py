@@ -109,9 +109,7 @@ def test_createsuperuser_noinput_reads_the_environment(tmp_path):
     }
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("postgresql"):
-        env["DATABASE_URL"] = (
-            f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-        )
+        env["DATABASE_URL"] = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
     else:
         pytest.fail("this test writes through a second process and needs PostgreSQL (make test sets DATABASE_URL)")
 

@@ -225,9 +225,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
             headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
         if code == ErrorCode.VALIDATION_ERROR and isinstance(exc, drf_exceptions.ValidationError):
-            return Response(
-                envelope(code=code, errors=flatten_errors(exc.detail) or None), status=400, headers=headers
-            )
+            return Response(envelope(code=code, errors=flatten_errors(exc.detail) or None), status=400, headers=headers)
         if code == ErrorCode.VALIDATION_ERROR:
             detail = f"Malformed request body: {_drf_detail_text(exc.detail) or 'could not be parsed'}"
         elif code in (ErrorCode.METHOD_NOT_ALLOWED, ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.RATE_LIMITED):
@@ -236,9 +234,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             detail = None
         return Response(envelope(code=code, detail=detail), status=ERROR_REGISTRY[code][0], headers=headers)
     request = context.get("request")
-    logger.exception(
-        "unhandled exception in API view", extra={"path": getattr(request, "path", None)}, exc_info=exc
-    )
+    logger.exception("unhandled exception in API view", extra={"path": getattr(request, "path", None)}, exc_info=exc)
     return Response(envelope(code=ErrorCode.INTERNAL_ERROR), status=500)
 
 

@@ -43,7 +43,9 @@ def client_ip(*, remote_addr: str | None, forwarded_for: str | None) -> str | No
 
 
 def request_client_ip(request: HttpRequest) -> str | None:
-    return client_ip(remote_addr=request.META.get("REMOTE_ADDR"), forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR"))
+    return client_ip(
+        remote_addr=request.META.get("REMOTE_ADDR"), forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR")
+    )
 
 
 class RequestIdMiddleware:

@@ -36,7 +36,9 @@ class PagePagination(BasePagination):
             request, "page_size", settings.REST_FRAMEWORK["PAGE_SIZE"], maximum=MAX_PAGE_SIZE
         )
         self.page = self._positive_int(request, "page", 1)
-        self.total = queryset.count() if hasattr(queryset, "count") and not isinstance(queryset, list) else len(queryset)
+        self.total = (
+            queryset.count() if hasattr(queryset, "count") and not isinstance(queryset, list) else len(queryset)
+        )
         offset = (self.page - 1) * self.page_size
         return list(queryset[offset : offset + self.page_size])
 

@@ -149,5 +149,7 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
 class NotFoundConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         await self.accept()
-        await self.send_json({"t": "error", "p": {"message": "No such WebSocket endpoint.", "code": "NOT_FOUND", "recoverable": False}})
+        await self.send_json(
+            {"t": "error", "p": {"message": "No such WebSocket endpoint.", "code": "NOT_FOUND", "recoverable": False}}
+        )
         await self.close(code=CLOSE_NOT_FOUND)

@@ -41,7 +41,9 @@ def test_unknown_non_api_path_is_404_envelope():
 
 
 def test_permission_denied_is_403(trader_client, trader):
-    assert_error(trader_client.patch(f"/api/users/{trader.pk}", {"role": "admin"}, format="json"), 403, "PERMISSION_DENIED")
+    assert_error(
+        trader_client.patch(f"/api/users/{trader.pk}", {"role": "admin"}, format="json"), 403, "PERMISSION_DENIED"
+    )
 
 
 @pytest.mark.urls("algoterm.tests.error_urls")

@@ -13,9 +13,18 @@ def schema(django_db_blocker):
 
 
 def test_schema_lists_the_foundation_routes(schema):
-    for route in ("/api/auth/register", "/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/users/me",
-                  "/api/users/{user_id}", "/api/notifications", "/api/notifications/{notification_id}/read",
-                  "/api/health", "/api/version"):
+    for route in (
+        "/api/auth/register",
+        "/api/auth/login",
+        "/api/auth/refresh",
+        "/api/auth/logout",
+        "/api/users/me",
+        "/api/users/{user_id}",
+        "/api/notifications",
+        "/api/notifications/{notification_id}/read",
+        "/api/health",
+        "/api/version",
+    ):
         assert route in schema["paths"], route
 
 

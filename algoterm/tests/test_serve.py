@@ -46,7 +46,10 @@ def start_stack(env: dict, port: int) -> tuple[subprocess.Popen, float]:
     started = time.monotonic()
     server = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -73,8 +76,11 @@ def stop_stack(server: subprocess.Popen) -> None:
 def exercise(base: str, ws_base: str) -> dict:
     """A newcomer's first minutes: register, log in, open /ws/events; then an admin deactivation reaches the
     live socket, and beat's heartbeat runs through the worker."""
-    status, session = http("POST", f"{base}/api/auth/register",
-                           {"name": "New Trader", "email": "new@example.com", "phone": "9876500000", "password": "Fresh-Start-2026"})
+    status, session = http(
+        "POST",
+        f"{base}/api/auth/register",
+        {"name": "New Trader", "email": "new@example.com", "phone": "9876500000", "password": "Fresh-Start-2026"},
+    )
     assert status == 201, session
     status, login = http("POST", f"{base}/api/auth/login", {"email": "new@example.com", "password": "Fresh-Start-2026"})
     assert status == 200

@@ -6,8 +6,20 @@ from django.db import transaction
 from accounts.models import Role, User
 
 DEMO_USERS = [
-    {"email": "admin@example.com", "password": "Admin@Demo2026", "name": "Demo Admin", "phone": "+919800000001", "role": Role.ADMIN},
-    {"email": "trader@example.com", "password": "Trader@Demo2026", "name": "Demo Trader", "phone": "+919800000002", "role": Role.TRADER},
+    {
+        "email": "admin@example.com",
+        "password": "Admin@Demo2026",
+        "name": "Demo Admin",
+        "phone": "+919800000001",
+        "role": Role.ADMIN,
+    },
+    {
+        "email": "trader@example.com",
+        "password": "Trader@Demo2026",
+        "name": "Demo Trader",
+        "phone": "+919800000002",
+        "role": Role.TRADER,
+    },
 ]
 
 

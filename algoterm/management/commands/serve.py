@@ -35,8 +35,10 @@ class Command(BaseCommand):
         from accounts.management.commands.seed_demo import DEMO_USERS
 
         base = f"http://{host}:{port}"
-        mode = "embedded (SQLite or DATABASE_URL, in-process worker and beat)" if settings.EMBEDDED else (
-            "distributed (PostgreSQL, Redis; web, worker and beat processes)"
+        mode = (
+            "embedded (SQLite or DATABASE_URL, in-process worker and beat)"
+            if settings.EMBEDDED
+            else ("distributed (PostgreSQL, Redis; web, worker and beat processes)")
         )
         lines = [
             "",
@@ -75,11 +77,32 @@ class Command(BaseCommand):
     def _serve_distributed(self, host: str, port: int) -> int:
         python = sys.executable
         commands = {
-            "web": [python, "-m", "uvicorn", "algoterm.asgi:application", "--host", host, "--port", str(port),
-                    "--no-access-log", "--lifespan", "off"],
+            "web": [
+                python,
+                "-m",
+                "uvicorn",
+                "algoterm.asgi:application",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--lifespan",
+                "off",
+            ],
             "worker": [python, "-m", "celery", "-A", "algoterm", "worker", "-l", "INFO", "--concurrency", "2"],
-            "beat": [python, "-m", "celery", "-A", "algoterm", "beat", "-l", "INFO",
-                     "-S", "django_celery_beat.schedulers:DatabaseScheduler"],
+            "beat": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "algoterm",
+                "beat",
+                "-l",
+                "INFO",
+                "-S",
+                "django_celery_beat.schedulers:DatabaseScheduler",
+            ],
         }
         children = {name: subprocess.Popen(command) for name, command in commands.items()}
         self.stdout.write(f"started {', '.join(f'{name} (pid {child.pid})' for name, child in children.items())}")
