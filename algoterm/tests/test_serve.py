@@ -1,5 +1,6 @@
 """The stack as `make run` starts it, in both modes, driven over real HTTP and WebSocket connections."""
 
+import contextlib
 import json
 import os
 import socket
@@ -8,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -42,7 +44,13 @@ def manage(env: dict, *args: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def start_stack(env: dict, port: int) -> tuple[subprocess.Popen, float]:
+@contextlib.contextmanager
+def running_stack(env: dict) -> Iterator[str]:
+    """Migrate, seed and `manage.py serve` as `make run` does; yields the base URL once health answers 200."""
+    manage(env, "migrate", "--noinput")
+    manage(env, "seed_demo")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     server = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port)],
@@ -51,26 +59,26 @@ def start_stack(env: dict, port: int) -> tuple[subprocess.Popen, float]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the stack exited during start-up"
-        try:
-            status, _ = http("GET", f"http://127.0.0.1:{port}/api/health")
-            if status == 200:
-                return server, time.monotonic() - started
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.2)
-    server.terminate()
-    raise AssertionError("health never answered 200")
-
-
-def stop_stack(server: subprocess.Popen) -> None:
-    server.terminate()
     try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
+        while http_status(f"{base}/api/health") != 200:
+            assert server.poll() is None, "the stack exited during start-up"
+            assert time.monotonic() - started < 60, "health never answered 200"
+            time.sleep(0.2)
+        print(f"stack healthy {time.monotonic() - started:.1f}s after start")
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def http_status(url: str) -> int | None:
+    try:
+        return http("GET", url)[0]
+    except (urllib.error.URLError, ConnectionError):
+        return None
 
 
 def exercise(base: str, ws_base: str) -> dict:
@@ -118,19 +126,12 @@ def base_env() -> dict:
 
 def test_embedded_stack_serves_everything_from_one_process(tmp_path):
     env = {**base_env(), "DATABASE_URL": f"sqlite:///{tmp_path / 'embedded.sqlite3'}"}
-    manage(env, "migrate", "--noinput")
-    manage(env, "seed_demo")
-    port = free_port()
-    server, startup = start_stack(env, port)
-    try:
-        health = exercise(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
+    with running_stack(env) as base:
+        health = exercise(base, base.replace("http", "ws", 1))
         assert health["mode"] == "embedded"
         assert health["components"]["workers"]["info"]["mode"] == "in-process"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=10) as docs:
+        with urllib.request.urlopen(f"{base}/docs", timeout=10) as docs:
             assert docs.status == 200 and b"swagger-ui" in docs.read()
-    finally:
-        stop_stack(server)
-    print(f"embedded stack healthy after {startup:.1f}s")
 
 
 def test_distributed_stack_runs_web_worker_and_beat_processes():
@@ -147,17 +148,10 @@ def test_distributed_stack_runs_web_worker_and_beat_processes():
         "REDIS_KEY_PREFIX": f"{settings.REDIS_KEY_PREFIX}-e2e",
     }
     try:
-        manage(env, "migrate", "--noinput")
-        manage(env, "seed_demo")
-        port = free_port()
-        server, startup = start_stack(env, port)
-        try:
-            health = exercise(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
+        with running_stack(env) as base:
+            health = exercise(base, base.replace("http", "ws", 1))
             assert health["mode"] == "distributed"
             assert health["components"]["workers"]["info"]["count"] >= 1
-        finally:
-            stop_stack(server)
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(f"distributed stack healthy after {startup:.1f}s")
