@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -44,6 +45,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+if env.str("TEST_DATABASE_NAME", default=""):
+    # Lets two test runs share one PostgreSQL server without dropping each other's test database.
+    DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -177,6 +181,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"register": env.str("REGISTER_THROTTLE_RATE", default="20/hour")},
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "COERCE_DECIMAL_TO_STRING": False,  # money is a JSON number (API contract)
 }
 
 SIMPLE_JWT = {
@@ -236,6 +241,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.tasks.purge_expired_tokens",
         "schedule": timedelta(hours=6),
     },
+    "brokers.expire_sessions": {"task": "brokers.tasks.expire_sessions", "schedule": timedelta(minutes=5)},
+    "brokers.remind_logins": {
+        "task": "brokers.tasks.remind_logins",
+        "schedule": crontab(hour=8, minute=45, day_of_week="mon-fri"),
+    },
     "accounts.purge_old_notifications": {
         "task": "accounts.tasks.purge_old_notifications",
         "schedule": timedelta(hours=24),
@@ -291,6 +301,45 @@ LOGGING = {
         "celery": {"level": "INFO"},
     },
 }
+
+# Brokers. Base URLs point the SDKs at the brokers or, with BROKER_SIMULATORS (on by default outside production and
+# tests), at the local simulators that `manage.py serve` starts, so the demo trades "at Zerodha" with no internet.
+BROKER_SIMULATORS = env.bool("BROKER_SIMULATORS", default=DJANGO_ENV == "development")
+SIMULATOR_PORTS = {
+    "kite": env.int("KITE_SIMULATOR_PORT", default=8101),
+    "dhan": env.int("DHAN_SIMULATOR_PORT", default=8102),
+    "fyers": env.int("FYERS_SIMULATOR_PORT", default=8103),
+}
+_sim = {name: f"http://127.0.0.1:{port}" for name, port in SIMULATOR_PORTS.items()}
+PUBLIC_BASE_URL = env.str(
+    "PUBLIC_BASE_URL", default=f"http://{env.str('HOST', default='127.0.0.1')}:{env.int('PORT', default=8000)}"
+)
+KITE_ROOT_URL = env.str("KITE_ROOT_URL", default=_sim["kite"] if BROKER_SIMULATORS else "https://api.kite.trade")
+KITE_LOGIN_URL = env.str(
+    "KITE_LOGIN_URL",
+    default=f"{_sim['kite']}/connect/login" if BROKER_SIMULATORS else "https://kite.zerodha.com/connect/login",
+)
+DHAN_BASE_URL = env.str(
+    "DHAN_BASE_URL", default=f"{_sim['dhan']}/v2" if BROKER_SIMULATORS else "https://api.dhan.co/v2"
+)
+FYERS_API_URL = env.str(
+    "FYERS_API_URL", default=f"{_sim['fyers']}/api/v3" if BROKER_SIMULATORS else "https://api-t1.fyers.in/api/v3"
+)
+FYERS_DATA_URL = env.str(
+    "FYERS_DATA_URL", default=f"{_sim['fyers']}/data" if BROKER_SIMULATORS else "https://api-t1.fyers.in/data"
+)
+BROKER_TIMEOUT_SECONDS = env.float("BROKER_TIMEOUT_SECONDS", default=7.0)
+BROKER_LOGIN_STATE_MAX_AGE = timedelta(minutes=env.int("BROKER_LOGIN_STATE_MINUTES", default=15))
+# SEBI: unregistered algos stay under 10 orders/second per client; we pace at 9 unless told otherwise.
+BROKER_MAX_ORDERS_PER_SECOND = env.int("BROKER_MAX_ORDERS_PER_SECOND", default=9)
+BROKER_PACING_MAX_WAIT_SECONDS = env.float("BROKER_PACING_MAX_WAIT_SECONDS", default=10.0)
+BROKER_CIRCUIT_FAILURES = env.int("BROKER_CIRCUIT_FAILURES", default=5)
+BROKER_CIRCUIT_OPEN_SECONDS = env.int("BROKER_CIRCUIT_OPEN_SECONDS", default=30)
+BROKER_DEFAULT_ALGO_ID = env.str("BROKER_DEFAULT_ALGO_ID", default="ALGOTERM-GENERIC")
+# The daily re-login rule: sessions end at this IST time (Kite tokens die at 06:00; SEBI wants a daily 2FA login).
+BROKER_SESSION_EXPIRY_TIME = env.str("BROKER_SESSION_EXPIRY_TIME", default="06:00")
+PAPER_SLIPPAGE_BPS = env.int("PAPER_SLIPPAGE_BPS", default=5)
+PAPER_OPENING_BALANCE = env.str("PAPER_OPENING_BALANCE", default="1000000.00")
 
 VERSION = "0.1.0"
 GIT_COMMIT = env.str("GIT_COMMIT", default="")

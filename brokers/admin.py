@@ -1,0 +1,75 @@
+"""Operators' views of broker accounts (secrets masked) and of the simulated exchange."""
+
+from django.contrib import admin, messages
+from django.utils.html import format_html_join
+
+from brokers import services
+from brokers.models import BrokerAccount, SimAccount, SimOrder, SimPosition
+from brokers.services import masked_proxy
+
+
+@admin.register(BrokerAccount)
+class BrokerAccountAdmin(admin.ModelAdmin):
+    list_display = ["label", "owner", "broker", "client_id", "status", "session_expires_at", "last_error_at"]
+    list_filter = ["broker", "status"]
+    search_fields = ["id", "label", "client_id", "owner__email"]
+    list_select_related = ["owner"]
+    raw_id_fields = ["owner"]
+    exclude = ["credentials_encrypted", "session_encrypted", "proxy_url"]
+    readonly_fields = ["id", "credential_fields", "has_session", "proxy", "created_at", "connected_at", "deleted_at"]
+    actions = ["expire_sessions", "check_sessions"]
+
+    @admin.display(description="credentials (values hidden)")
+    def credential_fields(self, account: BrokerAccount):
+        names = sorted(account.credentials)
+        return format_html_join(", ", "{} = ••••••", ((name,) for name in names)) if names else "none"
+
+    @admin.display(boolean=True, description="session stored")
+    def has_session(self, account: BrokerAccount) -> bool:
+        return bool(account.session_encrypted)
+
+    @admin.display(description="proxy")
+    def proxy(self, account: BrokerAccount) -> str:
+        return masked_proxy(account.proxy_url) or "none"
+
+    @admin.action(description="Expire the broker session (user must log in again)")
+    def expire_sessions(self, request, queryset):
+        expired = sum(
+            services.broker_session_mark_expired(account=account, reason="expired by an operator", actor=request.user)
+            for account in queryset
+        )
+        self.message_user(request, f"{expired} session(s) expired.", level=messages.SUCCESS)
+
+    @admin.action(description="Check the session at the broker now")
+    def check_sessions(self, request, queryset):
+        for account in queryset:
+            verdict = services.broker_session_check(account=account)
+            self.message_user(request, f"{account.label}: {verdict}", level=messages.INFO)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(SimAccount)
+class SimAccountAdmin(ReadOnlyAdmin):
+    list_display = ["venue", "client_id", "opening_balance", "cash", "created_at"]
+    list_filter = ["venue"]
+    search_fields = ["client_id"]
+
+
+@admin.register(SimOrder)
+class SimOrderAdmin(ReadOnlyAdmin):
+    list_display = ["id", "account", "symbol", "side", "quantity", "filled_quantity", "order_type", "status", "tag"]
+    list_filter = ["status", "order_type", "account__venue"]
+    search_fields = ["symbol", "tag"]
+
+
+@admin.register(SimPosition)
+class SimPositionAdmin(ReadOnlyAdmin):
+    list_display = ["account", "symbol", "product", "quantity", "average_price", "realized_pnl"]
+    search_fields = ["symbol"]

@@ -1,0 +1,112 @@
+"""How the rest of the platform reaches a broker: `adapter_for(account)` gives the account's adapter behind
+pacing, the circuit breaker and session checks. Nothing else constructs adapters."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from django.conf import settings
+
+from brokers.adapters.base import (
+    AdapterConfig,
+    BrokerAdapter,
+    BrokerSession,
+    BrokerUnavailable,
+    SessionExpired,
+)
+from brokers.models import AccountStatus, BrokerAccount
+from brokers.protection import CircuitBreaker, pace_order
+
+logger = logging.getLogger(__name__)
+
+ADAPTERS = {
+    "paper": "brokers.adapters.paper.PaperAdapter",
+    "zerodha": "brokers.adapters.zerodha.ZerodhaAdapter",
+    "dhan": "brokers.adapters.dhan.DhanAdapter",
+    "fyers": "brokers.adapters.fyers.FyersAdapter",
+}
+
+
+def adapter_class(broker: str) -> type[BrokerAdapter]:
+    module_name, _, class_name = ADAPTERS[broker].rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def adapter_config(broker: str, *, proxy_url: str = "") -> AdapterConfig:
+    base_url, extra = {
+        "paper": ("", {}),
+        "zerodha": (settings.KITE_ROOT_URL, {"login_url": settings.KITE_LOGIN_URL}),
+        "dhan": (settings.DHAN_BASE_URL, {}),
+        "fyers": (settings.FYERS_API_URL, {"data_url": settings.FYERS_DATA_URL}),
+    }[broker]
+    return AdapterConfig(base_url=base_url, timeout=settings.BROKER_TIMEOUT_SECONDS, proxy_url=proxy_url, extra=extra)
+
+
+def build_adapter(
+    *, broker: str, credentials: dict[str, Any], session: dict[str, Any] | None, account_ref: str, proxy_url: str = ""
+) -> BrokerAdapter:
+    return adapter_class(broker)(
+        credentials=credentials,
+        session=BrokerSession(**session) if session else None,
+        config=adapter_config(broker, proxy_url=proxy_url),
+        account_ref=account_ref,
+    )
+
+
+class GuardedAdapter:
+    """The account's adapter with pacing on order writes, a circuit breaker on every call, and session expiry
+    recorded on the account the moment the broker reports it."""
+
+    PACED = frozenset({"place_order", "modify_order", "cancel_order"})
+    GUARDED = PACED | frozenset(
+        {"orders", "order", "orders_by_tag", "trades", "positions", "holdings", "funds", "quotes", "logout"}
+    )
+
+    def __init__(self, account: BrokerAccount, inner: BrokerAdapter) -> None:
+        self.account = account
+        self.inner = inner
+        self.breaker = CircuitBreaker(account.pk)
+
+    def __repr__(self) -> str:
+        return f"GuardedAdapter({self.inner!r})"
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self.inner, name)
+        if name not in self.GUARDED:
+            return attribute
+
+        def guarded(*args, **kwargs):
+            self.breaker.before_call()
+            if name in self.PACED:
+                pace_order(account_id=self.account.pk, broker=self.account.broker)
+            try:
+                result = attribute(*args, **kwargs)
+            except BrokerUnavailable:
+                self.breaker.record_failure()
+                raise
+            except SessionExpired:
+                self.breaker.record_success()
+                from brokers.services import broker_session_mark_expired
+
+                broker_session_mark_expired(account=self.account, reason="the broker reported the session expired")
+                raise
+            self.breaker.record_success()
+            return result
+
+        return guarded
+
+
+def adapter_for(account: BrokerAccount) -> GuardedAdapter:
+    """The connected account's adapter; 409 BROKER_SESSION_EXPIRED when it needs a login first."""
+    if account.status != AccountStatus.CONNECTED:
+        raise SessionExpired(f"Broker account {account.label} needs a login ({account.status}).")
+    inner = build_adapter(
+        broker=account.broker,
+        credentials=account.credentials,
+        session=account.session,
+        account_ref=account.pk,
+        proxy_url=account.proxy_url,
+    )
+    return GuardedAdapter(account, inner)

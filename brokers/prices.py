@@ -1,0 +1,108 @@
+"""The simulated exchange's price source: the latest published quote per symbol, else a synthetic one.
+
+Quotes live in the shared cache (Redis in production), so the web, worker and simulator processes see the same
+prices. `quote_publish` is how a feed (or a test, or the demo) moves the market; it also lets resting orders cross.
+The market-data issue's quote cache and feeds take this role over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.core.cache import cache
+
+from brokers.adapters.base import Quote
+
+TICK = Decimal("0.05")
+_CACHE_PREFIX = "sim-quote:"
+_QUOTE_TTL = 24 * 3600
+
+# Rough levels so the demo looks like the market; anything else gets a stable price from its name.
+REFERENCE_PRICES = {
+    "NSE:NIFTY 50": Decimal("24350"),
+    "NSE:NIFTY BANK": Decimal("52400"),
+    "NSE:RELIANCE": Decimal("1290"),
+    "NSE:INFY": Decimal("1890"),
+    "NSE:TCS": Decimal("4150"),
+    "NSE:HDFCBANK": Decimal("1740"),
+    "NSE:ICICIBANK": Decimal("1290"),
+    "NSE:SBIN": Decimal("820"),
+    "NSE:ITC": Decimal("470"),
+    "NSE:TATAMOTORS": Decimal("780"),
+}
+
+
+def to_tick(value: Decimal) -> Decimal:
+    return ((value / TICK).quantize(Decimal("1"), rounding=ROUND_HALF_UP) * TICK).quantize(Decimal("0.01"))
+
+
+def _seed(symbol: str) -> int:
+    return int(hashlib.sha256(symbol.encode()).hexdigest()[:8], 16)
+
+
+def synthetic_quote(symbol: str, *, at: float | None = None) -> Quote:
+    """A stable, slowly wandering quote derived from the symbol and the clock (no randomness between processes)."""
+    seed = _seed(symbol)
+    base = REFERENCE_PRICES.get(symbol) or Decimal(100 + seed % 2900)
+    now = time.time() if at is None else at
+    drift = Decimal(str(round(0.004 * math.sin(now / 300 + seed % 97), 6)))
+    last = to_tick(base * (1 + drift))
+    depth = 500 + seed % 4500
+    return Quote(
+        symbol=symbol,
+        last_price=last,
+        bid=last - TICK,
+        ask=last + TICK,
+        bid_quantity=depth,
+        ask_quantity=depth,
+        volume=100_000 + seed % 900_000,
+        open=to_tick(base),
+        high=max(last, to_tick(base)),
+        low=min(last, to_tick(base)),
+        close=to_tick(base),
+        timestamp=datetime.fromtimestamp(now, tz=UTC),
+    )
+
+
+def _encode(quote: Quote) -> dict:
+    return {key: (str(value) if isinstance(value, Decimal) else value) for key, value in asdict(quote).items()}
+
+
+def _decode(data: dict) -> Quote:
+    decimals = {"last_price", "bid", "ask", "open", "high", "low", "close"}
+    return Quote(
+        **{key: (Decimal(value) if key in decimals and value is not None else value) for key, value in data.items()}
+    )
+
+
+def quote_for(symbol: str) -> Quote:
+    data = cache.get(f"{_CACHE_PREFIX}{symbol}")
+    return _decode(data) if data else synthetic_quote(symbol)
+
+
+def quote_publish(quote: Quote) -> int:
+    """Make `quote` the market for its symbol and let resting orders cross it; returns the fills it caused."""
+    from brokers import exchange
+
+    cache.set(f"{_CACHE_PREFIX}{quote.symbol}", _encode(quote), timeout=_QUOTE_TTL)
+    return exchange.match_resting_orders(symbol=quote.symbol)
+
+
+def quote_at(symbol: str, last_price: Decimal | str, *, depth: int = 1000, spread_ticks: int = 1) -> Quote:
+    """A quote around `last_price` (for publishing in tests, the demo and simulator control routes)."""
+    last = to_tick(Decimal(str(last_price)))
+    half = TICK * spread_ticks
+    return Quote(
+        symbol=symbol,
+        last_price=last,
+        bid=last - half,
+        ask=last + half,
+        bid_quantity=depth,
+        ask_quantity=depth,
+        timestamp=datetime.now(tz=UTC),
+    )

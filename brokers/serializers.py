@@ -1,0 +1,68 @@
+"""Input and output shapes of the brokers API. Credentials go in; they never come out."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from algoterm.api.serializers import InputSerializer
+from brokers.models import AccountStatus, Broker, BrokerAccount
+from brokers.services import masked_proxy
+
+
+class BrokerAccountOutput(serializers.ModelSerializer):
+    proxy = serializers.SerializerMethodField(help_text="egress proxy, without its password")
+
+    class Meta:
+        model = BrokerAccount
+        fields = [
+            "id",
+            "broker",
+            "label",
+            "client_id",
+            "status",
+            "session_expires_at",
+            "last_error",
+            "proxy",
+            "algo_id",
+            "created_at",
+            "connected_at",
+        ]
+        read_only_fields = fields
+
+    def get_proxy(self, account: BrokerAccount) -> str:
+        return masked_proxy(account.proxy_url)
+
+
+class ConnectInput(InputSerializer):
+    broker = serializers.ChoiceField(choices=Broker.choices)
+    label = serializers.CharField(max_length=60, required=False, allow_blank=True, default="")
+    credentials = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="zerodha: api_key, api_secret; fyers: client_id, secret_key; dhan: client_id, access_token; "
+        "paper: optional opening_balance",
+    )
+    proxy_url = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+    algo_id = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
+
+
+class ReloginInput(InputSerializer):
+    credentials = serializers.DictField(required=False, default=dict, help_text="dhan: the new access_token")
+
+
+class ConnectOutput(serializers.Serializer):
+    account = BrokerAccountOutput()
+    login_url = serializers.CharField(allow_null=True, help_text="open it to log in at the broker (OAuth brokers)")
+
+
+class AccountListQuery(InputSerializer):
+    broker = serializers.ChoiceField(choices=Broker.choices, required=False)
+    status = serializers.ChoiceField(choices=AccountStatus.choices, required=False)
+    page = serializers.IntegerField(required=False)
+    page_size = serializers.IntegerField(required=False)
+
+
+class FundsOutput(serializers.Serializer):
+    available_cash = serializers.DecimalField(max_digits=16, decimal_places=2)
+    used_margin = serializers.DecimalField(max_digits=16, decimal_places=2)
+    opening_balance = serializers.DecimalField(max_digits=16, decimal_places=2)

@@ -1,0 +1,329 @@
+"""Every write of the brokers app: connecting accounts, completing broker logins, session lifecycle, disconnecting."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.services import audit_record, notification_create
+from algoterm.api.errors import InvalidState, NotFound, ValidationFailed
+from brokers.adapters.base import BrokerError, BrokerSession
+from brokers.gateway import build_adapter
+from brokers.models import AccountStatus, Broker, BrokerAccount
+
+logger = logging.getLogger(__name__)
+IST = ZoneInfo(settings.MARKET_TIMEZONE)
+_STATE_SALT = "brokers.login-state"
+
+REQUIRED_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    Broker.PAPER: (),
+    Broker.ZERODHA: ("api_key", "api_secret"),
+    Broker.DHAN: ("client_id", "access_token"),
+    Broker.FYERS: ("client_id", "secret_key"),
+}
+OPTIONAL_CREDENTIALS: dict[str, tuple[str, ...]] = {Broker.PAPER: ("opening_balance",)}
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    account: BrokerAccount
+    login_url: str | None
+
+
+def callback_url(broker: str) -> str:
+    return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/api/brokers/callback/{broker}"
+
+
+def session_expiry_after(moment: datetime) -> datetime:
+    """The next daily cut-off (06:00 IST by default) after `moment`: brokers end API sessions every day."""
+    hour, minute = (int(part) for part in settings.BROKER_SESSION_EXPIRY_TIME.split(":"))
+    local = moment.astimezone(IST)
+    cutoff = datetime.combine(local.date(), time(hour, minute), tzinfo=IST)
+    if cutoff <= local:
+        cutoff += timedelta(days=1)
+    return cutoff
+
+
+def _clean_credentials(broker: str, credentials: dict[str, Any]) -> dict[str, Any]:
+    required = REQUIRED_CREDENTIALS[broker]
+    allowed = set(required) | set(OPTIONAL_CREDENTIALS.get(broker, ()))
+    errors: dict[str, list[str]] = {}
+    for name in sorted(set(credentials) - allowed):
+        errors[f"credentials.{name}"] = ["Unknown field for this broker."]
+    for name in required:
+        value = credentials.get(name)
+        if not isinstance(value, str) or not value.strip():
+            errors[f"credentials.{name}"] = ["This field is required."]
+    cleaned = {name: str(credentials[name]).strip() for name in required if name in credentials}
+    if broker == Broker.PAPER and credentials.get("opening_balance") is not None:
+        try:
+            balance = Decimal(str(credentials["opening_balance"]))
+        except InvalidOperation:
+            balance = Decimal("-1")
+        if not (Decimal("1000") <= balance <= Decimal("100000000")):
+            errors["credentials.opening_balance"] = ["Between 1,000 and 10,00,00,000 rupees."]
+        cleaned["opening_balance"] = str(balance)
+    if errors:
+        raise ValidationFailed(errors=errors)
+    return cleaned
+
+
+def _validated_proxy(proxy_url: str) -> str:
+    if not proxy_url:
+        return ""
+    parts = urlsplit(proxy_url)
+    if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
+        raise ValidationFailed(errors={"proxy_url": ["A proxy URL like http://user:pass@10.0.0.5:3128."]})
+    return proxy_url
+
+
+def masked_proxy(proxy_url: str) -> str:
+    """The proxy without its password, for showing."""
+    if not proxy_url:
+        return ""
+    parts = urlsplit(proxy_url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, "", "", ""))
+
+
+def _login_state(account: BrokerAccount) -> str:
+    return signing.dumps({"account": account.pk, "owner": account.owner_id}, salt=_STATE_SALT, compress=True)
+
+
+def _account_from_state(state: str, broker: str) -> BrokerAccount:
+    try:
+        data = signing.loads(state, salt=_STATE_SALT, max_age=settings.BROKER_LOGIN_STATE_MAX_AGE)
+    except signing.BadSignature:
+        raise ValidationFailed(errors={"state": ["The login link is invalid or has expired; start again."]}) from None
+    account = (
+        BrokerAccount.objects.select_related("owner")
+        .filter(pk=data.get("account"), owner_id=data.get("owner"), broker=broker, deleted_at__isnull=True)
+        .first()
+    )
+    if account is None or not account.owner.is_active:
+        raise NotFound()
+    return account
+
+
+def _adapter(account: BrokerAccount, credentials: dict[str, Any] | None = None, session: dict | None = None):
+    return build_adapter(
+        broker=account.broker,
+        credentials=credentials if credentials is not None else account.credentials,
+        session=session,
+        account_ref=account.pk,
+        proxy_url=account.proxy_url,
+    )
+
+
+def _store_session(account: BrokerAccount, session: BrokerSession, *, actor: User | None, via: str) -> BrokerAccount:
+    now = timezone.now()
+    account.session = {"access_token": session.access_token, "broker_user_id": session.broker_user_id}
+    account.client_id = session.broker_user_id or account.client_id
+    account.status = AccountStatus.CONNECTED
+    account.connected_at = now
+    account.session_expires_at = None if account.broker == Broker.PAPER else session_expiry_after(now)
+    account.last_error = ""
+    account.last_error_at = None
+    account.save()
+    audit_record(action="broker.session_start", actor=actor, target=account, details={"via": via})
+    return account
+
+
+def _record_error(account: BrokerAccount, error: BrokerError) -> None:
+    BrokerAccount.objects.filter(pk=account.pk).update(
+        status=AccountStatus.ERROR, last_error=str(error.detail)[:500], last_error_at=timezone.now()
+    )
+
+
+def broker_account_connect(
+    *,
+    user: User,
+    broker: str,
+    credentials: dict[str, Any],
+    label: str = "",
+    proxy_url: str = "",
+    algo_id: str = "",
+) -> ConnectResult:
+    """Paper connects at once; Dhan's token is checked at Dhan first; OAuth brokers answer with a login URL whose
+    signed, expiring state binds the callback to this user and account."""
+    if broker not in Broker.values:
+        raise ValidationFailed(errors={"broker": [f"One of {', '.join(Broker.values)}."]})
+    credentials = _clean_credentials(broker, credentials)
+    proxy_url = _validated_proxy(proxy_url)
+    adapter = build_adapter(broker=broker, credentials=credentials, session=None, account_ref="", proxy_url=proxy_url)
+    session = None
+    if not adapter.uses_oauth and broker != Broker.PAPER:
+        try:
+            session = adapter.complete_login(params={}, redirect_uri="")
+        except BrokerError as error:
+            raise ValidationFailed(
+                f"The broker refused these credentials: {error.detail}", errors={"credentials": [str(error.detail)]}
+            ) from None
+    with transaction.atomic():
+        account = BrokerAccount(
+            owner=user,
+            broker=broker,
+            label=label.strip() or Broker(broker).label,
+            proxy_url=proxy_url,
+            algo_id=algo_id.strip() or settings.BROKER_DEFAULT_ALGO_ID,
+        )
+        account.credentials = credentials
+        account.save()
+        audit_record(action="broker.connect", actor=user, target=account, details={"broker": broker})
+        if adapter.uses_oauth:
+            login_url = _adapter(account).login_url(state=_login_state(account), redirect_uri=callback_url(broker))
+            return ConnectResult(account, login_url)
+        if session is None:
+            session = _adapter(account).complete_login(params={}, redirect_uri="")
+        return ConnectResult(_store_session(account, session, actor=user, via="connect"), None)
+
+
+def broker_login_complete(*, broker: str, params: dict[str, str]) -> BrokerAccount:
+    """The OAuth callback: the state says whose account this is; the broker's parameters become a session."""
+    account = _account_from_state(params.get("state", ""), broker)
+    try:
+        session = _adapter(account).complete_login(params=params, redirect_uri=callback_url(broker))
+    except BrokerError as error:
+        _record_error(account, error)
+        raise
+    with transaction.atomic():
+        account = _store_session(account, session, actor=account.owner, via="oauth")
+        notification_create(
+            user=account.owner,
+            kind="broker.connected",
+            title=f"{account.label} connected",
+            body="Your broker session is active until the next daily re-login.",
+            level="success",
+            data={"account_id": account.pk},
+        )
+    return account
+
+
+def broker_account_refresh(
+    *, user: User, account: BrokerAccount, credentials: dict[str, Any] | None = None
+) -> ConnectResult:
+    """A fresh login: a new login URL for OAuth brokers, a new token for Dhan, a reset for paper."""
+    adapter = _adapter(account)
+    if adapter.uses_oauth:
+        if credentials:
+            raise ValidationFailed(errors={"credentials": ["Log in through the login URL instead."]})
+        return ConnectResult(
+            account, adapter.login_url(state=_login_state(account), redirect_uri=callback_url(account.broker))
+        )
+    new_credentials = account.credentials
+    if account.broker == Broker.DHAN:
+        if not credentials or not credentials.get("access_token"):
+            raise ValidationFailed(errors={"credentials.access_token": ["Dhan needs a new access token."]})
+        new_credentials = {**new_credentials, "access_token": str(credentials["access_token"]).strip()}
+    try:
+        session = _adapter(account, credentials=new_credentials).complete_login(params={}, redirect_uri="")
+    except BrokerError as error:
+        _record_error(account, error)
+        raise
+    with transaction.atomic():
+        account.credentials = new_credentials
+        return ConnectResult(_store_session(account, session, actor=user, via="refresh"), None)
+
+
+def broker_account_disconnect(*, user: User, account: BrokerAccount) -> None:
+    """Log out at the broker (best effort), wipe every secret, keep the row for the orders that refer to it."""
+    if account.status == AccountStatus.CONNECTED:
+        try:
+            _adapter(account, session=account.session).logout()
+        except BrokerError as error:
+            logger.warning("broker logout failed", extra={"account_id": account.pk, "error": str(error.detail)})
+    with transaction.atomic():
+        locked = BrokerAccount.objects.select_for_update().get(pk=account.pk)
+        if locked.deleted_at is not None:
+            raise InvalidState("This broker account is already disconnected.")
+        locked.credentials = {}
+        locked.session = {}
+        locked.status = AccountStatus.DISCONNECTED
+        locked.session_expires_at = None
+        locked.deleted_at = timezone.now()
+        locked.save()
+        audit_record(action="broker.disconnect", actor=user, target=locked)
+
+
+@transaction.atomic
+def broker_session_mark_expired(*, account: BrokerAccount, reason: str, actor: User | None = None) -> bool:
+    """Mark one connected account expired and tell its owner; False if it was not connected (nothing to do)."""
+    locked = BrokerAccount.objects.select_for_update().get(pk=account.pk)
+    if locked.status != AccountStatus.CONNECTED:
+        return False
+    locked.status = AccountStatus.EXPIRED
+    locked.session = {}
+    locked.save(update_fields=["status", "session_encrypted"])
+    account.status = AccountStatus.EXPIRED
+    audit_record(action="broker.session_expire", actor=actor, target=locked, details={"reason": reason})
+    notification_create(
+        user=locked.owner,
+        kind="broker.session_expired",
+        title=f"Log in to {locked.label} again",
+        body="Broker sessions end every day; log in before the market opens to keep trading.",
+        level="warning",
+        data={"account_id": locked.pk},
+    )
+    return True
+
+
+def broker_sessions_expire_due(*, now: datetime | None = None, dry_run: bool = False) -> list[BrokerAccount]:
+    """Every connected account whose daily session has ended; marked expired unless dry_run."""
+    now = now or timezone.now()
+    due = list(
+        BrokerAccount.objects.filter(
+            status=AccountStatus.CONNECTED, session_expires_at__isnull=False, session_expires_at__lte=now
+        ).select_related("owner")
+    )
+    if not dry_run:
+        for account in due:
+            broker_session_mark_expired(account=account, reason="daily session end")
+    return due
+
+
+def broker_session_check(*, account: BrokerAccount) -> str:
+    """Ask the broker whether the session still works (funds is the cheapest call every broker has)."""
+    from brokers.gateway import adapter_for
+
+    if account.status != AccountStatus.CONNECTED:
+        return f"not connected ({account.status})"
+    try:
+        adapter_for(account).funds()
+    except BrokerError as error:
+        return f"failed: {error.detail}"
+    return "session works"
+
+
+def broker_login_reminders_send() -> int:
+    """Before the open: one reminder per user whose accounts need a login today."""
+    owners = (
+        BrokerAccount.objects.filter(
+            deleted_at__isnull=True, status__in=[AccountStatus.EXPIRED, AccountStatus.LOGIN_REQUIRED]
+        )
+        .exclude(broker=Broker.PAPER)
+        .values_list("owner_id", flat=True)
+        .distinct()
+    )
+    sent = 0
+    for owner in User.objects.filter(pk__in=list(owners), is_active=True):
+        notification_create(
+            user=owner,
+            kind="broker.login_reminder",
+            title="Log in to your broker before 09:15",
+            body="One or more of your broker accounts needs today's login before orders can go out.",
+            level="warning",
+        )
+        sent += 1
+    return sent

@@ -1,0 +1,474 @@
+"""Zerodha Kite Connect v3 over HTTP, as the `kiteconnect` SDK expects it, backed by the simulated exchange.
+
+Serves at `/` (the SDK drops path prefixes). Login: `/connect/login` shows a form and redirects to the app's
+redirect URL with a one-time `request_token`; `POST /session/token` checks the sha256 checksum and issues an
+access token. Errors use Kite's envelope and exception names; limits answer 429 like Kite does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from urllib.parse import parse_qsl, urlencode
+from zoneinfo import ZoneInfo
+
+from brokers import exchange
+from brokers.adapters.base import (
+    BrokerOrderStatus,
+    InvalidInput,
+    ModifyRequest,
+    OrderRequest,
+    OrderType,
+    Product,
+    Side,
+    Validity,
+    split_symbol,
+)
+from brokers.instruments import by_symbol
+from brokers.models import SimOrder, Venue
+from brokers.prices import quote_for
+from brokers.simulators.base import RateWindows, SimRequest, SimResponse, SimulatorApp
+
+IST = ZoneInfo("Asia/Kolkata")
+KITE_STATUS = {
+    BrokerOrderStatus.PENDING: "PUT ORDER REQ RECEIVED",
+    BrokerOrderStatus.OPEN: "OPEN",
+    BrokerOrderStatus.PARTIALLY_FILLED: "OPEN",
+    BrokerOrderStatus.TRIGGER_PENDING: "TRIGGER PENDING",
+    BrokerOrderStatus.FILLED: "COMPLETE",
+    BrokerOrderStatus.CANCELLED: "CANCELLED",
+    BrokerOrderStatus.REJECTED: "REJECTED",
+    BrokerOrderStatus.EXPIRED: "CANCELLED",
+}
+SUPPORTED_VARIETIES = {"regular", "amo"}
+
+
+@dataclass(frozen=True)
+class KiteApp:
+    api_key: str
+    api_secret: str
+    redirect_url: str
+
+
+@dataclass(frozen=True)
+class KiteSession:
+    api_key: str
+    user_id: str
+
+
+def kite_time(value: datetime | None) -> str | None:
+    return value.astimezone(IST).strftime("%Y-%m-%d %H:%M:%S") if value else None
+
+
+def _number(value: Decimal | None) -> float:
+    return float(value) if value is not None else 0.0
+
+
+class KiteSimulator(SimulatorApp):
+    name = "kite"
+
+    def __init__(self) -> None:
+        self._apps: dict[str, KiteApp] = {}
+        self._request_tokens: dict[str, KiteSession] = {}
+        self._sessions: dict[str, KiteSession] = {}
+        self._lock = threading.Lock()
+        self.order_limits = RateWindows([(10, 1.0), (400, 60.0)])
+        self.quote_limits = RateWindows([(1, 1.0)])
+        self.other_limits = RateWindows([(10, 1.0)])
+        super().__init__()
+
+    # --- set-up ---------------------------------------------------------------------------------------------------
+
+    def register_app(self, api_key: str, api_secret: str, redirect_url: str) -> None:
+        self._apps[api_key] = KiteApp(api_key, api_secret, redirect_url)
+
+    def issue_session(self, api_key: str, user_id: str) -> str:
+        """A ready access token, for tests that do not walk through the login page."""
+        token = secrets.token_hex(16)
+        with self._lock:
+            self._sessions[token] = KiteSession(api_key, user_id)
+        return token
+
+    def expire_sessions(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
+    def setup_routes(self) -> None:
+        self.add_route("GET", r"/connect/login", self.login_page)
+        self.add_route("POST", r"/connect/login", self.login_submit)
+        self.add_route("POST", r"/session/token", self.session_create)
+        self.add_route("DELETE", r"/session/token", self.session_delete)
+        self.add_route("GET", r"/user/margins(?:/(?P<segment>equity|commodity))?", self.margins)
+        self.add_route("POST", r"/orders/(?P<variety>[a-z]+)", self.order_place)
+        self.add_route("PUT", r"/orders/(?P<variety>[a-z]+)/(?P<order_id>\d+)", self.order_modify)
+        self.add_route("DELETE", r"/orders/(?P<variety>[a-z]+)/(?P<order_id>\d+)", self.order_cancel)
+        self.add_route("GET", r"/orders", self.order_list)
+        self.add_route("GET", r"/orders/(?P<order_id>\d+)", self.order_history)
+        self.add_route("GET", r"/orders/(?P<order_id>\d+)/trades", self.order_trades)
+        self.add_route("GET", r"/trades", self.trade_list)
+        self.add_route("GET", r"/portfolio/positions", self.position_list)
+        self.add_route("GET", r"/portfolio/holdings", self.holding_list)
+        self.add_route("GET", r"/quote(?:/(?P<mode>ltp|ohlc))?", self.quotes)
+
+    def error_response(self, status: int, message: str, kind: str = "") -> SimResponse:
+        error_type = {
+            "token": "TokenException",
+            "input": "InputException",
+            "order": "OrderException",
+            "network": "NetworkException",
+            "permission": "PermissionException",
+        }.get(kind, "GeneralException")
+        return SimResponse.json({"status": "error", "message": message, "data": None, "error_type": error_type}, status)
+
+    @staticmethod
+    def ok(data) -> SimResponse:
+        return SimResponse.json({"status": "success", "data": data})
+
+    # --- login ----------------------------------------------------------------------------------------------------
+
+    def login_page(self, request: SimRequest) -> SimResponse:
+        api_key = request.arg("api_key", "")
+        if api_key not in self._apps:
+            return SimResponse.html("<h1>Invalid api_key</h1>", status=400)
+        redirect_params = html.escape(request.arg("redirect_params", "") or "")
+        return SimResponse.html(
+            f"""<!doctype html><title>Kite (simulator) login</title>
+<h1>Login to Kite</h1><p>Local Zerodha simulator: any user id and password work.</p>
+<form method="post" action="/connect/login">
+<input type="hidden" name="api_key" value="{html.escape(api_key)}">
+<input type="hidden" name="redirect_params" value="{redirect_params}">
+<label>User ID <input name="user_id" value="AB1234"></label>
+<label>Password <input name="password" type="password" value="simulator"></label>
+<label>TOTP <input name="twofa" value="000000"></label>
+<button type="submit">Login</button></form>"""
+        )
+
+    def login_submit(self, request: SimRequest) -> SimResponse:
+        form = request.form()
+        app = self._apps.get(form.get("api_key", ""))
+        if app is None or not form.get("user_id"):
+            return SimResponse.html("<h1>Login failed</h1>", status=400)
+        token = secrets.token_hex(16)
+        with self._lock:
+            self._request_tokens[token] = KiteSession(app.api_key, form["user_id"].upper())
+        query = {"action": "login", "type": "login", "status": "success", "request_token": token}
+        query.update(dict(parse_qsl(form.get("redirect_params", ""))))
+        separator = "&" if "?" in app.redirect_url else "?"
+        return SimResponse.redirect(f"{app.redirect_url}{separator}{urlencode(query)}")
+
+    def session_create(self, request: SimRequest) -> SimResponse:
+        form = request.form()
+        app = self._apps.get(form.get("api_key", ""))
+        with self._lock:
+            pending = self._request_tokens.pop(form.get("request_token", ""), None)
+        if app is None or pending is None or pending.api_key != app.api_key:
+            return self.error_response(403, "Token is invalid or has expired.", "token")
+        expected = hashlib.sha256(f"{app.api_key}{form['request_token']}{app.api_secret}".encode()).hexdigest()
+        if not secrets.compare_digest(expected, form.get("checksum", "")):
+            return self.error_response(403, "Invalid checksum", "token")
+        access_token = self.issue_session(app.api_key, pending.user_id)
+        return self.ok(
+            {
+                "user_id": pending.user_id,
+                "user_name": "Simulated User",
+                "user_type": "individual",
+                "email": f"{pending.user_id.lower()}@example.com",
+                "broker": "ZERODHA",
+                "exchanges": ["NSE", "BSE", "NFO", "BFO", "MCX"],
+                "products": ["CNC", "NRML", "MIS"],
+                "order_types": ["MARKET", "LIMIT", "SL", "SL-M"],
+                "api_key": app.api_key,
+                "access_token": access_token,
+                "public_token": secrets.token_hex(8),
+                "refresh_token": "",
+                "login_time": kite_time(datetime.now(tz=IST)),
+            }
+        )
+
+    def session_delete(self, request: SimRequest) -> SimResponse:
+        with self._lock:
+            self._sessions.pop(request.arg("access_token", ""), None)
+        return self.ok(True)
+
+    # --- authenticated routes -------------------------------------------------------------------------------------
+
+    def _session(self, request: SimRequest) -> KiteSession | None:
+        scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
+        api_key, _, access_token = credentials.partition(":")
+        if scheme != "token" or request.headers.get("X-Kite-Version") != "3":
+            return None
+        with self._lock:
+            session = self._sessions.get(access_token)
+        return session if session and session.api_key == api_key else None
+
+    def _guard(self, request: SimRequest, limits: RateWindows) -> tuple[KiteSession | None, SimResponse | None]:
+        session = self._session(request)
+        if session is None:
+            return None, self.error_response(403, "Incorrect `api_key` or `access_token`.", "token")
+        if not limits.allow(f"{session.api_key}:{session.user_id}"):
+            return None, self.error_response(429, "Too many requests", "network")
+        return session, None
+
+    def _account(self, session: KiteSession):
+        return exchange.exchange_account(venue=Venue.KITE, client_id=session.user_id)
+
+    def margins(self, request: SimRequest, segment: str | None = None) -> SimResponse:
+        session, refusal = self._guard(request, self.other_limits)
+        if refusal:
+            return refusal
+        funds = exchange.funds(account=self._account(session))
+        equity = {
+            "enabled": True,
+            "net": _number(funds.available_cash),
+            "available": {
+                "adhoc_margin": 0,
+                "cash": _number(funds.opening_balance),
+                "opening_balance": _number(funds.opening_balance),
+                "live_balance": _number(funds.available_cash),
+                "collateral": 0,
+                "intraday_payin": 0,
+            },
+            "utilised": {"debits": _number(funds.used_margin), "exposure": 0, "m2m_realised": 0, "span": 0},
+        }
+        commodity = {"enabled": False, "net": 0, "available": {}, "utilised": {}}
+        if segment == "equity":
+            return self.ok(equity)
+        if segment == "commodity":
+            return self.ok(commodity)
+        return self.ok({"equity": equity, "commodity": commodity})
+
+    def _order_request(self, form: dict[str, str]) -> OrderRequest:
+        try:
+            symbol = f"{form['exchange']}:{form['tradingsymbol']}"
+            order_type = OrderType(form["order_type"])
+            request = OrderRequest(
+                symbol=symbol,
+                side=Side(form["transaction_type"]),
+                quantity=int(form["quantity"]),
+                order_type=order_type,
+                product=Product(form["product"]),
+                price=Decimal(form["price"]) if form.get("price") else None,
+                trigger_price=Decimal(form["trigger_price"]) if form.get("trigger_price") else None,
+                validity=Validity(form.get("validity") or "DAY"),
+                tag=form.get("tag", ""),
+                algo_id=form.get("algo_id", ""),
+            )
+        except (KeyError, ValueError, InvalidOperation) as error:
+            raise InvalidInput(f"Invalid or missing order parameter: {error}") from None
+        if len(request.tag) > 20 or (request.tag and not request.tag.isalnum()):
+            raise InvalidInput("Tag must be at most 20 alphanumeric characters.")
+        if order_type in (OrderType.MARKET, OrderType.SL_M) and not form.get("market_protection"):
+            raise InvalidInput("Market protection is required for market orders.")
+        split_symbol(symbol)
+        return request
+
+    def order_place(self, request: SimRequest, variety: str) -> SimResponse:
+        session, refusal = self._guard(request, self.order_limits)
+        if refusal:
+            return refusal
+        if variety not in SUPPORTED_VARIETIES:
+            return self.error_response(400, f"Invalid variety `{variety}`.", "input")
+        try:
+            order = exchange.place(account=self._account(session), request=self._order_request(request.form()))
+        except InvalidInput as error:
+            return self.error_response(400, error.detail, "input")
+        return self.ok({"order_id": order.order_id})
+
+    def order_modify(self, request: SimRequest, variety: str, order_id: str) -> SimResponse:
+        session, refusal = self._guard(request, self.order_limits)
+        if refusal:
+            return refusal
+        form = request.form()
+        try:
+            changes = ModifyRequest(
+                quantity=int(form["quantity"]) if form.get("quantity") else None,
+                price=Decimal(form["price"]) if form.get("price") else None,
+                trigger_price=Decimal(form["trigger_price"]) if form.get("trigger_price") else None,
+                order_type=OrderType(form["order_type"]) if form.get("order_type") else None,
+            )
+            order = exchange.modify(account=self._account(session), order_id=order_id, request=changes)
+        except (ValueError, InvalidOperation):
+            return self.error_response(400, "Invalid modify parameters.", "input")
+        except InvalidInput as error:
+            return self.error_response(400, error.detail, "order")
+        return self.ok({"order_id": order.order_id})
+
+    def order_cancel(self, request: SimRequest, variety: str, order_id: str) -> SimResponse:
+        session, refusal = self._guard(request, self.order_limits)
+        if refusal:
+            return refusal
+        try:
+            order = exchange.cancel(account=self._account(session), order_id=order_id)
+        except InvalidInput as error:
+            return self.error_response(400, error.detail, "order")
+        return self.ok({"order_id": order.order_id})
+
+    def _kite_order(self, order: SimOrder, user_id: str) -> dict:
+        exchange_code, tradingsymbol = split_symbol(order.symbol)
+        instrument = by_symbol(order.symbol)
+        final = BrokerOrderStatus(order.status).is_final
+        return {
+            "placed_by": user_id,
+            "order_id": order.order_id,
+            "exchange_order_id": str(order.pk * 7 + 1100000000000000) if order.status != "REJECTED" else None,
+            "parent_order_id": None,
+            "status": KITE_STATUS[BrokerOrderStatus(order.status)],
+            "status_message": order.status_message or None,
+            "order_timestamp": kite_time(order.updated_at),
+            "exchange_timestamp": kite_time(order.updated_at),
+            "variety": "regular",
+            "exchange": exchange_code,
+            "tradingsymbol": tradingsymbol,
+            "instrument_token": instrument.kite_token if instrument else 0,
+            "order_type": order.order_type,
+            "transaction_type": order.side,
+            "validity": order.validity,
+            "product": order.product,
+            "quantity": order.quantity,
+            "disclosed_quantity": 0,
+            "price": _number(order.price),
+            "trigger_price": _number(order.trigger_price),
+            "average_price": _number(order.average_price),
+            "filled_quantity": order.filled_quantity,
+            "pending_quantity": 0 if final else order.remaining,
+            "cancelled_quantity": order.remaining if order.status == BrokerOrderStatus.CANCELLED else 0,
+            "market_protection": 0,
+            "tag": order.tag or None,
+            "guid": f"sim{order.pk}",
+        }
+
+    def order_list(self, request: SimRequest) -> SimResponse:
+        session, refusal = self._guard(request, self.other_limits)
+        if refusal:
+            return refusal
+        orders = exchange.orders(account=self._account(session))
+        return self.ok([self._kite_order(order, session.user_id) for order in orders])
+
+    def order_history(self, request: SimRequest, order_id: str) -> SimResponse:
+        session, refusal = self._guard(request, self.other_limits)
+        if refusal:
+            return refusal
+        try:
+            order = exchange.get_order(account=self._account(session), order_id=order_id)
+        except InvalidInput:
+            return self.error_response(400, "Couldn't find that `order_id`.", "input")
+        return self.ok([self._kite_order(order, session.user_id)])
+
+    def _kite_trades(self, session: KiteSession, order_id: str | None = None) -> list[dict]:
+        trades = exchange.trades(account=self._account(session), order_id=order_id)
+        result = []
+        for trade in trades:
+            exchange_code, tradingsymbol = split_symbol(trade.symbol)
+            result.append(
+                {
+                    "trade_id": trade.trade_id,
+                    "order_id": trade.broker_order_id,
+                    "exchange": exchange_code,
+                    "tradingsymbol": tradingsymbol,
+                    "product": None,
+                    "average_price": _number(trade.price),
+                    "quantity": trade.quantity,
+                    "transaction_type": trade.side,
+                    "fill_timestamp": kite_time(trade.traded_at),
+                    "order_timestamp": kite_time(trade.traded_at),
+                    "exchange_timestamp": kite_time(trade.traded_at),
+                }
+            )
+        return result
+
+    def order_trades(self, request: SimRequest, order_id: str) -> SimResponse:
+        session, refusal = self._guard(request, self.other_limits)
+        return refusal or self.ok(self._kite_trades(session, order_id))
+
+    def trade_list(self, request: SimRequest) -> SimResponse:
+        session, refusal = self._guard(request, self.other_limits)
+        return refusal or self.ok(self._kite_trades(session))
+
+    def position_list(self, request: SimRequest) -> SimResponse:
+        session, refusal = self._guard(request, self.other_limits)
+        if refusal:
+            return refusal
+        net = []
+        for position in exchange.positions(account=self._account(session)):
+            exchange_code, tradingsymbol = split_symbol(position.symbol)
+            net.append(
+                {
+                    "tradingsymbol": tradingsymbol,
+                    "exchange": exchange_code,
+                    "product": position.product,
+                    "quantity": position.quantity,
+                    "overnight_quantity": 0,
+                    "multiplier": 1,
+                    "average_price": _number(position.average_price),
+                    "last_price": _number(position.last_price),
+                    "realised": _number(position.realized_pnl),
+                    "unrealised": _number(position.unrealized_pnl),
+                    "pnl": _number(position.realized_pnl + position.unrealized_pnl),
+                    "buy_quantity": position.buy_quantity,
+                    "sell_quantity": position.sell_quantity,
+                }
+            )
+        return self.ok({"net": net, "day": net})
+
+    def holding_list(self, request: SimRequest) -> SimResponse:
+        session, refusal = self._guard(request, self.other_limits)
+        if refusal:
+            return refusal
+        holdings = []
+        for holding in exchange.holdings(account=self._account(session)):
+            exchange_code, tradingsymbol = split_symbol(holding.symbol)
+            holdings.append(
+                {
+                    "tradingsymbol": tradingsymbol,
+                    "exchange": exchange_code,
+                    "quantity": holding.quantity,
+                    "t1_quantity": 0,
+                    "average_price": _number(holding.average_price),
+                    "last_price": _number(holding.last_price),
+                    "pnl": _number((holding.last_price - holding.average_price) * holding.quantity),
+                    "product": "CNC",
+                }
+            )
+        return self.ok(holdings)
+
+    def quotes(self, request: SimRequest, mode: str | None = None) -> SimResponse:
+        session, refusal = self._guard(request, self.quote_limits)
+        if refusal:
+            return refusal
+        data = {}
+        for symbol in request.query.get("i", []):
+            try:
+                split_symbol(symbol)
+            except InvalidInput:
+                continue  # Kite leaves unknown instruments out of the answer
+            quote = quote_for(symbol)
+            instrument = by_symbol(symbol)
+            item = {
+                "instrument_token": instrument.kite_token if instrument else 0,
+                "last_price": _number(quote.last_price),
+            }
+            if mode in (None, "ohlc"):
+                item["ohlc"] = {
+                    "open": _number(quote.open),
+                    "high": _number(quote.high),
+                    "low": _number(quote.low),
+                    "close": _number(quote.close),
+                }
+            if mode is None:
+                item.update(
+                    {
+                        "timestamp": kite_time(quote.timestamp),
+                        "volume": quote.volume,
+                        "depth": {
+                            "buy": [{"price": _number(quote.bid), "quantity": quote.bid_quantity, "orders": 1}],
+                            "sell": [{"price": _number(quote.ask), "quantity": quote.ask_quantity, "orders": 1}],
+                        },
+                    }
+                )
+            data[symbol] = item
+        return self.ok(data)

@@ -1,0 +1,13 @@
+from celery import shared_task
+
+from brokers import services
+
+
+@shared_task(name="brokers.tasks.expire_sessions")
+def expire_sessions() -> int:
+    return len(services.broker_sessions_expire_due())
+
+
+@shared_task(name="brokers.tasks.remind_logins")
+def remind_logins() -> int:
+    return services.broker_login_reminders_send()
