@@ -69,6 +69,11 @@ def synthetic_quote(symbol: str, *, at: float | None = None) -> Quote:
     )
 
 
+def _key(symbol: str) -> str:
+    # Index symbols have spaces ("NSE:NIFTY 50"), which cache backends warn about in keys.
+    return symbol.replace(" ", "_")
+
+
 def _encode(quote: Quote) -> dict:
     return {key: (str(value) if isinstance(value, Decimal) else value) for key, value in asdict(quote).items()}
 
@@ -81,7 +86,7 @@ def _decode(data: dict) -> Quote:
 
 
 def quote_for(symbol: str) -> Quote:
-    data = cache.get(f"{_CACHE_PREFIX}{symbol}")
+    data = cache.get(f"{_CACHE_PREFIX}{_key(symbol)}")
     return _decode(data) if data else synthetic_quote(symbol)
 
 
@@ -89,7 +94,7 @@ def quote_publish(quote: Quote) -> int:
     """Make `quote` the market for its symbol and let resting orders cross it; returns the fills it caused."""
     from brokers import exchange
 
-    cache.set(f"{_CACHE_PREFIX}{quote.symbol}", _encode(quote), timeout=_QUOTE_TTL)
+    cache.set(f"{_CACHE_PREFIX}{_key(quote.symbol)}", _encode(quote), timeout=_QUOTE_TTL)
     return exchange.match_resting_orders(symbol=quote.symbol)
 
 

@@ -128,6 +128,7 @@ class SimulatorApp:
         self._faults: deque[Fault] = deque()
         self._fault_lock = threading.Lock()
         self.base_url = ""
+        self.requests_served = 0  # broker requests (not control routes) that reached this simulator
         self.setup_routes()
 
     # --- subclass hooks -----------------------------------------------------------------------------------------
@@ -147,6 +148,8 @@ class SimulatorApp:
     def dispatch(self, request: SimRequest) -> SimResponse:
         if request.path.startswith("/__sim__/"):
             return self._control(request)
+        with self._fault_lock:
+            self.requests_served += 1
         fault = self._next_fault()
         if fault is not None:
             if fault.mode == "error":

@@ -57,7 +57,9 @@ def test_paper_connects_at_once_with_its_funds(trader_client):
 
     assert response.status_code == 201, response.json()
     account = response.json()["account"]
-    assert account["id"].startswith("acc_") and account["status"] == "connected" and response.json()["login_url"] is None
+    assert (
+        account["id"].startswith("acc_") and account["status"] == "connected" and response.json()["login_url"] is None
+    )
     funds = trader_client.get(f"/api/brokers/{account['id']}/funds").json()
     assert funds == {"available_cash": 250000.0, "used_margin": 0.0, "opening_balance": 250000.0}
     listed = trader_client.get(ACCOUNTS).json()

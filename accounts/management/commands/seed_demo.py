@@ -1,4 +1,4 @@
-"""Seed the demo: an admin and a trader (idempotent: existing users are left as they are)."""
+"""Seed the demo: an admin, a trader and the trader's paper broker account (idempotent: existing ones are kept)."""
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -39,3 +39,16 @@ class Command(BaseCommand):
                 User.objects.create_user(spec["email"], spec["password"], **fields)
                 state = "created"
             self.stdout.write(f"  {spec['role']:<7} {spec['email']:<22} password {spec['password']:<16} ({state})")
+        self._seed_paper_account(User.objects.get(email="trader@example.com"))
+
+    def _seed_paper_account(self, trader: User) -> None:
+        from brokers.models import Broker
+        from brokers.selectors import broker_account_list
+        from brokers.services import broker_account_connect
+
+        if broker_account_list(user=trader, broker=Broker.PAPER).exists():
+            state = "kept"
+        else:
+            broker_account_connect(user=trader, broker=Broker.PAPER, credentials={}, label="Paper trading")
+            state = "created"
+        self.stdout.write(f"  paper broker account for {trader.email} ({state})")

@@ -49,9 +49,22 @@ class Command(BaseCommand):
             f"  WebSocket  ws://{host}:{port}/ws/events?token=<access token>",
             "  Demo logins:",
             *(f"    {user['role']:<7} {user['email']:<20} {user['password']}" for user in DEMO_USERS),
+            *self._simulator_lines(),
             "",
         ]
         self.stdout.write("\n".join(lines))
+
+    def _simulator_lines(self) -> list[str]:
+        if not settings.BROKER_SIMULATORS:
+            return []
+        from brokers.simulators.demo import BROKER_OF_SIMULATOR, DEMO_CREDENTIALS, available_simulators
+
+        lines = ["  Broker simulators (connect these brokers with POST /api/brokers/connect):"]
+        for name in available_simulators():
+            credentials = ", ".join(f'"{key}": "{value}"' for key, value in DEMO_CREDENTIALS[name].items())
+            port = settings.SIMULATOR_PORTS[name]
+            lines.append(f"    {BROKER_OF_SIMULATOR[name]:<8} http://127.0.0.1:{port}  credentials {{{credentials}}}")
+        return lines
 
     def _serve_embedded(self, host: str, port: int) -> None:
         import uvicorn
@@ -60,6 +73,12 @@ class Command(BaseCommand):
 
         embedded.start_worker()
         embedded.start_beat()
+        if settings.BROKER_SIMULATORS:
+            from brokers.simulators.base import SimulatorServer
+            from brokers.simulators.demo import available_simulators, simulator_app
+
+            for name in available_simulators():
+                SimulatorServer(simulator_app(name), port=settings.SIMULATOR_PORTS[name]).start()
         config = uvicorn.Config(
             "algoterm.asgi:application", host=host, port=port, log_config=None, access_log=False, lifespan="off"
         )
@@ -104,6 +123,20 @@ class Command(BaseCommand):
                 "django_celery_beat.schedulers:DatabaseScheduler",
             ],
         }
+        if settings.BROKER_SIMULATORS:
+            from brokers.simulators.demo import available_simulators
+
+            for name in available_simulators():
+                port_arg = str(settings.SIMULATOR_PORTS[name])
+                commands[f"{name}-simulator"] = [
+                    python,
+                    "manage.py",
+                    "runsimulator",
+                    "--broker",
+                    name,
+                    "--port",
+                    port_arg,
+                ]
         children = {name: subprocess.Popen(command) for name, command in commands.items()}
         self.stdout.write(f"started {', '.join(f'{name} (pid {child.pid})' for name, child in children.items())}")
         stopping = False
