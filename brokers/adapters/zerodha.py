@@ -123,7 +123,15 @@ class ZerodhaAdapter(BrokerAdapter):
     def __repr__(self) -> str:
         return f"ZerodhaAdapter(account={self.account_ref})"
 
+    _client: KiteConnect | None = None
+
     def _kite(self) -> KiteConnect:
+        """One SDK client (and so one pooled HTTPS connection) per adapter."""
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    def _new_client(self) -> KiteConnect:
         kite = KiteConnect(
             api_key=self.credentials["api_key"],
             access_token=self.session.access_token if self.session else None,
@@ -144,7 +152,8 @@ class ZerodhaAdapter(BrokerAdapter):
         if params.get("status") not in (None, "success") or not params.get("request_token"):
             raise SessionExpired("Zerodha login was not completed.")
         data = _call(lambda: self._kite().generate_session(params["request_token"], self.credentials["api_secret"]))
-        return BrokerSession(access_token=data["access_token"], broker_user_id=data.get("user_id", ""))
+        self.session = BrokerSession(access_token=data["access_token"], broker_user_id=data.get("user_id", ""))
+        return self.session
 
     def logout(self) -> None:
         if self.session:

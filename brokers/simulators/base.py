@@ -215,6 +215,8 @@ class SimulatorApp:
 class _RequestHandler(BaseHTTPRequestHandler):
     app: SimulatorApp
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes; without this, keep-alive clients stall on delayed ACKs.
+    disable_nagle_algorithm = True
 
     def _handle(self) -> None:
         parts = urlsplit(self.path)
