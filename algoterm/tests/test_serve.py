@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,9 +125,35 @@ def base_env() -> dict:
     return env
 
 
+def connect_zerodha_through_the_demo_simulator(base: str) -> None:
+    """The demo's promise: a 'zerodha' account connected end to end, login page included, with no internet."""
+    from brokers.simulators.demo import DEMO_CREDENTIALS
+    from brokers.tests.test_zerodha import submit_login_form
+
+    _, login = http("POST", f"{base}/api/auth/login", {"email": "trader@example.com", "password": "Trader@Demo2026"})
+    kite = DEMO_CREDENTIALS["kite"]
+    status, started = http(
+        "POST", f"{base}/api/brokers/connect", {"broker": "zerodha", "credentials": kite}, login["access"]
+    )
+    assert status == 201, started
+    params = submit_login_form(started["login_url"], callback=f"{base}/api/brokers/callback/zerodha")
+    status, account = http("GET", f"{base}/api/brokers/callback/zerodha?{urllib.parse.urlencode(params)}")
+    assert status == 200 and account["status"] == "connected", account
+    status, funds = http("GET", f"{base}/api/brokers/{account['id']}/funds", token=login["access"])
+    assert status == 200 and funds["available_cash"] > 0
+
+
 def test_embedded_stack_serves_everything_from_one_process(tmp_path):
-    env = {**base_env(), "DATABASE_URL": f"sqlite:///{tmp_path / 'embedded.sqlite3'}"}
+    env = {
+        **base_env(),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'embedded.sqlite3'}",
+        "BROKER_SIMULATORS": "1",
+        "KITE_SIMULATOR_PORT": str(free_port()),
+        "DHAN_SIMULATOR_PORT": str(free_port()),
+        "FYERS_SIMULATOR_PORT": str(free_port()),
+    }
     with running_stack(env) as base:
+        connect_zerodha_through_the_demo_simulator(base)
         health = exercise(base, base.replace("http", "ws", 1))
         assert health["mode"] == "embedded"
         assert health["components"]["workers"]["info"]["mode"] == "in-process"

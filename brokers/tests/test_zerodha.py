@@ -38,7 +38,7 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def submit_login_form(login_url: str) -> dict[str, str]:
+def submit_login_form(login_url: str, callback: str = CALLBACK) -> dict[str, str]:
     """What a user does in the browser: open the login page, submit it, land on the redirect."""
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(login_url).query))
     with urllib.request.urlopen(login_url) as page:
@@ -57,7 +57,7 @@ def submit_login_form(login_url: str) -> dict[str, str]:
     except urllib.error.HTTPError as redirect:
         assert redirect.code == 302
         location = redirect.headers["Location"]
-    assert location.startswith(CALLBACK)
+    assert location.startswith(callback), location
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
 
 

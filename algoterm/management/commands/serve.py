@@ -25,6 +25,9 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
 
     def handle(self, *args, host: str, port: int, **options):
+        if not os.environ.get("PUBLIC_BASE_URL"):
+            # Broker logins redirect back here; child processes inherit it through the environment.
+            os.environ["PUBLIC_BASE_URL"] = settings.PUBLIC_BASE_URL = f"http://{host}:{port}"
         self._print_banner(host, port)
         if settings.EMBEDDED:
             self._serve_embedded(host, port)
