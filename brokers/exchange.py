@@ -289,6 +289,12 @@ def _apply_fill(account: SimAccount, order: SimOrder, fill: Fill) -> None:
     position.save()
 
 
+def match_resting_orders_for(*, symbols: list[str]) -> int:
+    """Fills caused by new quotes for `symbols`; one query finds the few symbols that have resting orders."""
+    resting = SimOrder.objects.filter(symbol__in=symbols, status__in=RESTING).values_list("symbol", flat=True)
+    return sum(match_resting_orders(symbol=symbol) for symbol in set(resting))
+
+
 def match_resting_orders(*, symbol: str) -> int:
     """Let every resting order on `symbol` meet the current quote; each account is locked in its own transaction."""
     fills = 0

@@ -1,8 +1,7 @@
-"""The simulated exchange's price source: the latest published quote per symbol, else a synthetic one.
+"""The simulated exchange's price source: the latest quote in the market-data cache, else a synthetic one.
 
-Quotes live in the shared cache (Redis in production), so the web, worker and simulator processes see the same
-prices. `quote_publish` is how a feed (or a test, or the demo) moves the market; it also lets resting orders cross.
-The market-data issue's quote cache and feeds take this role over.
+Quotes live in the market-data quote cache (Redis in production), so the web, worker, feed and simulator processes
+see the same prices. `quote_publish` is how a test or the demo moves one price; feeds publish through the tick bus.
 """
 
 from __future__ import annotations
@@ -10,17 +9,12 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-
-from django.core.cache import cache
 
 from brokers.adapters.base import Quote
 
 TICK = Decimal("0.05")
-_CACHE_PREFIX = "sim-quote:"
-_QUOTE_TTL = 24 * 3600
 
 # Rough levels so the demo looks like the market; anything else gets a stable price from its name.
 REFERENCE_PRICES = {
@@ -69,33 +63,18 @@ def synthetic_quote(symbol: str, *, at: float | None = None) -> Quote:
     )
 
 
-def _key(symbol: str) -> str:
-    # Index symbols have spaces ("NSE:NIFTY 50"), which cache backends warn about in keys.
-    return symbol.replace(" ", "_")
-
-
-def _encode(quote: Quote) -> dict:
-    return {key: (str(value) if isinstance(value, Decimal) else value) for key, value in asdict(quote).items()}
-
-
-def _decode(data: dict) -> Quote:
-    decimals = {"last_price", "bid", "ask", "open", "high", "low", "close"}
-    return Quote(
-        **{key: (Decimal(value) if key in decimals and value is not None else value) for key, value in data.items()}
-    )
-
-
 def quote_for(symbol: str) -> Quote:
-    data = cache.get(f"{_CACHE_PREFIX}{_key(symbol)}")
-    return _decode(data) if data else synthetic_quote(symbol)
+    """The market for `symbol`: the quote cache (fed by the market-data feeds), else the synthetic walk."""
+    from marketdata.quotes import quote_get
+
+    return quote_get(symbol) or synthetic_quote(symbol)
 
 
 def quote_publish(quote: Quote) -> int:
-    """Make `quote` the market for its symbol and let resting orders cross it; returns the fills it caused."""
-    from brokers import exchange
+    """Make `quote` the market for its symbol (through the tick bus); returns the fills it caused."""
+    from marketdata.ticks import ticks_publish
 
-    cache.set(f"{_CACHE_PREFIX}{_key(quote.symbol)}", _encode(quote), timeout=_QUOTE_TTL)
-    return exchange.match_resting_orders(symbol=quote.symbol)
+    return ticks_publish([quote])
 
 
 def quote_at(symbol: str, last_price: Decimal | str, *, depth: int = 1000, spread_ticks: int = 1) -> Quote:

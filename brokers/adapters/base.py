@@ -171,6 +171,8 @@ class Quote:
     low: Decimal | None = None
     close: Decimal | None = None
     timestamp: datetime | None = None
+    oi: int = 0  # open interest (derivatives)
+    oi_change: int = 0  # since the previous session's close
 
 
 @dataclass(frozen=True)

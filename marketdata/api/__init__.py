@@ -1,0 +1,1 @@
+"""Market-data routes, one module per area; each defines `urlpatterns`."""

@@ -1,0 +1,55 @@
+"""What every feed shares: the loop that survives drops (reconnect with backoff, resubscribe), and the one way
+ticks leave a feed (`marketdata.ticks.ticks_publish`)."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import random
+import threading
+from collections.abc import Callable
+
+from brokers.adapters.base import Quote
+from marketdata.ticks import ticks_publish
+
+logger = logging.getLogger(__name__)
+
+
+class Backoff:
+    """1, 2, 4 ... seconds up to `maximum`, with jitter so many feeds do not reconnect in step; reset on success."""
+
+    def __init__(self, *, initial: float = 1.0, maximum: float = 30.0) -> None:
+        self.initial, self.maximum = initial, maximum
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Feed(abc.ABC):
+    """A source of ticks. `run` blocks until `stop` is set, reconnecting by itself after any failure."""
+
+    source: str = ""
+
+    def __init__(self, *, publish: Callable[[list[Quote]], int] = ticks_publish, backoff: Backoff | None = None):
+        self.publish = publish
+        self.backoff = backoff or Backoff()
+
+    @abc.abstractmethod
+    def stream(self, stop: threading.Event) -> None:
+        """Connect, subscribe, and publish ticks until `stop` is set or the connection fails (raise)."""
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.stream(stop)
+                self.backoff.reset()
+            except Exception:
+                delay = self.backoff.next_delay()
+                logger.warning("%s feed dropped; reconnecting in %.1fs", self.source, delay, exc_info=True)
+                stop.wait(delay)

@@ -1,0 +1,51 @@
+"""The tick bus: one call takes a batch of fresh quotes to every consumer of market data.
+
+`ticks_publish` updates the quote cache, lets the simulated exchange fill resting paper orders the new prices
+cross, and fans the ticks out to the `/ws/market-data` groups (one group per symbol).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from brokers.adapters.base import Quote
+from marketdata.quotes import _encode, quotes_put
+
+logger = logging.getLogger(__name__)
+
+
+def symbol_group(symbol: str) -> str:
+    """Channel group names allow only [A-Za-z0-9._-]; symbols have ':', spaces and '&' (NSE:M&M)."""
+    return f"md.{hashlib.sha1(symbol.encode()).hexdigest()[:24]}"
+
+
+def tick_message(quote: Quote) -> dict:
+    return {"type": "md.tick", "symbol": quote.symbol, "quote": _encode(quote)}
+
+
+async def ticks_fan_out(quotes: list[Quote]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for quote in quotes:
+        await layer.group_send(symbol_group(quote.symbol), tick_message(quote))
+
+
+def ticks_publish(quotes: list[Quote], *, fan_out: bool = True) -> int:
+    """Returns how many paper/simulator orders the ticks filled."""
+    if not quotes:
+        return 0
+    from brokers.exchange import match_resting_orders_for
+
+    quotes_put(quotes)
+    fills = match_resting_orders_for(symbols=[quote.symbol for quote in quotes])
+    if fan_out:
+        try:
+            async_to_sync(ticks_fan_out)(quotes)
+        except Exception:  # subscribers are best effort; the cache and the exchange have the ticks already
+            logger.exception("tick fan-out failed")
+    return fills
