@@ -163,7 +163,14 @@ else:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}:asgi", "capacity": 1000, "expiry": 30},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"{REDIS_KEY_PREFIX}:asgi",
+                "capacity": 1000,
+                "expiry": 30,
+                # Group membership outlives the longest WebSocket (the default 1 day would silently stop ticks).
+                "group_expiry": 7 * 24 * 3600,
+            },
         }
     }
 
@@ -340,6 +347,24 @@ BROKER_DEFAULT_ALGO_ID = env.str("BROKER_DEFAULT_ALGO_ID", default="ALGOTERM-GEN
 BROKER_SESSION_EXPIRY_TIME = env.str("BROKER_SESSION_EXPIRY_TIME", default="06:00")
 PAPER_SLIPPAGE_BPS = env.int("PAPER_SLIPPAGE_BPS", default=5)
 PAPER_OPENING_BALANCE = env.str("PAPER_OPENING_BALANCE", default="1000000.00")
+
+# Market data. The demo's simulated market trades around the clock so a newcomer can try everything at any hour;
+# real brokers follow the NSE calendar whatever this says.
+MARKET_ALWAYS_OPEN = env.bool("MARKET_ALWAYS_OPEN", default=DJANGO_ENV == "development")
+# `manage.py serve` runs this feed with the stack ("" for none); production runs `manage.py runfeed` itself.
+MARKET_FEED = env.str("MARKET_FEED", default="simulated" if DJANGO_ENV == "development" else "")
+MARKET_FEED_INTERVAL_SECONDS = env.float("MARKET_FEED_INTERVAL_SECONDS", default=1.0)
+WS_MAX_SYMBOLS = env.int("WS_MAX_SYMBOLS", default=100)
+WS_SEND_QUEUE = env.int("WS_SEND_QUEUE", default=1000)  # messages queued per market-data socket before it is dropped
+OPTION_RISK_FREE_RATE = env.float("OPTION_RISK_FREE_RATE", default=0.065)  # for IV and Greeks (annual, decimal)
+KITE_TICKER_URL = env.str(
+    "KITE_TICKER_URL",
+    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['kite'] + 10}" if BROKER_SIMULATORS else "wss://ws.kite.trade",
+)
+DHAN_FEED_URL = env.str(
+    "DHAN_FEED_URL",
+    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['dhan'] + 10}" if BROKER_SIMULATORS else "wss://api-feed.dhan.co",
+)
 
 VERSION = "0.1.0"
 GIT_COMMIT = env.str("GIT_COMMIT", default="")

@@ -61,7 +61,18 @@ class GuardedAdapter:
 
     PACED = frozenset({"place_order", "modify_order", "cancel_order"})
     GUARDED = PACED | frozenset(
-        {"orders", "order", "orders_by_tag", "trades", "positions", "holdings", "funds", "quotes", "logout"}
+        {
+            "orders",
+            "order",
+            "orders_by_tag",
+            "trades",
+            "positions",
+            "holdings",
+            "funds",
+            "quotes",
+            "logout",
+            "instruments",
+        }
     )
 
     def __init__(self, account: BrokerAccount, inner: BrokerAdapter) -> None:

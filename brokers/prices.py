@@ -11,6 +11,7 @@ import math
 import time
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 
 from brokers.adapters.base import Quote
 
@@ -35,6 +36,20 @@ def to_tick(value: Decimal) -> Decimal:
     return ((value / TICK).quantize(Decimal("1"), rounding=ROUND_HALF_UP) * TICK).quantize(Decimal("0.01"))
 
 
+@lru_cache(maxsize=1)
+def _demo_levels() -> dict[str, Decimal]:
+    """The demo universe's reference levels, so its indices and stocks look like the market too."""
+    from marketdata.instruments import DEMO_INDICES, DEMO_STOCKS
+
+    levels = {index.symbol: index.level for index in DEMO_INDICES}
+    levels.update({f"NSE:{stock.tradingsymbol}": stock.level for stock in DEMO_STOCKS})
+    return levels
+
+
+def reference_price(symbol: str) -> Decimal | None:
+    return REFERENCE_PRICES.get(symbol) or _demo_levels().get(symbol)
+
+
 def _seed(symbol: str) -> int:
     return int(hashlib.sha256(symbol.encode()).hexdigest()[:8], 16)
 
@@ -42,7 +57,7 @@ def _seed(symbol: str) -> int:
 def synthetic_quote(symbol: str, *, at: float | None = None) -> Quote:
     """A stable, slowly wandering quote derived from the symbol and the clock (no randomness between processes)."""
     seed = _seed(symbol)
-    base = REFERENCE_PRICES.get(symbol) or Decimal(100 + seed % 2900)
+    base = reference_price(symbol) or Decimal(100 + seed % 2900)
     now = time.time() if at is None else at
     drift = Decimal(str(round(0.004 * math.sin(now / 300 + seed % 97), 6)))
     last = to_tick(base * (1 + drift))

@@ -1,8 +1,3 @@
-import importlib
-import importlib.util
+from marketdata.api import instruments, options, quotes
 
-# Each area's module defines its own routes (instruments, quotes and candles, option chain).
-urlpatterns = []
-for area in ("instruments", "quotes", "options"):
-    if importlib.util.find_spec(f"marketdata.api.{area}"):
-        urlpatterns += importlib.import_module(f"marketdata.api.{area}").urlpatterns
+urlpatterns = [*instruments.urlpatterns, *quotes.urlpatterns, *options.urlpatterns]

@@ -302,6 +302,13 @@ class BrokerAdapter(abc.ABC):
     @abc.abstractmethod
     def quotes(self, symbols: list[str]) -> dict[str, Quote]: ...
 
+    # instrument master ---------------------------------------------------------------------------------------
+
+    def instruments(self) -> list[dict]:
+        """The broker's instrument dump as rows with the columns of Kite's instrument CSV
+        (`marketdata.instruments.KITE_CSV_COLUMNS`), the instrument master's interchange format."""
+        raise InvalidInput(f"{self.broker or 'This broker'} offers no instrument dump")
+
 
 def to_decimal(value: Any) -> Decimal | None:
     """Broker numbers (floats, strings, ints) as exact Decimals rounded to paise; None and '' stay None."""

@@ -301,3 +301,7 @@ class ZerodhaAdapter(BrokerAdapter):
                 timestamp=_kite_time(item.get("timestamp")),
             )
         return result
+
+    def instruments(self) -> list[dict]:
+        # The SDK reads GET /instruments (CSV) into dicts with Kite's columns, already typed.
+        return _call(lambda: self._kite().instruments())

@@ -29,7 +29,7 @@ from brokers.adapters.base import (
     Validity,
     split_symbol,
 )
-from brokers.instruments import by_symbol
+from brokers.instruments import DEMO_INSTRUMENTS, BrokerInstrument, by_symbol
 from brokers.models import SimOrder, Venue
 from brokers.prices import quote_for
 from brokers.simulators.base import RateWindows, SimRequest, SimResponse, SimulatorApp
@@ -114,6 +114,7 @@ class KiteSimulator(SimulatorApp):
         self.add_route("GET", r"/portfolio/positions", self.position_list)
         self.add_route("GET", r"/portfolio/holdings", self.holding_list)
         self.add_route("GET", r"/quote(?:/(?P<mode>ltp|ohlc))?", self.quotes)
+        self.add_route("GET", r"/instruments(?:/(?P<exchange>[A-Z]+))?", self.instrument_dump)
 
     def error_response(self, status: int, message: str, kind: str = "") -> SimResponse:
         error_type = {
@@ -472,3 +473,37 @@ class KiteSimulator(SimulatorApp):
                 )
             data[symbol] = item
         return self.ok(data)
+
+    def instrument_dump(self, request: SimRequest, exchange: str | None = None) -> SimResponse:
+        """Kite's instrument dump (CSV, no login needed), from the instrument master or, while that is empty,
+        the static instrument table."""
+        from marketdata.instruments import instrument_as_kite_row, kite_csv_text
+        from marketdata.models import Instrument
+
+        instruments = Instrument.objects.filter(is_active=True).order_by("pk")
+        if exchange:
+            instruments = instruments.filter(exchange=exchange)
+        rows = [instrument_as_kite_row(instrument) for instrument in instruments.iterator(chunk_size=5000)]
+        if not rows and not Instrument.objects.exists():
+            rows = [_static_kite_row(instrument) for instrument in DEMO_INSTRUMENTS]
+            rows = [row for row in rows if not exchange or row["exchange"] == exchange]
+        return SimResponse(200, kite_csv_text(rows=rows).encode(), "text/csv")
+
+
+def _static_kite_row(instrument: BrokerInstrument) -> dict[str, str]:
+    exchange_code, tradingsymbol = split_symbol(instrument.symbol)
+    is_index = instrument.kite_token % 256 == 9  # Kite's INDICES segment
+    return {
+        "instrument_token": str(instrument.kite_token),
+        "exchange_token": str(instrument.kite_token // 256),
+        "tradingsymbol": tradingsymbol,
+        "name": tradingsymbol,
+        "last_price": "0.0",
+        "expiry": "",
+        "strike": "0.0",
+        "tick_size": "0.0" if is_index else "0.05",
+        "lot_size": "0" if is_index else str(instrument.lot_size),
+        "instrument_type": "EQ",
+        "segment": "INDICES" if is_index else exchange_code,
+        "exchange": exchange_code,
+    }

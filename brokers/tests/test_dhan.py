@@ -200,6 +200,7 @@ def test_symbols_map_to_security_ids_both_ways(symbol, wire):
     assert symbol_from_dhan(*wire) == symbol
 
 
+@pytest.mark.django_db
 def test_symbols_outside_the_instrument_table():
     with pytest.raises(InvalidInput):
         dhan_instrument("NSE:NOSUCHCO")

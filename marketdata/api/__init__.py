@@ -1,1 +1,1 @@
-"""Market-data routes, one module per area; each defines `urlpatterns`."""
+"""Market-data routes, one module per area (instruments, quotes and candles, option chain)."""

@@ -40,6 +40,17 @@ class Command(BaseCommand):
                 state = "created"
             self.stdout.write(f"  {spec['role']:<7} {spec['email']:<22} password {spec['password']:<16} ({state})")
         self._seed_paper_account(User.objects.get(email="trader@example.com"))
+        self._seed_instruments()
+
+    def _seed_instruments(self) -> None:
+        from marketdata.instruments import instruments_load_demo
+        from marketdata.models import Instrument
+
+        if Instrument.objects.exists():
+            self.stdout.write(f"  instruments: {Instrument.objects.count()} (kept)")
+            return
+        result = instruments_load_demo()
+        self.stdout.write(f"  instruments: {result.total} demo instruments loaded in {result.seconds:.1f}s")
 
     def _seed_paper_account(self, trader: User) -> None:
         from brokers.models import Broker

@@ -1,4 +1,5 @@
-"""Serve the whole stack: web (ASGI: REST, WebSockets, admin, docs), Celery worker, beat.
+"""Serve the whole stack: web (ASGI: REST, WebSockets, admin, docs), Celery worker, beat, and with the demo
+settings the simulated market feed and the broker simulators.
 
 Embedded (no REDIS_URL): one process; worker and beat are threads on an in-memory broker.
 Distributed (REDIS_URL set): web, worker and beat run as supervised child processes; if one dies, all stop.
@@ -19,6 +20,12 @@ from django.core.management.base import BaseCommand
 
 class Command(BaseCommand):
     help = "Serve AlgoTerm: web, worker and beat (in one process when embedded)."
+
+    def __init__(self, *args, **kwargs) -> None:
+        import threading
+
+        super().__init__(*args, **kwargs)
+        self._feed_stop = threading.Event()
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -82,6 +89,8 @@ class Command(BaseCommand):
 
             for name in available_simulators():
                 SimulatorServer(simulator_app(name), port=settings.SIMULATOR_PORTS[name]).start()
+        if settings.MARKET_FEED == "simulated":
+            self._start_embedded_feed()
         config = uvicorn.Config(
             "algoterm.asgi:application", host=host, port=port, log_config=None, access_log=False, lifespan="off"
         )
@@ -94,7 +103,23 @@ class Command(BaseCommand):
         try:
             asyncio.run(run())
         finally:
+            self._feed_stop.set()
             embedded.stop()
+
+    def _start_embedded_feed(self) -> None:
+        import threading
+
+        from marketdata.candles import MinuteCandleBuilder
+        from marketdata.feeds.runner import PublishAndRecord, feed_build, feed_supervise
+
+        recorder = PublishAndRecord(builder=MinuteCandleBuilder())
+        feed = feed_build(source="simulated", recorder=recorder, interval=settings.MARKET_FEED_INTERVAL_SECONDS)
+        threading.Thread(
+            target=feed_supervise,
+            kwargs={"feed": feed, "recorder": recorder, "stop": self._feed_stop, "name": "simulated"},
+            name="feed-supervisor",
+            daemon=True,
+        ).start()
 
     def _serve_distributed(self, host: str, port: int) -> int:
         python = sys.executable
@@ -126,6 +151,16 @@ class Command(BaseCommand):
                 "django_celery_beat.schedulers:DatabaseScheduler",
             ],
         }
+        if settings.MARKET_FEED == "simulated":
+            commands["feed"] = [
+                python,
+                "manage.py",
+                "runfeed",
+                "--source",
+                "simulated",
+                "--interval",
+                str(settings.MARKET_FEED_INTERVAL_SECONDS),
+            ]
         if settings.BROKER_SIMULATORS:
             from brokers.simulators.demo import available_simulators
 

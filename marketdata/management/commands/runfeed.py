@@ -1,0 +1,68 @@
+"""Run one market-data feed until SIGINT/SIGTERM: ticks go through the tick bus, 1-minute candles into the database."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from django.core.management.base import BaseCommand, CommandError
+
+from brokers.adapters.base import BrokerError
+from marketdata.candles import MinuteCandleBuilder
+from marketdata.feeds.runner import (
+    BROKER_SOURCES,
+    FEED_SOURCES,
+    FeedUnavailable,
+    PublishAndRecord,
+    feed_build,
+    feed_supervise,
+)
+
+
+def _account(account_id: str):
+    from brokers.models import BrokerAccount
+
+    account = BrokerAccount.objects.filter(pk=account_id).first()
+    if account is None:
+        raise CommandError(f"No broker account {account_id}.")
+    return account
+
+
+class Command(BaseCommand):
+    help = "Run a market-data feed (simulated, kite or dhan) until interrupted."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--source", choices=sorted(FEED_SOURCES), default="simulated")
+        parser.add_argument("--interval", type=float, default=1.0, help="seconds between simulated batches")
+        parser.add_argument("--seed", type=int, default=None, help="makes the simulated market reproducible")
+        parser.add_argument("--account", default=None, help="broker account id (acc_...) whose session feeds ticks")
+        parser.add_argument(
+            "--symbols", default="", help="comma-separated symbols a broker feed follows (default: listed spots)"
+        )
+
+    def handle(
+        self, *args, source: str, interval: float, seed: int | None, account: str | None, symbols: str, **options
+    ) -> None:
+        if interval <= 0:
+            raise CommandError("--interval must be positive.")
+        if source in BROKER_SOURCES and not account:
+            raise CommandError(f"--source {source} needs --account ACC_ID (a connected {source} account).")
+        recorder = PublishAndRecord(builder=MinuteCandleBuilder())
+        named = [symbol.strip().upper() for symbol in symbols.split(",") if symbol.strip()]
+        try:
+            feed = feed_build(
+                source=source,
+                recorder=recorder,
+                interval=interval,
+                seed=seed,
+                account=_account(account) if account else None,
+                symbols=named,
+            )
+        except (FeedUnavailable, BrokerError) as error:
+            raise CommandError(str(getattr(error, "detail", error))) from error
+        stop = threading.Event()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signal_number, lambda *_: stop.set())
+        self.stdout.write(f"{source} feed running; Ctrl+C stops it")
+        feed_supervise(feed=feed, recorder=recorder, stop=stop, name=source)
+        self.stdout.write(f"{source} feed stopped after {recorder.batches} batches")
