@@ -150,7 +150,14 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 if EMBEDDED:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "algoterm"}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "algoterm",
+            # The quote cache alone holds one entry per instrument; the default 300 would evict quotes every tick.
+            "OPTIONS": {"MAX_ENTRIES": 1_000_000},
+        }
+    }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 else:
     CACHES = {

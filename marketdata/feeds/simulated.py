@@ -236,15 +236,19 @@ class SimulatedFeed(Feed):
         self.volatility = np.array(volatilities, dtype=float)
 
     def _within_cap(self, contracts: list[_Contract]) -> list[_Contract]:
-        """Keep every spot and future, then the options nearest expiry and nearest the money, up to the cap."""
+        """Keep every spot and future, then index options (what most users trade), then stock options, each
+        nearest expiry and nearest the money first, up to the cap."""
         if len(contracts) <= self.max_instruments:
             return contracts
         kept = [contract for contract in contracts if contract.kind not in ("CE", "PE")]
         options = [contract for contract in contracts if contract.kind in ("CE", "PE")]
 
-        def distance(contract: _Contract) -> tuple[float, float]:
+        index_spots = set(INDEX_SPOTS.values())
+
+        def distance(contract: _Contract) -> tuple[int, float, float]:
             spot = self.spot[self.underlying_index[contract.underlying]]
-            return contract.expires_at, abs(math.log(contract.strike / spot)) if contract.strike > 0 else math.inf
+            moneyness = abs(math.log(contract.strike / spot)) if contract.strike > 0 else math.inf
+            return (0 if contract.underlying in index_spots else 1), contract.expires_at, moneyness
 
         options.sort(key=distance)
         room = max(0, self.max_instruments - len(kept))
