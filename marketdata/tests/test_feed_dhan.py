@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -14,27 +13,9 @@ from brokers.adapters.base import BrokerUnavailable, InvalidInput, Quote, Sessio
 from brokers.simulators.dhan_feed import FULL, QUOTE, TICKER, DhanFeedSimulator
 from marketdata.feeds.base import Backoff
 from marketdata.feeds.dhan import DhanFeed
+from marketdata.tests.feed_helpers import WAIT, Collector, running
 
 CLIENT_ID, ACCESS_TOKEN = "1100223344", "dhan-feed-access-token"
-WAIT = 10.0
-
-
-class Collector:
-    """Stands in for the tick bus: keeps every published batch."""
-
-    def __init__(self) -> None:
-        self.quotes: list[Quote] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, quotes: list[Quote]) -> int:
-        with self._changed:
-            self.quotes.extend(quotes)
-            self._changed.notify_all()
-        return 0
-
-    def wait_for(self, condition: Callable[[list[Quote]], bool], timeout: float = WAIT) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: condition(self.quotes), timeout)
 
 
 @pytest.fixture
@@ -67,19 +48,6 @@ def make_feed(simulator: DhanFeedSimulator, collector: Collector, symbols: list[
         connect_timeout=5,
         **options,
     )
-
-
-@contextlib.contextmanager
-def running(feed: DhanFeed) -> Iterator[threading.Thread]:
-    stop = threading.Event()
-    thread = threading.Thread(target=feed.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        stop.set()
-        thread.join(WAIT)
-        assert not thread.is_alive(), "the feed did not stop"
 
 
 def stream_once(feed: DhanFeed, stop: threading.Event | None = None) -> BaseException | None:

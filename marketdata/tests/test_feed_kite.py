@@ -6,10 +6,9 @@ connections share it, so these tests run in the pytest process (a stopped reacto
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -19,31 +18,10 @@ from brokers.adapters.base import InvalidInput, Quote, SessionExpired
 from brokers.simulators.kite_ticker import KiteTickerSimulator
 from marketdata.feeds.base import Backoff
 from marketdata.feeds.kite import KiteFeed, quote_from_tick
+from marketdata.tests.feed_helpers import WAIT, Collector, running
 
 API_KEY, ACCESS_TOKEN = "kitefeedkey", "kite-feed-access-token"
 INFY, SBIN, NIFTY = 408065, 779521, 256265
-WAIT = 10.0
-
-
-class Collector:
-    """Stands in for the tick bus: keeps every published batch."""
-
-    def __init__(self) -> None:
-        self.quotes: list[Quote] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, quotes: list[Quote]) -> int:
-        with self._changed:
-            self.quotes.extend(quotes)
-            self._changed.notify_all()
-        return 0
-
-    def wait_for(self, condition: Callable[[list[Quote]], bool], timeout: float = WAIT) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: condition(self.quotes), timeout)
-
-    def latest(self, symbol: str) -> Quote | None:
-        return next((quote for quote in reversed(self.quotes) if quote.symbol == symbol), None)
 
 
 @pytest.fixture
@@ -69,19 +47,6 @@ def make_feed(simulator: KiteTickerSimulator, collector: Collector, symbols: lis
         connect_timeout=5,
         **options,
     )
-
-
-@contextlib.contextmanager
-def running(feed: KiteFeed) -> Iterator[threading.Thread]:
-    stop = threading.Event()
-    thread = threading.Thread(target=feed.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        stop.set()
-        thread.join(WAIT)
-        assert not thread.is_alive(), "the feed did not stop"
 
 
 def infy_quote(last_price: str = "1890.05", **fields) -> Quote:
