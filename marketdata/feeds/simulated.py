@@ -252,7 +252,7 @@ class SimulatedFeed(Feed):
 
         options.sort(key=distance)
         room = max(0, self.max_instruments - len(kept))
-        logger.warning("simulated feed: %d instruments, simulating %d", len(contracts), len(kept) + room)
+        logger.info("simulated feed: %d instruments, simulating %d", len(contracts), len(kept) + room)
         return kept + options[:room]
 
     def _load_state(self, cached: dict[str, Quote], *, today: date) -> None:
