@@ -1,4 +1,4 @@
-"""Market-data reads for a user: last prices, quotes and candles.
+"""Market-data reads for a user: instruments, last prices, quotes and candles.
 
 Every user sees the same market today; `user` is taken so plans can gate segments and depth later.
 A symbol is known when the instrument master lists it or a feed has quoted it.
@@ -6,9 +6,11 @@ A symbol is known when the instrument master lists it or a feed has quoted it.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+
+from django.db.models import Q, QuerySet
 
 from algoterm.api.errors import AppError, ErrorCode, NotFound
 from brokers.adapters.base import Quote
@@ -93,3 +95,32 @@ def ltp_payload(encoded: dict[str, Any]) -> dict[str, Any]:
 
 def quote_render(quote: Quote) -> dict[str, Any]:
     return quote_payload(_encode(quote))
+
+
+def instrument_list(
+    *,
+    user,
+    search: str = "",
+    exchange: str = "",
+    instrument_type: str = "",
+    underlying: str = "",
+    expiry: date | None = None,
+    include_inactive: bool = False,
+) -> QuerySet[Instrument]:
+    """Instruments matching every given filter; `search` looks in symbol, tradingsymbol and name, ignoring case."""
+    instruments = Instrument.objects.all()
+    if not include_inactive:
+        instruments = instruments.filter(is_active=True)
+    if search:
+        instruments = instruments.filter(
+            Q(symbol__icontains=search) | Q(tradingsymbol__icontains=search) | Q(name__icontains=search)
+        )
+    if exchange:
+        instruments = instruments.filter(exchange=exchange.upper())
+    if instrument_type:
+        instruments = instruments.filter(instrument_type=instrument_type.upper())
+    if underlying:
+        instruments = instruments.filter(underlying=underlying.upper())
+    if expiry is not None:
+        instruments = instruments.filter(expiry=expiry)
+    return instruments.order_by("symbol")

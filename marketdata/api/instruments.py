@@ -13,7 +13,7 @@ from algoterm.api.pagination import PagePagination, paginate
 from algoterm.api.serializers import InputSerializer
 from brokers.adapters.base import EXCHANGES
 from marketdata.models import Instrument, InstrumentType
-from marketdata.selectors_instruments import instrument_list
+from marketdata.selectors import instrument_list
 
 
 class InstrumentListQuery(InputSerializer):
