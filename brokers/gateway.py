@@ -72,6 +72,7 @@ class GuardedAdapter:
             "quotes",
             "logout",
             "instruments",
+            "historical_candles",
         }
     )
 

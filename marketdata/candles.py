@@ -4,17 +4,20 @@ Only 1-minute candles (and imported daily ones) are stored. 3m ... 1h are groupe
 database in Asia/Kolkata, in buckets aligned to the 09:15 open (a 1h candle starts at 09:15, 10:15 ... 15:15);
 1d groups a whole IST day (its candle starts at 00:00 IST), and a stored daily candle wins over a derived one.
 
-Importing from a broker's historical-data API waits for the broker adapters to offer such a method.
+Candles also come from a broker's historical-data API (`candles_import_from_broker`), in requests no longer than the
+broker allows.
 """
 
 from __future__ import annotations
 
 import csv
 import threading
+import time as clock
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -24,8 +27,12 @@ from django.db.models.expressions import RowRange
 from django.db.models.functions import ExtractHour, ExtractMinute, Floor, LastValue, RowNumber, TruncDate
 
 from algoterm.api.errors import ValidationFailed
-from brokers.adapters.base import InvalidInput, Quote, split_symbol
+from brokers.adapters.base import BrokerRateLimited, HistoricalCandle, InvalidInput, Quote, split_symbol
 from marketdata.models import Candle
+
+if TYPE_CHECKING:
+    from brokers.gateway import GuardedAdapter
+    from brokers.models import BrokerAccount
 
 IST = ZoneInfo(settings.MARKET_TIMEZONE)
 MINUTE = "1m"
@@ -38,6 +45,8 @@ SESSION_OPEN_MINUTE = 9 * 60 + 15
 CSV_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
 _CENT = Decimal("0.01")
 _MAX_REPORTED_ERRORS = 50
+# How often one chunk of a broker import waits out the broker's rate limit before the import gives up.
+_RATE_LIMIT_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -379,6 +388,92 @@ def _parse_count(raw: str, name: str) -> int:
     if not value.is_finite() or value < 0 or value != value.to_integral_value() or value >= Decimal(2**63):
         raise ValueError(f"{name} must be a whole number, 0 or more.")
     return int(value)
+
+
+# --- broker import -----------------------------------------------------------------------------------------------
+
+
+def candles_import_chunks(*, interval: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut into consecutive ranges that each pass `candles_span_check` (the broker's own limits)."""
+    if interval not in (MINUTE, DAY):
+        raise ValidationFailed(errors={"interval": ["Candles are imported as 1m or 1d."]})
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValidationFailed(errors={"from": ["Give an aware datetime."]})
+    if end <= start:
+        raise ValidationFailed(errors={"to": ["Must be after from."]})
+    longest = timedelta(days=MAX_SPAN_DAYS[interval])
+    chunks = []
+    cursor = start
+    while cursor < end:
+        chunk_end = min(cursor + longest, end)
+        candles_span_check(interval=interval, start=cursor, end=chunk_end)
+        chunks.append((cursor, chunk_end))
+        cursor = chunk_end
+    return chunks
+
+
+def candles_import_from_broker(
+    *,
+    account: BrokerAccount,
+    symbol: str,
+    interval: str,
+    start: datetime,
+    end: datetime,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CandleImportResult:
+    """Import `symbol`'s `interval` candles starting in [start, end) from the account's broker.
+
+    The range goes to the broker in chunks it allows, each stored as it arrives (a failed import keeps the chunks
+    before the failure; running it again completes it). Idempotent: candles already stored are overwritten with
+    the broker's values. A rate-limited chunk is retried after the broker's wait. `on_progress(done, total)` is
+    called after each chunk. Raises the adapter's BrokerError subclasses (InvalidInput for an unknown symbol,
+    SessionExpired when the account needs a login).
+    """
+    from brokers.gateway import adapter_for
+
+    symbol = symbol.strip().upper()
+    split_symbol(symbol)
+    chunks = candles_import_chunks(interval=interval, start=start, end=end)
+    adapter = adapter_for(account)
+    rows = created = 0
+    for done, (chunk_start, chunk_end) in enumerate(chunks, start=1):
+        candles = _historical_chunk(adapter, symbol=symbol, interval=interval, start=chunk_start, end=chunk_end)
+        bars = [_bar_of_historical(candle, symbol=symbol, interval=interval) for candle in candles]
+        starts = {bar.start for bar in bars}
+        with transaction.atomic():
+            already_stored = set(
+                Candle.objects.filter(symbol=symbol, interval=interval, start__in=starts).values_list(
+                    "start", flat=True
+                )
+            )
+            candles_upsert(candles=bars)
+        rows += len(starts)
+        created += len(starts - already_stored)
+        if on_progress:
+            on_progress(done, len(chunks))
+    return CandleImportResult(rows=rows, created=created, updated=rows - created)
+
+
+def _historical_chunk(
+    adapter: GuardedAdapter, *, symbol: str, interval: str, start: datetime, end: datetime
+) -> list[HistoricalCandle]:
+    retries = 0
+    while True:
+        try:
+            return adapter.historical_candles(symbol=symbol, interval=interval, start=start, end=end)
+        except BrokerRateLimited as error:
+            retries += 1
+            if retries > _RATE_LIMIT_RETRIES:
+                raise
+            clock.sleep(error.extra.get("retry_after", 1))
+
+
+def _bar_of_historical(candle: HistoricalCandle, *, symbol: str, interval: str) -> CandleBar:
+    # Brokers stamp daily candles differently (midnight, the 09:15 open, UTC); we store them at 00:00 IST.
+    start = ist_day_start(candle.start.astimezone(IST).date()) if interval == DAY else candle.start
+    return CandleBar(
+        symbol, interval, start, candle.open, candle.high, candle.low, candle.close, candle.volume, candle.oi
+    )
 
 
 def candles_span_check(*, interval: str, start: datetime, end: datetime) -> None:

@@ -176,6 +176,23 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class HistoricalCandle:
+    """One candle of a broker's historical data; `start` is aware (a daily candle starts at 00:00 IST)."""
+
+    start: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: int
+    oi: int | None = None
+
+
+# The candle intervals we import from brokers: the ones we store.
+HISTORICAL_INTERVALS = ("1m", "1d")
+
+
+@dataclass(frozen=True)
 class BrokerSession:
     """What a completed login gives us; stored encrypted on the account."""
 
@@ -308,6 +325,15 @@ class BrokerAdapter(abc.ABC):
         """The broker's instrument dump as rows with the columns of Kite's instrument CSV
         (`marketdata.instruments.KITE_CSV_COLUMNS`), the instrument master's interchange format."""
         raise InvalidInput(f"{self.broker or 'This broker'} offers no instrument dump")
+
+    # historical data -----------------------------------------------------------------------------------------
+
+    def historical_candles(
+        self, *, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[HistoricalCandle]:
+        """Candles of `interval` (one of HISTORICAL_INTERVALS) starting in [start, end), oldest first. Callers keep
+        each request within the broker's span limits."""
+        raise InvalidInput(f"{self.broker or 'This broker'} offers no historical data")
 
 
 def to_decimal(value: Any) -> Decimal | None:

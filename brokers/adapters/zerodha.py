@@ -24,6 +24,7 @@ from brokers.adapters.base import (
     BrokerTrade,
     BrokerUnavailable,
     Funds,
+    HistoricalCandle,
     Holding,
     InvalidInput,
     ModifyRequest,
@@ -38,6 +39,7 @@ from brokers.adapters.base import (
     split_symbol,
     to_decimal,
 )
+from brokers.instruments import by_symbol
 
 T = TypeVar("T")
 IST = ZoneInfo("Asia/Kolkata")
@@ -66,6 +68,8 @@ STATUS_FROM_KITE = {
     "CANCELLED": BrokerOrderStatus.CANCELLED,
     "REJECTED": BrokerOrderStatus.REJECTED,
 }
+INTERVAL_TO_KITE = {"1m": "minute", "1d": "day"}
+KITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # -1 asks Kite to apply its automatic market protection, which SEBI requires on API market orders.
 AUTO_MARKET_PROTECTION = -1
 
@@ -301,6 +305,49 @@ class ZerodhaAdapter(BrokerAdapter):
                 timestamp=_kite_time(item.get("timestamp")),
             )
         return result
+
+    def historical_candles(
+        self, *, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[HistoricalCandle]:
+        kite_interval = INTERVAL_TO_KITE.get(interval)
+        if kite_interval is None:
+            raise InvalidInput(f"Zerodha historical candles come as {', '.join(INTERVAL_TO_KITE)}; got {interval!r}.")
+        split_symbol(symbol)
+        instrument = by_symbol(symbol)
+        if instrument is None or not instrument.kite_token:
+            raise InvalidInput(f"Zerodha has no instrument {symbol}.")
+        # Kite reads from/to as exchange time and includes `to`; our range is half-open, hence the filter below.
+        rows = _call(
+            lambda: self._kite().historical_data(
+                instrument.kite_token,
+                start.astimezone(IST).strftime(KITE_TIME_FORMAT),
+                end.astimezone(IST).strftime(KITE_TIME_FORMAT),
+                kite_interval,
+                continuous=False,
+                oi=True,
+            )
+        )
+        candles = []
+        for row in rows:
+            opening = _kite_time(row.get("date"))
+            if opening is None:
+                raise BrokerUnavailable("Zerodha sent a historical candle without a readable timestamp.")
+            opening = opening.astimezone(IST)
+            if not start <= opening < end:
+                continue
+            candles.append(
+                HistoricalCandle(
+                    start=opening,
+                    open=to_decimal(row["open"]),
+                    high=to_decimal(row["high"]),
+                    low=to_decimal(row["low"]),
+                    close=to_decimal(row["close"]),
+                    volume=int(row.get("volume") or 0),
+                    # Kite reports 0 open interest for instruments that have none; we store that as no OI.
+                    oi=int(row.get("oi") or 0) or None,
+                )
+            )
+        return candles
 
     def instruments(self) -> list[dict]:
         # The SDK reads GET /instruments (CSV) into dicts with Kite's columns, already typed.

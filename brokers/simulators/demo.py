@@ -41,3 +41,28 @@ def available_simulators() -> list[str]:
     import importlib.util
 
     return [name for name in ("kite", "dhan", "fyers") if importlib.util.find_spec(f"brokers.simulators.{name}")]
+
+
+FEED_PORT_OFFSET = 10  # a broker's live-feed simulator listens at its REST port + 10 (KITE_TICKER_URL, DHAN_FEED_URL)
+
+
+def demo_simulators_start(name: str, *, port: int) -> list:
+    """Start one simulated broker for the demo: its REST simulator and, for Kite and Dhan, its live-feed socket
+    (streaming the shared market every second, accepting the sessions the REST simulator issued)."""
+    from brokers.simulators.base import SimulatorServer
+
+    app = simulator_app(name)
+    servers: list = [SimulatorServer(app, port=port).start()]
+    if name == "kite":
+        from brokers.simulators.kite_ticker import KiteTickerSimulator
+
+        servers.append(
+            KiteTickerSimulator(port=port + FEED_PORT_OFFSET, stream_interval=1.0, authorize=app.has_session).start()
+        )
+    elif name == "dhan":
+        from brokers.simulators.dhan_feed import DhanFeedSimulator
+
+        servers.append(
+            DhanFeedSimulator(port=port + FEED_PORT_OFFSET, stream_interval=1.0, authorize=app.client_for_token).start()
+        )
+    return servers

@@ -156,6 +156,11 @@ class DhanSimulator(SimulatorApp):
         with self._tokens_lock:
             self._tokens.clear()
 
+    def client_for_token(self, access_token: str) -> str | None:
+        """The client id an access token belongs to (the feed simulator authenticates its sockets with this)."""
+        with self._tokens_lock:
+            return self._tokens.get(access_token)
+
     def _authenticated_client(self, request: SimRequest) -> str:
         token = request.headers.get("access-token") or ""
         claimed = request.headers.get("client-id") or ""

@@ -12,7 +12,7 @@ import html
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo
@@ -29,10 +29,11 @@ from brokers.adapters.base import (
     Validity,
     split_symbol,
 )
-from brokers.instruments import DEMO_INSTRUMENTS, BrokerInstrument, by_symbol
+from brokers.instruments import DEMO_INSTRUMENTS, BrokerInstrument, by_kite_token, by_symbol
 from brokers.models import SimOrder, Venue
-from brokers.prices import quote_for
+from brokers.prices import quote_for, synthetic_quote
 from brokers.simulators.base import RateWindows, SimRequest, SimResponse, SimulatorApp
+from marketdata.calendar import is_trading_day
 
 IST = ZoneInfo("Asia/Kolkata")
 KITE_STATUS = {
@@ -46,6 +47,15 @@ KITE_STATUS = {
     BrokerOrderStatus.EXPIRED: "CANCELLED",
 }
 SUPPORTED_VARIETIES = {"regular", "amo"}
+
+# Historical data: the intervals we simulate, Kite's longest span per request, and the session the candles cover.
+HISTORICAL_MAX_DAYS = {"minute": 60, "day": 2000}
+SESSION_OPEN = time(9, 15)
+SESSION_MINUTES = 375  # 09:15 to 15:30
+# Seconds between the price samples a candle's high and low are taken from: fine enough to give a minute a range,
+# coarse enough that a 2000-day request answers in seconds.
+SAMPLE_SECONDS = {"minute": 15, "day": 300}
+HISTORICAL_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ class KiteSimulator(SimulatorApp):
         self.order_limits = RateWindows([(10, 1.0), (400, 60.0)])
         self.quote_limits = RateWindows([(1, 1.0)])
         self.other_limits = RateWindows([(10, 1.0)])
+        self.historical_limits = RateWindows([(3, 1.0)])
         super().__init__()
 
     # --- set-up ---------------------------------------------------------------------------------------------------
@@ -98,6 +109,12 @@ class KiteSimulator(SimulatorApp):
         with self._lock:
             self._sessions.clear()
 
+    def has_session(self, api_key: str, access_token: str) -> bool:
+        """Whether this access token is live for the app (the ticker simulator authenticates its sockets with it)."""
+        with self._lock:
+            session = self._sessions.get(access_token)
+        return session is not None and session.api_key == api_key
+
     def setup_routes(self) -> None:
         self.add_route("GET", r"/connect/login", self.login_page)
         self.add_route("POST", r"/connect/login", self.login_submit)
@@ -115,6 +132,7 @@ class KiteSimulator(SimulatorApp):
         self.add_route("GET", r"/portfolio/holdings", self.holding_list)
         self.add_route("GET", r"/quote(?:/(?P<mode>ltp|ohlc))?", self.quotes)
         self.add_route("GET", r"/instruments(?:/(?P<exchange>[A-Z]+))?", self.instrument_dump)
+        self.add_route("GET", r"/instruments/historical/(?P<token>\d+)/(?P<interval>[a-z0-9]+)", self.historical)
 
     def error_response(self, status: int, message: str, kind: str = "") -> SimResponse:
         error_type = {
@@ -488,6 +506,88 @@ class KiteSimulator(SimulatorApp):
             rows = [_static_kite_row(instrument) for instrument in DEMO_INSTRUMENTS]
             rows = [row for row in rows if not exchange or row["exchange"] == exchange]
         return SimResponse(200, kite_csv_text(rows=rows).encode(), "text/csv")
+
+    def historical(self, request: SimRequest, token: str, interval: str) -> SimResponse:
+        """Candles from the symbol's synthetic price path, for trading days' 09:15-15:30 sessions, starting in
+        [from, to] (Kite includes `to`) and no later than now. `continuous` is accepted and ignored."""
+        _, refusal = self._guard(request, self.historical_limits)
+        if refusal:
+            return refusal
+        if interval not in HISTORICAL_MAX_DAYS:
+            return self.error_response(400, "invalid interval", "input")
+        instrument = by_kite_token(int(token))
+        if instrument is None:
+            return self.error_response(400, "invalid token", "input")
+        try:
+            start, end = (_historical_time(request.arg(name) or "") for name in ("from", "to"))
+        except ValueError:
+            return self.error_response(400, "invalid from or to date", "input")
+        if end < start:
+            return self.error_response(400, "invalid from date: it is after the to date", "input")
+        if end - start > timedelta(days=HISTORICAL_MAX_DAYS[interval]):
+            return self.error_response(
+                400, f"interval exceeds max limit: {HISTORICAL_MAX_DAYS[interval]} days", "input"
+            )
+        with_oi = request.arg("oi") == "1"
+        latest = min(end, datetime.now(tz=IST))
+        candles = []
+        for opening, length in _historical_buckets(interval=interval, start=start, end=latest):
+            candle = synthetic_candle(instrument.symbol, opening=opening, seconds=length, interval=interval)
+            candles.append(candle + [0] if with_oi else candle)
+        return self.ok({"candles": candles})
+
+
+def _historical_time(raw: str) -> datetime:
+    for pattern in HISTORICAL_TIME_FORMATS:
+        try:
+            return datetime.strptime(raw, pattern).replace(tzinfo=IST)
+        except ValueError:
+            continue
+    raise ValueError(f"not a Kite timestamp: {raw!r}")
+
+
+def _historical_buckets(*, interval: str, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
+    """(session moment the candle's prices start at, seconds it covers) for each candle starting in [start, end]."""
+    buckets = []
+    day = start.date()
+    while day <= end.date():
+        if is_trading_day(day):
+            session_open = datetime.combine(day, SESSION_OPEN, tzinfo=IST)
+            if interval == "day":
+                if start <= datetime.combine(day, time(0), tzinfo=IST) <= end:
+                    buckets.append((session_open, SESSION_MINUTES * 60))
+            else:
+                for minute in range(SESSION_MINUTES):
+                    opening = session_open + timedelta(minutes=minute)
+                    if start <= opening <= end:
+                        buckets.append((opening, 60))
+        day += timedelta(days=1)
+    return buckets
+
+
+def synthetic_candle(symbol: str, *, opening: datetime, seconds: int, interval: str) -> list:
+    """One Kite candle row [timestamp, open, high, low, close, volume] from the synthetic price path: open at
+    `opening`, close one second before the bucket ends, high and low over samples every SAMPLE_SECONDS; volume is
+    the sum of per-minute synthetic volumes, so a day's volume is its minutes' total. A day candle is stamped
+    00:00 IST, as Kite stamps them."""
+    first = int(opening.timestamp())
+    moments = [*range(first, first + seconds, SAMPLE_SECONDS[interval]), first + seconds - 1]
+    prices = [synthetic_quote(symbol, at=moment).last_price for moment in moments]
+    volume = sum(synthetic_minute_volume(symbol, minute) for minute in range(first, first + seconds, 60))
+    stamp = opening if interval == "minute" else datetime.combine(opening.date(), time(0), tzinfo=IST)
+    return [
+        stamp.astimezone(IST).strftime("%Y-%m-%dT%H:%M:%S%z"),
+        _number(prices[0]),
+        _number(max(prices)),
+        _number(min(prices)),
+        _number(prices[-1]),
+        volume,
+    ]
+
+
+def synthetic_minute_volume(symbol: str, minute_epoch: int) -> int:
+    digest = hashlib.sha256(f"{symbol}@{minute_epoch}".encode()).hexdigest()
+    return 100 + int(digest[:6], 16) % 5000
 
 
 def _static_kite_row(instrument: BrokerInstrument) -> dict[str, str]:

@@ -74,6 +74,9 @@ class Command(BaseCommand):
             credentials = ", ".join(f'"{key}": "{value}"' for key, value in DEMO_CREDENTIALS[name].items())
             port = settings.SIMULATOR_PORTS[name]
             lines.append(f"    {BROKER_OF_SIMULATOR[name]:<8} http://127.0.0.1:{port}  credentials {{{credentials}}}")
+        lines.append(
+            "    (Zerodha's and Dhan's live-feed sockets listen at their port + 10: `manage.py runfeed --source kite`)"
+        )
         return lines
 
     def _serve_embedded(self, host: str, port: int) -> None:
@@ -84,11 +87,10 @@ class Command(BaseCommand):
         embedded.start_worker()
         embedded.start_beat()
         if settings.BROKER_SIMULATORS:
-            from brokers.simulators.base import SimulatorServer
-            from brokers.simulators.demo import available_simulators, simulator_app
+            from brokers.simulators.demo import available_simulators, demo_simulators_start
 
             for name in available_simulators():
-                SimulatorServer(simulator_app(name), port=settings.SIMULATOR_PORTS[name]).start()
+                demo_simulators_start(name, port=settings.SIMULATOR_PORTS[name])
         if settings.MARKET_FEED == "simulated":
             self._start_embedded_feed()
         config = uvicorn.Config(
