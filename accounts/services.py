@@ -164,17 +164,16 @@ def auth_login(*, email: str, password: str) -> tuple[User, TokenPair]:
     """Failures say the same thing whether or not the email exists, and count toward the per-IP/email limit."""
     email = normalize_email(email)
     ip = request_context.current_client_ip()
-    wait = login_limits.seconds_until_allowed(ip=ip, email=email)
+    wait = login_limits.attempt_begin(ip=ip, email=email)
     if wait:
         logger.warning("login refused: too many failures", extra={"client_ip": ip})
         raise RateLimited("Too many failed logins. Try again later.", retry_after=wait)
     user = authenticate(None, email=email, password=password)
     if user is None:
-        login_limits.record_failure(ip=ip, email=email)
         with transaction.atomic():
             audit_record(action="auth.login_failed", details={"email": email})
         raise AuthInvalid("Invalid email or password.")
-    login_limits.clear_email_failures(email=email)
+    login_limits.attempt_succeeded(ip=ip, email=email)
     if not user.is_active:
         with transaction.atomic():
             audit_record(action="auth.login_refused", actor=user, target=user, details={"reason": "deactivated"})

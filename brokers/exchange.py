@@ -134,7 +134,9 @@ def _reduces_position(account: SimAccount, request: OrderRequest) -> bool:
     return (position.quantity > 0 > signed or position.quantity < 0 < signed) and abs(signed) <= abs(position.quantity)
 
 
-def _rejection_reason(account: SimAccount, request: OrderRequest) -> str:
+def _rejection_reason(account: SimAccount, request: OrderRequest, *, replacing: SimOrder | None = None) -> str:
+    """Why the exchange refuses `request` ("" when it accepts); `replacing` is the order a modification rewrites,
+    whose own blocked margin is not counted against it."""
     if request.product == Product.CNC and request.side == Side.SELL:
         held = account.holdings.filter(symbol=request.symbol).values_list("quantity", flat=True).first() or 0
         position = account.positions.filter(symbol=request.symbol, product=Product.CNC).first()
@@ -145,7 +147,7 @@ def _rejection_reason(account: SimAccount, request: OrderRequest) -> str:
         return ""
     reference = request.price or request.trigger_price or quote_for(request.symbol).last_price
     required = request.quantity * reference * MARGIN_RATE[request.product]
-    available_cash = account.cash - _used_margin(account)
+    available_cash = account.cash - _used_margin(account, exclude=replacing)
     if required > available_cash:
         return f"Insufficient funds: required {required:.2f}, available {available_cash:.2f}."
     return ""
@@ -198,23 +200,25 @@ def modify(*, account: SimAccount, order_id: str, request: ModifyRequest) -> Sim
     if order.modifications >= MAX_MODIFICATIONS:
         raise InvalidInput(f"An order can be modified at most {MAX_MODIFICATIONS} times.")
     if request.quantity is not None:
-        if request.quantity < max(order.filled_quantity, 1):
-            raise InvalidInput("Quantity cannot be less than what is already filled.")
+        if request.quantity <= order.filled_quantity:
+            raise InvalidInput("Quantity must be more than what is already filled; cancel the rest instead.")
         order.quantity = request.quantity
     for name in ("price", "trigger_price", "order_type"):
         if getattr(request, name) is not None:
             setattr(order, name, getattr(request, name))
-    _validate(
-        OrderRequest(
-            symbol=order.symbol,
-            side=Side(order.side),
-            quantity=order.quantity,
-            order_type=OrderType(order.order_type),
-            product=Product(order.product),
-            price=order.price,
-            trigger_price=order.trigger_price,
-        )
+    modified = OrderRequest(
+        symbol=order.symbol,
+        side=Side(order.side),
+        quantity=order.remaining,
+        order_type=OrderType(order.order_type),
+        product=Product(order.product),
+        price=order.price,
+        trigger_price=order.trigger_price,
     )
+    _validate(modified)
+    reason = _rejection_reason(account, modified, replacing=order)
+    if reason:
+        raise InvalidInput(f"Modification refused: {reason}")
     order.modifications += 1
     order.updated_at = timezone.now()
     order.save()

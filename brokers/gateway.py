@@ -12,6 +12,7 @@ from django.conf import settings
 from brokers.adapters.base import (
     AdapterConfig,
     BrokerAdapter,
+    BrokerError,
     BrokerSession,
     BrokerUnavailable,
     SessionExpired,
@@ -90,9 +91,9 @@ class GuardedAdapter:
             return attribute
 
         def guarded(*args, **kwargs):
-            self.breaker.before_call()
             if name in self.PACED:
                 pace_order(account_id=self.account.pk, broker=self.account.broker)
+            self.breaker.before_call()
             try:
                 result = attribute(*args, **kwargs)
             except BrokerUnavailable:
@@ -103,6 +104,9 @@ class GuardedAdapter:
                 from brokers.services import broker_session_mark_expired
 
                 broker_session_mark_expired(account=self.account, reason="the broker reported the session expired")
+                raise
+            except BrokerError:
+                self.breaker.record_success()  # the broker answered (a rejection, bad input): it is up
                 raise
             self.breaker.record_success()
             return result

@@ -17,6 +17,7 @@ import redis
 from django.conf import settings
 from django.core.cache import cache
 
+from algoterm.api.errors import AppError, ErrorCode
 from brokers.adapters.base import BrokerRateLimited, BrokerUnavailable
 
 # (orders, seconds) windows per broker, from the brokers' published limits.
@@ -101,7 +102,12 @@ def _reserve(key: str, limits: list[tuple[int, float]]) -> float:
     args: list[str | int] = [uuid.uuid4().hex]
     for count, seconds in limits:
         args += [count, int(seconds * 1000)]
-    waited_ms = _redis(settings.REDIS_URL).eval(_RESERVE_SCRIPT, 1, f"{settings.REDIS_KEY_PREFIX}:pacing:{key}", *args)
+    try:
+        waited_ms = _redis(settings.REDIS_URL).eval(
+            _RESERVE_SCRIPT, 1, f"{settings.REDIS_KEY_PREFIX}:pacing:{key}", *args
+        )
+    except redis.RedisError:
+        raise AppError("Order pacing is unavailable; retry shortly.", code=ErrorCode.SERVICE_UNAVAILABLE) from None
     return int(waited_ms) / 1000
 
 

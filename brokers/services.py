@@ -71,6 +71,8 @@ def _clean_credentials(broker: str, credentials: dict[str, Any]) -> dict[str, An
             balance = Decimal(str(credentials["opening_balance"]))
         except InvalidOperation:
             balance = Decimal("-1")
+        if not balance.is_finite():
+            balance = Decimal("-1")
         if not (Decimal("1000") <= balance <= Decimal("100000000")):
             errors["credentials.opening_balance"] = ["Between 1,000 and 10,00,00,000 rupees."]
         cleaned["opening_balance"] = str(balance)
@@ -128,6 +130,12 @@ def _adapter(account: BrokerAccount, credentials: dict[str, Any] | None = None, 
 
 
 def _store_session(account: BrokerAccount, session: BrokerSession, *, actor: User | None, via: str) -> BrokerAccount:
+    """Under the row lock, so a disconnect that committed while the broker answered is never undone."""
+    fresh_credentials = account.credentials
+    account = BrokerAccount.objects.select_for_update().get(pk=account.pk)
+    if account.deleted_at is not None:
+        raise InvalidState("This broker account was disconnected during the login.")
+    account.credentials = fresh_credentials
     now = timezone.now()
     account.session = {"access_token": session.access_token, "broker_user_id": session.broker_user_id}
     account.client_id = session.broker_user_id or account.client_id
@@ -142,9 +150,10 @@ def _store_session(account: BrokerAccount, session: BrokerSession, *, actor: Use
 
 
 def _record_error(account: BrokerAccount, error: BrokerError) -> None:
-    BrokerAccount.objects.filter(pk=account.pk).update(
-        status=AccountStatus.ERROR, last_error=str(error.detail)[:500], last_error_at=timezone.now()
-    )
+    """Remember what went wrong; a failed or abandoned re-login never takes a working session offline."""
+    rows = BrokerAccount.objects.filter(pk=account.pk)
+    rows.update(last_error=str(error.detail)[:500], last_error_at=timezone.now())
+    rows.exclude(status=AccountStatus.CONNECTED).update(status=AccountStatus.ERROR)
 
 
 def broker_account_connect(

@@ -106,6 +106,7 @@ class MinuteCandleBuilder:
         self.persist = persist
         self._lock = threading.Lock()
         self._open: dict[str, CandleBar] = {}
+        self._closed_through: dict[str, datetime] = {}  # the last minute stored per symbol: it is never rewritten
         self._day_volume: dict[str, int] = {}
         self.minutes_written = 0
 
@@ -119,11 +120,18 @@ class MinuteCandleBuilder:
                 latest = minute if latest is None or minute > latest else latest
                 traded = self._traded_since_last(quote)
                 bar = self._open.get(quote.symbol)
+                stored = self._closed_through.get(quote.symbol)
+                late = (bar is not None and minute < bar.start) or (stored is not None and minute <= stored)
+                if late:
+                    # A tick stamped in a minute already closed (exchange clocks lag and differ between symbols):
+                    # its trades count in the open minute, and the stored candle is never rewritten by a stub.
+                    if bar is not None:
+                        self._open[quote.symbol] = replace(bar, volume=bar.volume + traded)
+                    continue
                 if bar is not None and minute > bar.start:
                     closed.append(bar)
+                    self._closed_through[quote.symbol] = bar.start
                     bar = None
-                if bar is not None and minute < bar.start:
-                    continue  # a late tick for a minute already closed
                 price = quote.last_price
                 self._open[quote.symbol] = (
                     CandleBar(quote.symbol, MINUTE, minute, price, price, price, price, traded, quote.oi or None)
@@ -168,6 +176,7 @@ class MinuteCandleBuilder:
         done = [bar for bar in self._open.values() if bar.start < minute]
         for bar in done:
             del self._open[bar.symbol]
+            self._closed_through[bar.symbol] = bar.start
         return done
 
     def _store(self, bars: list[CandleBar]) -> int:
@@ -190,6 +199,8 @@ def candles_get(*, symbol: str, interval: str, start: datetime, end: datetime) -
     """Candles of `interval` starting in [start, end), oldest first."""
     if interval not in INTERVALS:
         raise ValidationFailed(errors={"interval": [f"One of {', '.join(INTERVALS)}."]})
+    if interval == DAY:
+        start = ist_day_start(start.astimezone(IST).date())  # a day starting mid-range would be a partial candle
     minutes = Candle.objects.filter(symbol=symbol, interval=MINUTE, start__gte=start, start__lt=end)
     if interval == MINUTE:
         return [_bar_of(row) for row in minutes.order_by("start")]

@@ -6,13 +6,14 @@ A symbol is known when the instrument master lists it or a feed has quoted it.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from algoterm.api.errors import AppError, ErrorCode, NotFound
+from algoterm.api.errors import AppError, ErrorCode, NotFound, ValidationFailed
 from brokers.adapters.base import Quote
 from marketdata.candles import CandleBar, candles_get, candles_span_check
 from marketdata.models import Candle, Instrument
@@ -21,8 +22,15 @@ from marketdata.quotes import _encode, quote_get, quotes_get
 MAX_SYMBOLS_PER_REQUEST = 100
 
 
+_SYMBOL = re.compile(r"^[A-Z]{2,5}:[^\x00-\x1f\x7f]{1,58}$")
+
+
 def symbol_normalize(symbol: str) -> str:
-    return symbol.strip().upper()
+    """`nse:infy ` -> `NSE:INFY`; anything that cannot be a symbol is a 400 before it reaches the database."""
+    normalized = symbol.strip().upper()
+    if not _SYMBOL.match(normalized):
+        raise ValidationFailed(errors={"symbol": [f"Not a symbol: {normalized[:64]!r}; symbols look like NSE:INFY."]})
+    return normalized
 
 
 def symbols_unknown(*, symbols: list[str], quoted: set[str] | None = None) -> list[str]:

@@ -42,7 +42,11 @@ def ticks_publish(quotes: list[Quote], *, fan_out: bool = True) -> int:
     from brokers.exchange import match_resting_orders_for
 
     quotes_put(quotes)
-    fills = match_resting_orders_for(symbols=[quote.symbol for quote in quotes])
+    try:
+        fills = match_resting_orders_for(symbols=[quote.symbol for quote in quotes])
+    except Exception:  # one bad order must not stop ticks reaching subscribers and candles
+        logger.exception("matching resting orders failed")
+        fills = 0
     if fan_out:
         try:
             async_to_sync(ticks_fan_out)(quotes)

@@ -280,3 +280,18 @@ def test_other_sessions_survive_a_logout(api_client, trader):
 
     assert APIClient().post(REFRESH, {"refresh": tablet["refresh"]}, format="json").status_code == 200
     assert client_for(trader).get(ME).status_code == 200
+
+
+def test_parallel_guesses_cannot_outrun_the_failure_count(settings):
+    from accounts import login_limits
+
+    verdicts = [login_limits.attempt_begin(ip="10.7.7.7", email="victim@example.com") for _ in range(8)]
+
+    # Every attempt takes its slot before the password is checked, so the sixth is refused even if the first
+    # five are still being hashed.
+    assert verdicts[:5] == [0] * 5 and all(wait > 0 for wait in verdicts[5:])
+
+
+def test_successful_logins_give_the_ip_its_slot_back(api_client, trader):
+    for _ in range(8):
+        assert login(api_client, trader.email, ip="10.8.8.8").status_code == 200

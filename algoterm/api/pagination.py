@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from algoterm.api.errors import ValidationFailed
 
 MAX_PAGE_SIZE = 100
+MAX_PAGE = 1_000_000  # far past any list's end, well inside the database's OFFSET range
 
 
 class PagePagination(BasePagination):
@@ -35,7 +36,7 @@ class PagePagination(BasePagination):
         self.page_size = self._positive_int(
             request, "page_size", settings.REST_FRAMEWORK["PAGE_SIZE"], maximum=MAX_PAGE_SIZE
         )
-        self.page = self._positive_int(request, "page", 1)
+        self.page = self._positive_int(request, "page", 1, maximum=MAX_PAGE)
         self.total = (
             queryset.count() if hasattr(queryset, "count") and not isinstance(queryset, list) else len(queryset)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -17,6 +18,8 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework.utils.encoders import JSONEncoder
 
 from algoterm.api.errors import AppError, ErrorCode
+
+logger = logging.getLogger(__name__)
 
 CLOSE_AUTH_FAILED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -141,6 +144,10 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
             await handler(payload)
         except AppError as error:
             await self.send_error(error.detail, code=error.code)
+        except Exception:
+            # A bug or a dependency failure must not kill the socket silently (and strand its group memberships).
+            logger.exception("websocket message handler failed", extra={"message_type": message["t"][:40]})
+            await self.send_error("Internal error; the message was not applied.", code=ErrorCode.INTERNAL_ERROR)
 
     async def handle_ping(self, payload: dict[str, Any]) -> None:
         await self.send_message("pong", {"server_time": time.time()})

@@ -50,7 +50,12 @@ PRODUCT_TO_KITE = {Product.MIS: "MIS", Product.CNC: "CNC", Product.NRML: "NRML"}
 ORDER_TYPE_TO_KITE = {OrderType.MARKET: "MARKET", OrderType.LIMIT: "LIMIT", OrderType.SL: "SL", OrderType.SL_M: "SL-M"}
 VALIDITY_TO_KITE = {Validity.DAY: "DAY", Validity.IOC: "IOC"}
 SIDE_FROM_KITE = {value: key for key, value in SIDE_TO_KITE.items()}
-PRODUCT_FROM_KITE = {value: key for key, value in PRODUCT_TO_KITE.items()} | {"BO": Product.MIS, "CO": Product.MIS}
+# Kite's other products held in our three: bracket/cover orders are intraday, margin-funded delivery is delivery.
+PRODUCT_FROM_KITE = {value: key for key, value in PRODUCT_TO_KITE.items()} | {
+    "BO": Product.MIS,
+    "CO": Product.MIS,
+    "MTF": Product.CNC,
+}
 ORDER_TYPE_FROM_KITE = {value: key for key, value in ORDER_TYPE_TO_KITE.items()}
 VALIDITY_FROM_KITE = {value: key for key, value in VALIDITY_TO_KITE.items()} | {"TTL": Validity.DAY}
 # Kite's order statuses (including its transient ones) -> ours; OPEN with fills becomes PARTIALLY_FILLED.

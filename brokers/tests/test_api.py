@@ -188,3 +188,26 @@ def test_disconnect_logs_out_at_the_broker_and_wipes_secrets(kite_sim):
     assert token not in kite_sim._sessions
     assert client.get(ACCOUNTS).json()["total"] == 0
     assert_error(client.delete(f"/api/brokers/{account['id']}"), 404, "NOT_FOUND")
+
+
+def test_a_nan_opening_balance_is_a_validation_error(trader_client):
+    body = assert_error(connect_paper(trader_client, credentials={"opening_balance": "NaN"}), 400, "VALIDATION_ERROR")
+    assert "credentials.opening_balance" in body["errors"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_abandoned_relogin_does_not_take_a_working_session_offline(kite_sim):
+    account, client = connect_zerodha(client_for(UserFactory()))
+    relogin = client.post(f"/api/brokers/{account['id']}/refresh", {}, format="json").json()
+    state = dict(
+        urllib.parse.parse_qsl(
+            dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(relogin["login_url"]).query))["redirect_params"]
+        )
+    )["state"]
+
+    cancelled = APIClient().get("/api/brokers/callback/zerodha", {"state": state, "status": "cancelled"})
+
+    assert cancelled.status_code == 409
+    stored = BrokerAccount.objects.get(pk=account["id"])
+    assert stored.status == AccountStatus.CONNECTED and stored.last_error
+    assert client.get(f"/api/brokers/{account['id']}/funds").status_code == 200

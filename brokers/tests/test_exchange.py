@@ -151,3 +151,31 @@ def test_modify_and_cancel_rules(account, publish_quote):
     other = exchange.exchange_account(venue=Venue.PAPER, client_id="someone-else")
     with pytest.raises(InvalidInput):
         exchange.get_order(account=other, order_id=resting.order_id)
+
+
+def test_a_modification_cannot_exceed_the_funds_a_new_order_could_not(account, publish_quote):
+    publish_quote(SYMBOL, "1000.00")
+    small = exchange.place(
+        account=account,
+        request=order(quantity=1, order_type=OrderType.LIMIT, price=Decimal("900.00"), product=Product.CNC),
+    )
+
+    with pytest.raises(InvalidInput, match="Insufficient funds"):
+        exchange.modify(
+            account=account, order_id=small.order_id, request=ModifyRequest(quantity=10_000, price=Decimal("1001.00"))
+        )
+
+    small.refresh_from_db()
+    assert small.quantity == 1 and small.status == BrokerOrderStatus.OPEN
+    assert exchange.funds(account=account).available_cash > 0
+
+
+def test_a_partly_filled_order_cannot_be_modified_down_to_its_fills(account, publish_quote):
+    publish_quote(SYMBOL, "1000.00", depth=5)
+    partial = exchange.place(
+        account=account, request=order(quantity=10, order_type=OrderType.LIMIT, price=Decimal("1001.00"))
+    )
+    assert partial.filled_quantity == 5
+
+    with pytest.raises(InvalidInput, match="cancel the rest"):
+        exchange.modify(account=account, order_id=partial.order_id, request=ModifyRequest(quantity=5))

@@ -79,3 +79,29 @@ def test_the_circuit_opens_fails_fast_and_closes_by_itself(settings):
         time.sleep(1.1)
         assert adapter.orders() == []  # the trial call went through and closed the circuit
         assert adapter.orders() == [] and app.requests_served == reached + 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trial_call_the_broker_answers_with_a_rejection_closes_the_circuit(settings):
+    from brokers.adapters.base import OrderRejected
+
+    settings.BROKER_CIRCUIT_FAILURES = 1
+    settings.BROKER_CIRCUIT_OPEN_SECONDS = 1
+    app = KiteSimulator()
+    app.register_app("k", "s", "http://127.0.0.1:1/cb")
+    with serving(app) as server:
+        settings.KITE_ROOT_URL = server.url
+        account = BrokerAccount(owner=UserFactory(), broker="zerodha", label="Kite", status=AccountStatus.CONNECTED)
+        account.credentials = {"api_key": "k", "api_secret": "s"}
+        account.session = {"access_token": app.issue_session("k", "AB1"), "broker_user_id": "AB1"}
+        account.save()
+        adapter = adapter_for(account)
+        app.inject_fault("error", status=503)
+        with pytest.raises(BrokerUnavailable):
+            adapter.orders()
+        time.sleep(1.1)
+
+        with pytest.raises(OrderRejected):
+            adapter.cancel_order("999")  # the trial: the broker is up and says no
+
+        assert adapter.orders() == []  # not "a trial call is in progress"

@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from algoterm.api.errors import ValidationFailed
 from algoterm.api.serializers import InputSerializer
 from marketdata import selectors
 from marketdata.candles import INTERVALS, IST, ist_day_start
@@ -83,7 +84,11 @@ class QuotesQuery(InputSerializer):
     )
 
     def validate_symbols(self, raw: str) -> list[str]:
-        symbols = list(dict.fromkeys(filter(None, map(selectors.symbol_normalize, raw.split(",")))))
+        names = [name for name in (part.strip() for part in raw.split(",")) if name]
+        try:
+            symbols = list(dict.fromkeys(selectors.symbol_normalize(name) for name in names))
+        except ValidationFailed as error:
+            raise serializers.ValidationError(error.errors["symbol"]) from None
         if not symbols:
             raise serializers.ValidationError("Name at least one symbol.")
         if len(symbols) > selectors.MAX_SYMBOLS_PER_REQUEST:
@@ -124,16 +129,19 @@ class CandlesQuery(InputSerializer):
         return selectors.symbol_normalize(raw)
 
     def validate(self, attrs):
-        end = attrs.get("to")
-        if end is None:
-            end = timezone.now()
-        elif not isinstance(end, datetime):
-            end = ist_day_start(end + timedelta(days=1))
-        start = attrs.get("from")
-        if start is None:
-            start = end - DEFAULT_LOOKBACK[attrs["interval"]]
-        elif not isinstance(start, datetime):
-            start = ist_day_start(start)
+        try:
+            end = attrs.get("to")
+            if end is None:
+                end = timezone.now()
+            elif not isinstance(end, datetime):
+                end = ist_day_start(end + timedelta(days=1))
+            start = attrs.get("from")
+            if start is None:
+                start = end - DEFAULT_LOOKBACK[attrs["interval"]]
+            elif not isinstance(start, datetime):
+                start = ist_day_start(start)
+        except OverflowError:
+            raise serializers.ValidationError({"to": ["Dates must be between the years 1 and 9999."]}) from None
         return {"symbol": attrs["symbol"], "interval": attrs["interval"], "start": start, "end": end}
 
 

@@ -203,3 +203,32 @@ def test_import_candles_command(tmp_path):
     with pytest.raises(CommandError, match="line 5"):
         call_command("import_candles", str(path), verbosity=0)
     assert Candle.objects.count() == 3
+
+
+def test_a_late_tick_never_rewrites_a_stored_minute():
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from brokers.adapters.base import Quote
+    from marketdata.candles import MinuteCandleBuilder
+
+    stored = []
+    builder = MinuteCandleBuilder(persist=lambda *, candles, **_: stored.extend(candles) or len(candles))
+
+    def tick(minute: int, second: int, price: str, volume: int) -> Quote:
+        at = datetime(2026, 11, 23, 4, minute, second, tzinfo=UTC)
+        return Quote(symbol="NSE:INFY", last_price=Decimal(price), volume=volume, timestamp=at)
+
+    builder.ticks_add([tick(0, 1, "100", 10), tick(0, 30, "110", 20)])
+    builder.ticks_add([tick(1, 5, "111", 25)])  # closes 04:00
+    builder.ticks_add([tick(0, 59, "105", 30)])  # late: stamped in the closed minute
+    builder.ticks_add([tick(2, 0, "112", 31)])  # closes 04:01
+
+    first, second = stored
+    assert (first.open, first.high, first.low, first.close) == (
+        Decimal("100"),
+        Decimal("110"),
+        Decimal("100"),
+        Decimal("110"),
+    )
+    assert second.start.minute == 1 and second.volume == 5 + 5  # the late tick's trades land in the open minute

@@ -160,3 +160,16 @@ def test_candles_unknown_symbol_is_404(trader_client, market):
 def test_candles_for_a_listed_symbol_without_data_are_empty(trader_client, market):
     response = trader_client.get("/api/candles", {"symbol": "NSE:M&M", "interval": "5m"})
     assert response.status_code == 200 and response.json()["candles"] == []
+
+
+@pytest.mark.django_db
+def test_impossible_inputs_are_400_not_500(trader_client):
+    from algoterm.testing import assert_error
+
+    assert_error(trader_client.get("/api/ltp/NSE:%00"), 400, "VALIDATION_ERROR")
+    assert_error(
+        trader_client.get("/api/candles", {"symbol": "NSE:INFY", "interval": "1d", "to": "9999-12-31"}),
+        400,
+        "VALIDATION_ERROR",
+    )
+    assert_error(trader_client.get("/api/instruments", {"page": "999999999999999999999"}), 400, "VALIDATION_ERROR")
