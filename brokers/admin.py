@@ -15,7 +15,7 @@ class BrokerAccountAdmin(admin.ModelAdmin):
     search_fields = ["id", "label", "client_id", "owner__email"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
-    exclude = ["credentials_encrypted", "session_encrypted", "proxy_url"]
+    exclude = ["credentials_encrypted", "session_encrypted", "proxy_url", "login_nonce"]
     readonly_fields = ["id", "credential_fields", "has_session", "proxy", "created_at", "connected_at", "deleted_at"]
     actions = ["expire_sessions", "check_sessions"]
 

@@ -46,6 +46,9 @@ class BrokerAccount(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     proxy_url = models.CharField(max_length=300, blank=True, help_text="egress proxy with the whitelisted static IP")
     algo_id = models.CharField(max_length=40, blank=True, help_text="exchange algo id sent with every order")
+    login_nonce = models.CharField(
+        max_length=32, blank=True, help_text="binds the one live broker login link; cleared when it is used"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     connected_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -101,7 +102,12 @@ def masked_proxy(proxy_url: str) -> str:
 
 
 def _login_state(account: BrokerAccount) -> str:
-    return signing.dumps({"account": account.pk, "owner": account.owner_id}, salt=_STATE_SALT, compress=True)
+    """A signed, expiring state for one login link. Its nonce makes it single-use: completing a login clears it,
+    and a newer link replaces it."""
+    account.login_nonce = secrets.token_urlsafe(16)
+    BrokerAccount.objects.filter(pk=account.pk).update(login_nonce=account.login_nonce)
+    payload = {"account": account.pk, "owner": account.owner_id, "nonce": account.login_nonce}
+    return signing.dumps(payload, salt=_STATE_SALT, compress=True)
 
 
 def _account_from_state(state: str, broker: str) -> BrokerAccount:
@@ -116,6 +122,8 @@ def _account_from_state(state: str, broker: str) -> BrokerAccount:
     )
     if account is None or not account.owner.is_active:
         raise NotFound()
+    if not account.login_nonce or not secrets.compare_digest(account.login_nonce, str(data.get("nonce", ""))):
+        raise ValidationFailed(errors={"state": ["This login link was already used or replaced; start again."]})
     return account
 
 
@@ -144,6 +152,7 @@ def _store_session(account: BrokerAccount, session: BrokerSession, *, actor: Use
     account.session_expires_at = None if account.broker == Broker.PAPER else session_expiry_after(now)
     account.last_error = ""
     account.last_error_at = None
+    account.login_nonce = ""
     account.save()
     audit_record(action="broker.session_start", actor=actor, target=account, details={"via": via})
     return account

@@ -211,3 +211,17 @@ def test_an_abandoned_relogin_does_not_take_a_working_session_offline(kite_sim):
     stored = BrokerAccount.objects.get(pk=account["id"])
     assert stored.status == AccountStatus.CONNECTED and stored.last_error
     assert client.get(f"/api/brokers/{account['id']}/funds").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_login_link_works_once(kite_sim):
+    client = client_for(UserFactory())
+    started = client.post(
+        CONNECT, {"broker": "zerodha", "credentials": {"api_key": KITE_KEY, "api_secret": KITE_SECRET}}, format="json"
+    ).json()
+    params = submit_login_form(started["login_url"])
+    assert APIClient().get("/api/brokers/callback/zerodha", params).status_code == 200
+
+    replay = {**submit_login_form(started["login_url"]), "state": params["state"]}
+    body = assert_error(APIClient().get("/api/brokers/callback/zerodha", replay), 400, "VALIDATION_ERROR")
+    assert "already used" in body["errors"]["state"][0]

@@ -287,8 +287,12 @@ class SimulatedFeed(Feed):
             quote = cached.get(contract.symbol)
             if quote is None:
                 continue
-            self.prev_close[position] = float(quote.close or quote.last_price)
-            if quote.timestamp and quote.timestamp.astimezone(IST).date() == today:
+            quoted_today = bool(quote.timestamp and quote.timestamp.astimezone(IST).date() == today)
+            # A quote from an earlier day closed that day: its last price, not its own previous close, is ours.
+            self.prev_close[position] = float((quote.close if quoted_today else None) or quote.last_price)
+            if not quoted_today and quote.oi:
+                self.oi[position] = self.session_oi[position] = quote.oi
+            if quoted_today:
                 self.day_open[position] = float(quote.open or quote.last_price)
                 self.day_high[position] = float(quote.high or quote.last_price)
                 self.day_low[position] = float(quote.low or quote.last_price)
