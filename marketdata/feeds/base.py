@@ -9,7 +9,7 @@ import random
 import threading
 from collections.abc import Callable
 
-from brokers.adapters.base import Quote
+from brokers.adapters.base import InvalidInput, Quote
 from marketdata.ticks import ticks_publish
 
 logger = logging.getLogger(__name__)
@@ -53,3 +53,33 @@ class Feed(abc.ABC):
                 delay = self.backoff.next_delay()
                 logger.warning("%s feed dropped; reconnecting in %.1fs", self.source, delay, exc_info=True)
                 stop.wait(delay)
+
+
+class BrokerFeed(Feed):
+    """A feed from a broker's live socket: one account's credentials, a mode, the socket URL (a setting, so tests
+    and the demo can point it at a simulator) and a connect timeout."""
+
+    modes: tuple[str, ...] | dict = ()
+    url_setting: str = ""
+    default_url: str = ""
+    connect_timeout_seconds: float = 15
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        url: str | None = None,
+        connect_timeout: float | None = None,
+        publish: Callable[[list[Quote]], int] = ticks_publish,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__(publish=publish, backoff=backoff)
+        if mode not in self.modes:
+            raise InvalidInput(f"{self.source} feed modes are {', '.join(self.modes)}; got {mode!r}.")
+        from django.conf import settings
+
+        self.mode = mode
+        self.url = url or getattr(settings, self.url_setting, self.default_url)
+        self.connect_timeout = self.connect_timeout_seconds if connect_timeout is None else connect_timeout
+        self._lock = threading.Lock()
+        self.connections_opened = 0

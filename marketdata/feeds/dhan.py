@@ -28,11 +28,9 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from django.conf import settings
-
 from brokers.adapters.base import BrokerUnavailable, InvalidInput, Quote, SessionExpired
 from brokers.adapters.dhan import dhan_instrument
-from marketdata.feeds.base import Feed
+from marketdata.feeds.base import BrokerFeed
 
 if TYPE_CHECKING:
     from dhanhq.marketfeed import MarketFeed
@@ -101,10 +99,14 @@ def _price(value: Any) -> Decimal | None:
     return price if price else None
 
 
-class DhanFeed(Feed):
+class DhanFeed(BrokerFeed):
     """Ticks for `symbols` from one Dhan account's market-feed connection (Dhan allows 5 per user)."""
 
     source = "dhan"
+    modes = MODES
+    url_setting = "DHAN_FEED_URL"
+    default_url = "wss://api-feed.dhan.co"
+    connect_timeout_seconds = CONNECT_TIMEOUT_SECONDS
 
     def __init__(
         self,
@@ -113,27 +115,18 @@ class DhanFeed(Feed):
         access_token: str,
         symbols: list[str],
         mode: str = "full",
-        url: str | None = None,
-        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         **feed_options: Any,
     ) -> None:
-        super().__init__(**feed_options)
-        if mode not in MODES:
-            raise InvalidInput(f"Dhan feed modes are {', '.join(MODES)}; got {mode!r}.")
+        super().__init__(mode=mode, **feed_options)
         if not client_id or not access_token:
             raise SessionExpired("The Dhan account has no client id or access token; connect it again.")
         self.client_id = client_id
         self._access_token = access_token
-        self.mode = mode
-        self.url = url or getattr(settings, "DHAN_FEED_URL", "wss://api-feed.dhan.co")
-        self.connect_timeout = connect_timeout
-        self._lock = threading.Lock()
         self._instruments: dict[tuple[int, str], str] = {}  # (segment code, security id) -> symbol
         self._live: MarketFeed | None = None
         self._latest: dict[str, Quote] = {}
         self._previous: dict[str, tuple[Decimal | None, int]] = {}  # symbol -> (previous close, previous OI)
         self._open_interest: dict[str, int] = {}
-        self.connections_opened = 0
         self._add(symbols)
 
     def __repr__(self) -> str:

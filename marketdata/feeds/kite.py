@@ -20,11 +20,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
-
 from brokers.adapters.base import BrokerUnavailable, InvalidInput, Quote, SessionExpired
 from brokers.instruments import by_symbol
-from marketdata.feeds.base import Feed
+from marketdata.feeds.base import BrokerFeed
 
 if TYPE_CHECKING:
     from brokers.models import BrokerAccount
@@ -108,10 +106,14 @@ def quote_from_tick(symbol: str, tick: dict[str, Any]) -> Quote:
     )
 
 
-class KiteFeed(Feed):
+class KiteFeed(BrokerFeed):
     """Ticks for `symbols` from one Zerodha account's ticker connection (Kite allows 3 per API key)."""
 
     source = "kite"
+    modes = MODES
+    url_setting = "KITE_TICKER_URL"
+    default_url = "wss://ws.kite.trade"
+    connect_timeout_seconds = CONNECT_TIMEOUT_SECONDS
 
     def __init__(
         self,
@@ -120,24 +122,15 @@ class KiteFeed(Feed):
         access_token: str,
         symbols: list[str],
         mode: str = "full",
-        url: str | None = None,
-        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         **feed_options: Any,
     ) -> None:
-        super().__init__(**feed_options)
-        if mode not in MODES:
-            raise InvalidInput(f"Kite ticker modes are {', '.join(MODES)}; got {mode!r}.")
+        super().__init__(mode=mode, **feed_options)
         if not api_key or not access_token:
             raise SessionExpired("The Zerodha account has no access token; log in again.")
         self.api_key = api_key
         self._access_token = access_token
-        self.mode = mode
-        self.url = url or getattr(settings, "KITE_TICKER_URL", "wss://ws.kite.trade")
-        self.connect_timeout = connect_timeout
-        self._lock = threading.Lock()
         self._tokens: dict[int, str] = {}  # instrument token -> symbol
         self._ticker = None  # the live KiteTicker, touched only on the reactor thread
-        self.connections_opened = 0
         self._add_tokens(symbols)
 
     def __repr__(self) -> str:
