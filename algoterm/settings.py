@@ -260,6 +260,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "brokers.tasks.remind_logins",
         "schedule": crontab(hour=8, minute=45, day_of_week="mon-fri"),
     },
+    "orders.reconcile_open": {"task": "orders.tasks.reconcile_open", "schedule": timedelta(seconds=5)},
+    "orders.trail_stops": {"task": "orders.tasks.trail_stops", "schedule": timedelta(seconds=2)},
+    "orders.purge_idempotency_keys": {
+        "task": "orders.tasks.purge_idempotency_keys",
+        "schedule": timedelta(hours=6),
+    },
     "accounts.purge_old_notifications": {
         "task": "accounts.tasks.purge_old_notifications",
         "schedule": timedelta(hours=24),
@@ -353,6 +359,13 @@ BROKER_DEFAULT_ALGO_ID = env.str("BROKER_DEFAULT_ALGO_ID", default="ALGOTERM-GEN
 # The daily re-login rule: sessions end at this IST time (Kite tokens die at 06:00; SEBI wants a daily 2FA login).
 BROKER_SESSION_EXPIRY_TIME = env.str("BROKER_SESSION_EXPIRY_TIME", default="06:00")
 PAPER_SLIPPAGE_BPS = env.int("PAPER_SLIPPAGE_BPS", default=5)
+
+# Orders: how soon a lost broker answer is reconciled, and how long an order may sit unconfirmed before reconciliation
+# decides from the broker's order book alone; how long Idempotency-Keys are kept.
+ORDER_RECONCILE_DELAY_SECONDS = env.float("ORDER_RECONCILE_DELAY_SECONDS", default=2.0)
+ORDER_RECONCILE_GRACE_SECONDS = env.float("ORDER_RECONCILE_GRACE_SECONDS", default=30.0)
+IDEMPOTENCY_KEY_TTL = timedelta(hours=env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48))
+IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=15.0)
 PAPER_OPENING_BALANCE = env.str("PAPER_OPENING_BALANCE", default="1000000.00")
 
 # Market data. The demo's simulated market trades around the clock so a newcomer can try everything at any hour;

@@ -7,6 +7,8 @@ exchange account's row, so concurrent requests for one account are applied one a
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -33,6 +35,8 @@ from brokers.adapters.base import (
 from brokers.models import SimAccount, SimHolding, SimOrder, SimPosition, SimTrade
 from brokers.prices import TICK, quote_for, to_tick
 
+logger = logging.getLogger(__name__)
+
 # Share of notional blocked as margin: intraday is leveraged, delivery and carry-forward are not.
 MARGIN_RATE = {Product.MIS: Decimal("0.20"), Product.CNC: Decimal("1"), Product.NRML: Decimal("1")}
 RESTING = (BrokerOrderStatus.OPEN, BrokerOrderStatus.TRIGGER_PENDING, BrokerOrderStatus.PARTIALLY_FILLED)
@@ -41,6 +45,33 @@ MAX_MODIFICATIONS = 25
 
 class UnknownOrder(InvalidInput):
     pass
+
+
+# Who hears of fills that happen without a request (a quote crossing a resting order): the order pipeline for
+# paper accounts, the broker simulators for their postbacks. Called after commit with (venue, client_id, order ids).
+OrderChangeListener = Callable[[str, str, list[str]], None]
+_order_change_listeners: list[OrderChangeListener] = []
+
+
+def order_changes_listen(listener: OrderChangeListener) -> None:
+    if listener not in _order_change_listeners:
+        _order_change_listeners.append(listener)
+
+
+def order_changes_unlisten(listener: OrderChangeListener) -> None:
+    if listener in _order_change_listeners:
+        _order_change_listeners.remove(listener)
+
+
+def _announce(account: SimAccount, order_ids: list[str]) -> None:
+    def announce() -> None:
+        for listener in list(_order_change_listeners):
+            try:
+                listener(account.venue, account.client_id, order_ids)
+            except Exception:  # one listener's failure must not stop the others or the matching loop
+                logger.exception("order change listener failed")
+
+    transaction.on_commit(announce)
 
 
 # --- matching (pure) -----------------------------------------------------------------------------------------------
@@ -308,10 +339,16 @@ def match_resting_orders(*, symbol: str) -> int:
     for account_id in list(account_ids):
         with transaction.atomic():
             account = SimAccount.objects.select_for_update().get(pk=account_id)
-            for order in SimOrder.objects.select_for_update().filter(
-                account=account, symbol=symbol, status__in=RESTING
-            ):
-                fills += _try_fill(account, order)
+            filled = [
+                order.order_id
+                for order in SimOrder.objects.select_for_update().filter(
+                    account=account, symbol=symbol, status__in=RESTING
+                )
+                if _try_fill(account, order)
+            ]
+            if filled:
+                _announce(account, filled)
+            fills += len(filled)
     return fills
 
 

@@ -131,6 +131,10 @@ def pace_order(*, account_id: str, broker: str) -> float:
 # --- circuit breaker -----------------------------------------------------------------------------------------------
 
 
+class CircuitOpen(BrokerUnavailable):
+    """Refused before any call was made: whatever it was for never reached the broker."""
+
+
 class CircuitBreaker:
     """Opens after BROKER_CIRCUIT_FAILURES consecutive 'unavailable' failures; while open, calls fail fast with
     503; after BROKER_CIRCUIT_OPEN_SECONDS one trial call is let through, and its success closes the circuit."""
@@ -144,13 +148,13 @@ class CircuitBreaker:
             return
         remaining = open_until - time.time()
         if remaining > 0:
-            raise BrokerUnavailable(
+            raise CircuitOpen(
                 "The broker is failing; calls are paused briefly.",
                 extra={"retry_after": max(1, int(remaining + 0.999))},
                 headers={"Retry-After": str(max(1, int(remaining + 0.999)))},
             )
         if not cache.add(f"{self.prefix}:trial", True, timeout=settings.BROKER_CIRCUIT_OPEN_SECONDS):
-            raise BrokerUnavailable("The broker is failing; a trial call is in progress.")
+            raise CircuitOpen("The broker is failing; a trial call is in progress.")
 
     def record_success(self) -> None:
         cache.delete_many([f"{self.prefix}:failures", f"{self.prefix}:open_until", f"{self.prefix}:trial"])

@@ -124,6 +124,20 @@ class InvalidState(AppError):
     code = ErrorCode.INVALID_STATE
 
 
+class IdempotencyKeyReused(AppError):
+    code = ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+
+class RiskRejected(AppError):
+    """The risk engine refused an order; `reason` is the rule's code (MAX_LOTS_EXCEEDED...)."""
+
+    code = ErrorCode.RISK_REJECTED
+
+    def __init__(self, detail: str | None = None, *, reason: str) -> None:
+        super().__init__(detail, extra={"reason": reason})
+        self.reason = reason
+
+
 class RateLimited(AppError):
     code = ErrorCode.RATE_LIMITED
 

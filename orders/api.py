@@ -1,0 +1,303 @@
+"""Order, trade, position and portfolio routes."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from algoterm.api.pagination import PagePagination, paginate
+from algoterm.api.permissions import IsTrader
+from orders import selectors, services
+from orders.idempotency import HEADER, idempotent
+from orders.models import OrderStatus
+from orders.serializers import (
+    BulkInput,
+    BulkOutput,
+    OrderDetailOutput,
+    OrderInput,
+    OrderListQuery,
+    OrderModifyInput,
+    OrderOutput,
+    PortfolioOutput,
+    PositionListQuery,
+    PositionOutput,
+    PositionsOutput,
+    SquareOffInput,
+    SquareOffOutput,
+    TradeListQuery,
+    TradeOutput,
+)
+
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    HEADER,
+    str,
+    location=OpenApiParameter.HEADER,
+    description="Same key and body: the first response again, nothing done twice. Same key, other body: 409 "
+    "IDEMPOTENCY_KEY_REUSED. Kept 48 hours.",
+)
+
+
+class OrderListCreateApi(APIView):
+    pagination_class = PagePagination
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsAuthenticated(), IsTrader()]
+        return [IsAuthenticated()]
+
+    @extend_schema(
+        tags=["orders"],
+        parameters=[
+            OpenApiParameter("status", str, many=True, enum=OrderStatus.values),
+            OpenApiParameter("account_id", str),
+            OpenApiParameter("symbol", str),
+            OpenApiParameter("side", str, enum=["BUY", "SELL"]),
+            OpenApiParameter("source", str),
+            OpenApiParameter("tag", str),
+            OpenApiParameter("open", bool),
+            OpenApiParameter("from", str, description="ISO 8601 time, inclusive"),
+            OpenApiParameter("to", str, description="ISO 8601 time, inclusive"),
+        ],
+        responses={200: OrderOutput(many=True)},
+        summary="Your orders, newest first",
+    )
+    def get(self, request: Request) -> Response:
+        query = OrderListQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        orders = selectors.order_list(
+            user=request.user,
+            statuses=sorted(data.get("status") or []),
+            account_id=data.get("account_id"),
+            symbol=data.get("symbol"),
+            side=data.get("side"),
+            source=data.get("source"),
+            tag=data.get("tag"),
+            open_only=data.get("open"),
+            start=data.get("from"),
+            end=data.get("to"),
+        )
+        return paginate(request=request, queryset=orders, serializer_class=OrderOutput, view=self)
+
+    @extend_schema(
+        tags=["orders"],
+        request=OrderInput,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: OrderDetailOutput},
+        summary="Place an order",
+        description="Validated (lot size, tick size, price rules, the instrument trades, the account is yours and "
+        "connected), checked by the risk engine, paced, and sent to the broker within the request with our order "
+        "id as its tag. 201 with the order as the broker left it (a market order on paper is FILLED). 422 "
+        "ORDER_REJECTED when the broker refuses (the rejected order stays in your history, `order_id` names it). "
+        "When the broker's answer is lost the order is UNKNOWN and reconciliation settles it from the broker's "
+        "order book: it is never sent twice. `target` and `stop_loss` place exit legs once the entry fills; the "
+        "first to fill cancels the other.",
+    )
+    def post(self, request: Request) -> Response:
+        def act() -> Response:
+            data = OrderInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            order = services.order_place(user=request.user, spec=data.to_spec())
+            order = selectors.order_get(user=request.user, order_id=order.pk, with_events=True)
+            return Response(OrderDetailOutput(order).data, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, scope="orders.place", act=act)
+
+
+class OrderDetailApi(APIView):
+    def get_permissions(self):
+        if self.request.method in ("PATCH", "DELETE"):
+            return [IsAuthenticated(), IsTrader()]
+        return [IsAuthenticated()]
+
+    @extend_schema(tags=["orders"], responses={200: OrderDetailOutput}, summary="One order with its events")
+    def get(self, request: Request, order_id: str) -> Response:
+        order = selectors.order_get(user=request.user, order_id=order_id, with_events=True)
+        return Response(OrderDetailOutput(order).data)
+
+    @extend_schema(
+        tags=["orders"],
+        request=OrderModifyInput,
+        responses={200: OrderDetailOutput},
+        summary="Modify a working order",
+        description="Quantity, price, trigger price or order type of an OPEN or PARTIALLY_FILLED order; 409 "
+        "INVALID_STATE otherwise.",
+    )
+    def patch(self, request: Request, order_id: str) -> Response:
+        order = selectors.order_get(user=request.user, order_id=order_id)
+        data = OrderModifyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.order_modify(user=request.user, order=order, **data.validated_data)
+        return Response(
+            OrderDetailOutput(selectors.order_get(user=request.user, order_id=order_id, with_events=True)).data
+        )
+
+    @extend_schema(
+        tags=["orders"],
+        responses={200: OrderDetailOutput},
+        summary="Cancel an order",
+        description="409 INVALID_STATE when it is already filled, cancelled, rejected or expired.",
+    )
+    def delete(self, request: Request, order_id: str) -> Response:
+        order = selectors.order_get(user=request.user, order_id=order_id)
+        services.order_cancel(user=request.user, order=order)
+        return Response(
+            OrderDetailOutput(selectors.order_get(user=request.user, order_id=order_id, with_events=True)).data
+        )
+
+
+def _leg_status(result: services.LegResult) -> str:
+    if result.cancelled:
+        return "cancelled"
+    if result.error_code == "NOT_SENT":
+        return "not_sent"
+    return "failed" if result.error_code else "placed"
+
+
+class OrderBulkApi(APIView):
+    permission_classes = [IsAuthenticated, IsTrader]
+
+    @extend_schema(
+        tags=["orders"],
+        request=BulkInput,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: BulkOutput},
+        summary="Place a multi-leg order",
+        description="Every leg is validated before any is sent (400 names `legs.N.field`); buy legs go before sell "
+        "legs, for margin. One result per leg, in the order given. With `all_or_none`, a failed leg cancels the legs "
+        "already placed and the rest are not sent (`rolled_back`).",
+    )
+    def post(self, request: Request) -> Response:
+        def act() -> Response:
+            data = BulkInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            specs = [services.OrderSpec(**leg) for leg in data.validated_data["legs"]]
+            results = services.orders_place_bulk(
+                user=request.user, specs=specs, all_or_none=data.validated_data["all_or_none"]
+            )
+            statuses = [_leg_status(result) for result in results]
+            if all(value == "placed" for value in statuses):
+                overall = "placed"
+            elif data.validated_data["all_or_none"]:
+                overall = "rolled_back"
+            elif any(value == "placed" for value in statuses):
+                overall = "partial"
+            else:
+                overall = "failed"
+            body = {
+                "status": overall,
+                "all_or_none": data.validated_data["all_or_none"],
+                "legs": [
+                    {
+                        "index": result.index,
+                        "status": statuses[result.index],
+                        "order": result.order,
+                        "error_code": result.error_code if result.error_code != "NOT_SENT" else "",
+                        "detail": result.detail,
+                    }
+                    for result in results
+                ],
+            }
+            return Response(BulkOutput(body).data, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, scope="orders.bulk", act=act)
+
+
+class TradeListApi(APIView):
+    pagination_class = PagePagination
+
+    @extend_schema(
+        tags=["orders"],
+        parameters=[
+            OpenApiParameter("account_id", str),
+            OpenApiParameter("symbol", str),
+            OpenApiParameter("order_id", str),
+            OpenApiParameter("from", str),
+            OpenApiParameter("to", str),
+        ],
+        responses={200: TradeOutput(many=True)},
+        summary="Your fills, newest first",
+    )
+    def get(self, request: Request) -> Response:
+        query = TradeListQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        trades = selectors.trade_list(
+            user=request.user,
+            account_id=data.get("account_id"),
+            symbol=data.get("symbol"),
+            order_id=data.get("order_id"),
+            start=data.get("from"),
+            end=data.get("to"),
+        )
+        return paginate(request=request, queryset=trades, serializer_class=TradeOutput, view=self)
+
+
+class PositionListApi(APIView):
+    @extend_schema(
+        tags=["positions"],
+        parameters=[OpenApiParameter("account_id", str), OpenApiParameter("open", bool)],
+        responses={200: PositionsOutput},
+        summary="Positions per account and consolidated, with LTP and PnL",
+        description="Not paginated: one row per account, instrument and product, plus the same grouped across "
+        "accounts, plus totals (realized, unrealized, day PnL).",
+    )
+    def get(self, request: Request) -> Response:
+        query = PositionListQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        book = selectors.position_book(
+            user=request.user,
+            account_id=query.validated_data.get("account_id"),
+            open_only=query.validated_data.get("open", False),
+        )
+        body = {
+            "items": PositionOutput(book.positions, many=True, context={"quotes": book.quotes}).data,
+            "consolidated": book.consolidated,
+            "totals": book.totals,
+        }
+        return Response(body)
+
+
+class SquareOffApi(APIView):
+    permission_classes = [IsAuthenticated, IsTrader]
+
+    @extend_schema(
+        tags=["positions"],
+        request=SquareOffInput,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={200: SquareOffOutput},
+        summary="Square off positions",
+        description="All positions, or one account's, or one symbol's: pending orders in scope are cancelled first, "
+        "then each open position is closed with a market order. Calling it again places only what is not already "
+        "being closed.",
+    )
+    def post(self, request: Request) -> Response:
+        def act() -> Response:
+            data = SquareOffInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            result = services.positions_square_off(user=request.user, **data.validated_data)
+            return Response(
+                SquareOffOutput({"cancelled": result.cancelled, "placed": result.placed, "failed": result.failed}).data
+            )
+
+        return idempotent(request, scope="positions.squareoff", act=act)
+
+
+class PortfolioApi(APIView):
+    @extend_schema(
+        tags=["positions"],
+        responses={200: PortfolioOutput},
+        summary="Holdings, positions, and realized, unrealized and day PnL",
+    )
+    def get(self, request: Request) -> Response:
+        portfolio = selectors.portfolio_get(user=request.user)
+        body = dict(portfolio)
+        body["positions"] = PositionOutput(
+            portfolio["positions"], many=True, context={"quotes": portfolio["quotes"]}
+        ).data
+        body.pop("quotes")
+        return Response(body)

@@ -1,0 +1,1138 @@
+"""Every write of the order pipeline: place, modify, cancel, apply broker updates, reconcile, exits, square-off.
+
+Placing is deliberately not one transaction: the order is committed as SUBMITTING *before* the broker is called, so
+a crash or a lost answer leaves a row that reconciliation settles from the broker's order book by our tag. Nothing
+here ever sends an order to a broker twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Notification, User
+from accounts.services import audit_record, notification_create
+from algoterm import realtime
+from algoterm.api.errors import InvalidState, NotFound, ValidationFailed
+from brokers.adapters.base import (
+    BrokerError,
+    BrokerOrder,
+    BrokerOrderStatus,
+    BrokerRateLimited,
+    InvalidInput,
+    ModifyRequest,
+    OrderRejected,
+    OrderRequest,
+    OrderType,
+    Product,
+    SessionExpired,
+    Side,
+    Validity,
+)
+from brokers.gateway import adapter_for
+from brokers.models import AccountStatus, BrokerAccount
+from brokers.prices import quote_for
+from brokers.protection import CircuitOpen
+from marketdata.instruments import instrument_get
+from marketdata.models import InstrumentType
+from orders.models import (
+    FINAL_STATUSES,
+    LIVE_STATUSES,
+    WORKING_STATUSES,
+    IdempotencyRecord,
+    LegRole,
+    Order,
+    OrderEvent,
+    OrderSource,
+    OrderStatus,
+    Position,
+    Trade,
+    can_transition,
+)
+from rms.services import OrderIntent, check_order
+
+logger = logging.getLogger(__name__)
+IST = ZoneInfo("Asia/Kolkata")
+PAISE = Decimal("0.01")
+
+STATUS_FROM_BROKER = {
+    BrokerOrderStatus.PENDING: OrderStatus.OPEN,
+    BrokerOrderStatus.OPEN: OrderStatus.OPEN,
+    BrokerOrderStatus.TRIGGER_PENDING: OrderStatus.OPEN,
+    BrokerOrderStatus.PARTIALLY_FILLED: OrderStatus.PARTIALLY_FILLED,
+    BrokerOrderStatus.FILLED: OrderStatus.FILLED,
+    BrokerOrderStatus.CANCELLED: OrderStatus.CANCELLED,
+    BrokerOrderStatus.REJECTED: OrderStatus.REJECTED,
+    BrokerOrderStatus.EXPIRED: OrderStatus.EXPIRED,
+}
+EXIT_ROLES = (LegRole.TARGET, LegRole.STOP_LOSS)
+# Orders that protect a position are submitted by reconciliation when a crash kept them from the broker;
+# a user's own entry is not, because the market has moved since they asked.
+PROTECTIVE_ROLES = (LegRole.TARGET, LegRole.STOP_LOSS, LegRole.SQUARE_OFF)
+
+
+# --- validation --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OrderSpec:
+    """One order as asked for, before it is validated."""
+
+    account_id: str
+    symbol: str
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+    validity: str = Validity.DAY
+    target: Decimal | None = None
+    stop_loss: Decimal | None = None
+    trailing_stop: Decimal | None = None
+    tag: str = ""
+
+
+@dataclass
+class ValidatedOrder:
+    spec: OrderSpec
+    account: BrokerAccount
+    lot_size: int
+    tick_size: Decimal
+    reference_price: Decimal
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _add(errors: dict[str, list[str]], name: str, message: str) -> None:
+    errors.setdefault(name, []).append(message)
+
+
+def _on_tick(value: Decimal, tick: Decimal) -> bool:
+    return (value / tick) == (value / tick).to_integral_value()
+
+
+def _check_prices(
+    errors: dict[str, list[str]],
+    *,
+    side: str,
+    order_type: str,
+    price: Decimal | None,
+    trigger_price: Decimal | None,
+    tick_size: Decimal,
+) -> None:
+    """The price rules of each order type, and the tick size."""
+    if order_type == OrderType.MARKET:
+        if price is not None:
+            _add(errors, "price", "Market orders take no price.")
+        if trigger_price is not None:
+            _add(errors, "trigger_price", "Market orders take no trigger price.")
+    elif order_type == OrderType.LIMIT:
+        if price is None:
+            _add(errors, "price", "Limit orders need a price.")
+        if trigger_price is not None:
+            _add(errors, "trigger_price", "Limit orders take no trigger price; use SL for a stop-limit.")
+    elif order_type == OrderType.SL:
+        if price is None:
+            _add(errors, "price", "SL orders need a limit price.")
+        if trigger_price is None:
+            _add(errors, "trigger_price", "SL orders need a trigger price.")
+        if price is not None and trigger_price is not None:
+            if side == Side.BUY and trigger_price > price:
+                _add(errors, "trigger_price", "A buy stop's trigger must be at or below its limit price.")
+            if side == Side.SELL and trigger_price < price:
+                _add(errors, "trigger_price", "A sell stop's trigger must be at or above its limit price.")
+    elif order_type == OrderType.SL_M:
+        if price is not None:
+            _add(errors, "price", "SL-M orders take no limit price.")
+        if trigger_price is None:
+            _add(errors, "trigger_price", "SL-M orders need a trigger price.")
+    for name, value in (("price", price), ("trigger_price", trigger_price)):
+        if value is None:
+            continue
+        if value <= 0:
+            _add(errors, name, "Must be positive.")
+        elif not _on_tick(value, tick_size):
+            _add(errors, name, f"Must be a multiple of the tick size {tick_size.normalize()}.")
+
+
+def order_validate(*, user: User, spec: OrderSpec, prefix: str = "") -> ValidatedOrder:
+    """Everything we can know before the broker sees the order; 400 with every problem at once."""
+    errors: dict[str, list[str]] = {}
+    account = BrokerAccount.objects.filter(owner=user, pk=spec.account_id, deleted_at__isnull=True).first()
+    if account is None:
+        raise NotFound(f"No broker account {spec.account_id}.")
+    instrument = instrument_get(symbol=spec.symbol)
+    lot_size, tick_size = 1, Decimal("0.05")
+    if instrument is None:
+        _add(errors, "symbol", f"Unknown instrument {spec.symbol}.")
+    elif not instrument.is_active or instrument.instrument_type == InstrumentType.INDEX:
+        _add(errors, "symbol", f"{spec.symbol} does not trade.")
+    elif instrument.expiry is not None and instrument.expiry < timezone.localdate(timezone=IST):
+        _add(errors, "symbol", f"{spec.symbol} expired on {instrument.expiry.isoformat()}.")
+    else:
+        lot_size, tick_size = instrument.lot_size, Decimal(instrument.tick_size)
+        if spec.product == Product.CNC and instrument.instrument_type != InstrumentType.EQ:
+            _add(errors, "product", "CNC (delivery) is for equity; use NRML or MIS for derivatives.")
+        if spec.product == Product.NRML and instrument.instrument_type == InstrumentType.EQ:
+            _add(errors, "product", "NRML is for derivatives; use CNC or MIS for equity.")
+    if spec.quantity <= 0:
+        _add(errors, "quantity", "Must be positive.")
+    elif spec.quantity % lot_size:
+        _add(errors, "quantity", f"Must be a multiple of the lot size {lot_size}.")
+    _check_prices(
+        errors,
+        side=spec.side,
+        order_type=spec.order_type,
+        price=spec.price,
+        trigger_price=spec.trigger_price,
+        tick_size=tick_size,
+    )
+    if spec.validity == Validity.IOC and spec.order_type in (OrderType.SL, OrderType.SL_M):
+        _add(errors, "validity", "Stop orders cannot be IOC.")
+    reference = spec.price or spec.trigger_price or quote_for(spec.symbol).last_price
+    _check_exits(errors, spec=spec, reference=reference, tick_size=tick_size)
+    if errors:
+        raise ValidationFailed(
+            "The order is invalid.", errors={f"{prefix}{key}": value for key, value in errors.items()}
+        )
+    return ValidatedOrder(spec=spec, account=account, lot_size=lot_size, tick_size=tick_size, reference_price=reference)
+
+
+def _check_exits(errors: dict[str, list[str]], *, spec: OrderSpec, reference: Decimal, tick_size: Decimal) -> None:
+    for name in ("target", "stop_loss", "trailing_stop"):
+        value = getattr(spec, name)
+        if value is None:
+            continue
+        if value <= 0:
+            _add(errors, name, "Must be positive.")
+        elif not _on_tick(value, tick_size):
+            _add(errors, name, f"Must be a multiple of the tick size {tick_size.normalize()}.")
+    buying = spec.side == Side.BUY
+    if spec.target is not None and (spec.target <= reference if buying else spec.target >= reference):
+        _add(
+            errors,
+            "target",
+            f"A {spec.side.lower()} order's target must be {'above' if buying else 'below'} its price ({reference}).",
+        )
+    if spec.stop_loss is not None and (spec.stop_loss >= reference if buying else spec.stop_loss <= reference):
+        _add(
+            errors,
+            "stop_loss",
+            f"A {spec.side.lower()} order's stop-loss must be {'below' if buying else 'above'}"
+            f" its price ({reference}).",
+        )
+    if spec.trailing_stop is not None and spec.stop_loss is None:
+        _add(errors, "trailing_stop", "A trailing stop needs a stop_loss to trail.")
+
+
+def _require_connected(account: BrokerAccount) -> None:
+    if account.status != AccountStatus.CONNECTED:
+        raise SessionExpired(f"Broker account {account.label} needs a login ({account.status}).")
+
+
+def _reduces_position(*, account: BrokerAccount, symbol: str, product: str, side: str, quantity: int) -> bool:
+    held = (
+        Position.objects.filter(account=account, symbol=symbol, product=product)
+        .values_list("quantity", flat=True)
+        .first()
+        or 0
+    )
+    signed = quantity if side == Side.BUY else -quantity
+    return held != 0 and (held > 0) != (signed > 0) and abs(signed) <= abs(held)
+
+
+# --- transitions -------------------------------------------------------------------------------------------------
+
+
+def _transition(order: Order, new_status: str, *, source: str, message: str = "") -> bool:
+    """Move `order` (locked by the caller) to `new_status` with an event; False when the move is not legal."""
+    if order.status == new_status:
+        return False
+    if order.pk and not can_transition(order.status, new_status):
+        logger.info("ignored transition %s -> %s of %s (%s)", order.status, new_status, order.pk, source)
+        return False
+    OrderEvent.objects.create(
+        order=order,
+        from_status=order.status if order.pk else "",
+        to_status=new_status,
+        source=source,
+        message=message[:300],
+        filled_quantity=order.filled_quantity,
+    )
+    order.status = new_status
+    if message:
+        order.status_message = message[:300]
+    order.updated_at = timezone.now()
+    return True
+
+
+def _push_order(order: Order) -> None:
+    from orders.serializers import OrderOutput
+
+    realtime.push_to_user(user_id=order.user_id, message_type="order_update", payload=OrderOutput(order).data)
+
+
+def _enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None:
+    """Run a follow-up task once the current transaction commits."""
+    from orders import tasks
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.apply_async(args=args, countdown=countdown))
+
+
+# --- placing -----------------------------------------------------------------------------------------------------
+
+
+def order_place(
+    *,
+    user: User,
+    spec: OrderSpec,
+    source: str = OrderSource.API,
+    role: str = LegRole.ENTRY,
+    parent: Order | None = None,
+    strategy_ref: str = "",
+) -> Order:
+    """Validate, check risk, commit the order as SUBMITTING, then hand it to the broker within this call.
+
+    Raises 422 ORDER_REJECTED when the broker refuses (the REJECTED order stays in the history); a lost answer
+    leaves the order UNKNOWN for reconciliation and returns it.
+    """
+    validated = order_validate(user=user, spec=spec)
+    _require_connected(validated.account)
+    reduces = _reduces_position(
+        account=validated.account, symbol=spec.symbol, product=spec.product, side=spec.side, quantity=spec.quantity
+    )
+    check_order(
+        user=user,
+        intent=OrderIntent(
+            account=validated.account,
+            symbol=spec.symbol,
+            side=spec.side,
+            quantity=spec.quantity,
+            lot_size=validated.lot_size,
+            order_type=spec.order_type,
+            product=spec.product,
+            reference_price=validated.reference_price,
+            reduces_position=reduces or role in PROTECTIVE_ROLES,
+            source=source,
+        ),
+    )
+    order = _order_create(
+        user=user, validated=validated, source=source, role=role, parent=parent, strategy_ref=strategy_ref
+    )
+    return order_submit(order=order)
+
+
+@transaction.atomic
+def _order_create(
+    *, user: User, validated: ValidatedOrder, source: str, role: str, parent: Order | None, strategy_ref: str
+) -> Order:
+    spec = validated.spec
+    order = Order(
+        user=user,
+        account=validated.account,
+        symbol=spec.symbol,
+        side=spec.side,
+        quantity=spec.quantity,
+        order_type=spec.order_type,
+        product=spec.product,
+        price=spec.price,
+        trigger_price=spec.trigger_price,
+        validity=spec.validity,
+        target=spec.target,
+        stop_loss=spec.stop_loss,
+        trailing_stop=spec.trailing_stop,
+        tag=spec.tag,
+        source=source,
+        role=role,
+        parent=parent,
+        strategy_ref=strategy_ref,
+        status=OrderStatus.PENDING,
+    )
+    order.save(force_insert=True)
+    OrderEvent.objects.create(order=order, to_status=OrderStatus.PENDING, source=source)
+    _transition(order, OrderStatus.SUBMITTING, source=source)
+    order.save()
+    audit_record(
+        action="order.place",
+        actor=user if source == OrderSource.API else None,
+        target=order,
+        details={"symbol": order.symbol, "side": order.side, "quantity": order.quantity, "source": source},
+    )
+    return order
+
+
+def _request_for(order: Order) -> OrderRequest:
+    return OrderRequest(
+        symbol=order.symbol,
+        side=Side(order.side),
+        quantity=order.quantity,
+        order_type=OrderType(order.order_type),
+        product=Product(order.product),
+        price=order.price,
+        trigger_price=order.trigger_price,
+        validity=Validity(order.validity),
+        tag=order.broker_tag,
+        algo_id=order.account.algo_id or settings.BROKER_DEFAULT_ALGO_ID,
+    )
+
+
+def order_submit(*, order: Order) -> Order:
+    """Hand a SUBMITTING order to its broker, once. Errors that prove the order never reached the broker reject
+    it; an answer we did not get makes it UNKNOWN."""
+    try:
+        adapter = adapter_for(order.account)
+        broker_order_id = adapter.place_order(_request_for(order))
+    except (SessionExpired, BrokerRateLimited, InvalidInput, OrderRejected) as error:
+        _order_settle_refused(order_id=order.pk, error=error)
+        if isinstance(error, InvalidInput):
+            raise OrderRejected(error.detail, extra={"order_id": order.pk}) from None
+        error.extra.setdefault("order_id", order.pk)
+        raise
+    except CircuitOpen as error:
+        _order_settle_refused(order_id=order.pk, error=error)
+        error.extra.setdefault("order_id", order.pk)
+        raise
+    except BrokerError as error:
+        return _order_mark_unknown(order_id=order.pk, error=error)
+    order = _order_mark_accepted(order_id=order.pk, broker_order_id=broker_order_id)
+    order_refresh(order=order, adapter=adapter)
+    order.refresh_from_db()
+    return order
+
+
+@transaction.atomic
+def _order_settle_refused(*, order_id: str, error: BrokerError) -> Order:
+    order = Order.objects.select_for_update().get(pk=order_id)
+    if order.status == OrderStatus.SUBMITTING:
+        _transition(order, OrderStatus.REJECTED, source=OrderSource.BROKER, message=error.detail)
+        order.save()
+        _push_order(order)
+        _notify_rejection(order)
+    return order
+
+
+@transaction.atomic
+def _order_mark_unknown(*, order_id: str, error: BrokerError) -> Order:
+    order = Order.objects.select_for_update().get(pk=order_id)
+    if order.status == OrderStatus.SUBMITTING:
+        _transition(
+            order, OrderStatus.UNKNOWN, source=OrderSource.BROKER, message=f"No answer from the broker: {error.detail}"
+        )
+        order.save()
+        _push_order(order)
+        _enqueue("reconcile_account", order.account_id, countdown=settings.ORDER_RECONCILE_DELAY_SECONDS)
+    return order
+
+
+@transaction.atomic
+def _order_mark_accepted(*, order_id: str, broker_order_id: str) -> Order:
+    order = Order.objects.select_for_update().select_related("account").get(pk=order_id)
+    if not order.broker_order_id:
+        order.broker_order_id = broker_order_id
+    order.submitted_at = timezone.now()
+    _transition(order, OrderStatus.OPEN, source=OrderSource.BROKER, message="")
+    order.save()
+    _push_order(order)
+    return order
+
+
+def order_refresh(*, order: Order, adapter=None, settle_pending: bool = True) -> Order:
+    """Ask the broker for the order now (best effort) and apply what it says."""
+    if not order.broker_order_id:
+        return order
+    try:
+        broker_order = (adapter or adapter_for(order.account)).order(order.broker_order_id)
+    except BrokerError as error:
+        logger.info("could not refresh %s from the broker: %s", order.pk, error.detail)
+        return order
+    return order_apply_update(
+        order_id=order.pk, update=broker_order, source=OrderSource.BROKER, settle_pending=settle_pending
+    )
+
+
+def _notify_rejection(order: Order) -> None:
+    notification_create(
+        user=order.user,
+        kind="order_rejected",
+        title=f"Order rejected: {order.side} {order.quantity} {order.symbol}",
+        body=order.status_message,
+        level=Notification.Level.WARNING,
+        data={"order_id": order.pk},
+    )
+
+
+# --- broker updates ----------------------------------------------------------------------------------------------
+
+
+def _fill_price(order: Order, update: BrokerOrder, delta: int) -> Decimal:
+    """The price of the newest fill, from the broker's cumulative average before and after it."""
+    if update.average_price is None:
+        return order.price or quote_for(order.symbol).last_price
+    before = (order.average_price or Decimal("0")) * order.filled_quantity
+    after = update.average_price * update.filled_quantity
+    price = ((after - before) / delta).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+    return price if price > 0 else update.average_price
+
+
+def order_apply_update(*, order_id: str, update: BrokerOrder, source: str, settle_pending: bool = False) -> Order:
+    """The one way broker news changes an order: a postback, an order socket, a poll or reconciliation.
+
+    Fills are the increase of the broker's cumulative filled quantity, so a replayed or stale update adds nothing.
+    A final state never changes. While we wait for our own modify or cancel to land, a working state from the
+    broker does not end the wait unless `settle_pending` (reconciliation, or the call that asked).
+    """
+    with transaction.atomic():
+        order = Order.objects.select_for_update().select_related("account", "user").get(pk=order_id)
+        if order.broker_order_id and update.broker_order_id and order.broker_order_id != update.broker_order_id:
+            logger.warning(
+                "update for %s names broker order %s, ours is %s",
+                order.pk,
+                update.broker_order_id,
+                order.broker_order_id,
+            )
+            return order
+        if not order.broker_order_id and update.broker_order_id:
+            order.broker_order_id = update.broker_order_id
+        changed = False
+        trade = None
+        if not order.is_final and update.quantity and update.quantity != order.quantity:
+            if update.quantity >= max(order.filled_quantity, update.filled_quantity):
+                order.quantity = update.quantity
+                changed = True
+        if not order.is_final:
+            for name in ("price", "trigger_price"):
+                value = getattr(update, name)
+                if (
+                    value is not None
+                    and value > 0
+                    and getattr(order, name) != value
+                    and order.order_type != OrderType.MARKET
+                ):
+                    setattr(order, name, value)
+                    changed = True
+        if update.filled_quantity > order.filled_quantity:
+            trade = _record_fill(order, update, min(update.filled_quantity, order.quantity))
+            changed = True
+        new_status = STATUS_FROM_BROKER[update.status]
+        if order.filled_quantity >= order.quantity and order.quantity > 0:
+            new_status = OrderStatus.FILLED
+        waiting = order.status in (OrderStatus.PENDING_MODIFY, OrderStatus.PENDING_CANCEL)
+        if waiting and new_status in WORKING_STATUSES and not settle_pending:
+            new_status = order.status
+        if new_status == OrderStatus.OPEN and order.filled_quantity > 0:
+            new_status = OrderStatus.PARTIALLY_FILLED
+        if _transition(order, new_status, source=source, message=update.status_message):
+            changed = True
+        if not changed:
+            return order
+        order.updated_at = timezone.now()
+        order.save()
+        _push_order(order)
+        if order.status == OrderStatus.REJECTED:
+            _notify_rejection(order)
+        if order.status == OrderStatus.FILLED:
+            notification_create(
+                user=order.user,
+                kind="order_filled",
+                title=f"Filled: {order.side} {order.filled_quantity} {order.symbol} @ {order.average_price}",
+                data={"order_id": order.pk},
+            )
+        if trade is not None and order.role in EXIT_ROLES and order.parent_id:
+            _enqueue("settle_oco", order.pk)
+        if _needs_exits(order):
+            _enqueue("place_exits", order.pk)
+    return order
+
+
+def _record_fill(order: Order, update: BrokerOrder, filled: int) -> Trade:
+    delta = filled - order.filled_quantity
+    price = _fill_price(order, update, delta)
+    traded_at = update.updated_at or timezone.now()
+    trade = Trade.objects.create(
+        order=order,
+        user_id=order.user_id,
+        account_id=order.account_id,
+        symbol=order.symbol,
+        side=order.side,
+        product=order.product,
+        quantity=delta,
+        price=price,
+        cumulative_quantity=filled,
+        traded_at=traded_at,
+    )
+    order.filled_quantity = filled
+    order.average_price = update.average_price or price.quantize(PAISE)
+    position = position_apply_fill(trade=trade)
+    from orders.serializers import PositionOutput, TradeOutput
+
+    realtime.push_to_user(user_id=order.user_id, message_type="trade", payload=TradeOutput(trade).data)
+    realtime.push_to_user(
+        user_id=order.user_id, message_type="position_update", payload=PositionOutput(position, context={}).data
+    )
+    return trade
+
+
+def _needs_exits(order: Order) -> bool:
+    return (
+        order.role == LegRole.ENTRY
+        and order.exits_placed_at is None
+        and (order.target is not None or order.stop_loss is not None)
+        and order.filled_quantity > 0
+        and order.is_final
+    )
+
+
+def position_apply_fill(*, trade: Trade) -> Position:
+    """Apply one fill to the account's position in the instrument, under the position's row lock."""
+    today = timezone.localtime(trade.traded_at, IST).date()
+    Position.objects.get_or_create(
+        account_id=trade.account_id,
+        symbol=trade.symbol,
+        product=trade.product,
+        defaults={"user_id": trade.user_id, "trading_day": today},
+    )
+    position = Position.objects.select_for_update().get(
+        account_id=trade.account_id, symbol=trade.symbol, product=trade.product
+    )
+    if position.trading_day != today:
+        position.trading_day = today
+        position.day_buy_quantity = position.day_sell_quantity = 0
+        position.day_buy_value = position.day_sell_value = position.day_realized_pnl = Decimal("0")
+    quantity, price = trade.quantity, trade.price
+    signed = quantity if trade.side == Side.BUY else -quantity
+    if trade.side == Side.BUY:
+        position.day_buy_quantity += quantity
+        position.day_buy_value += (price * quantity).quantize(PAISE)
+    else:
+        position.day_sell_quantity += quantity
+        position.day_sell_value += (price * quantity).quantize(PAISE)
+    held = position.quantity
+    if held == 0 or (held > 0) == (signed > 0):
+        position.average_price = (abs(held) * position.average_price + quantity * price) / (abs(held) + quantity)
+        position.average_price = position.average_price.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+        position.quantity = held + signed
+    else:
+        closed = min(abs(held), quantity)
+        direction = 1 if held > 0 else -1
+        realized = (closed * (price - position.average_price) * direction).quantize(PAISE, rounding=ROUND_HALF_UP)
+        position.realized_pnl += realized
+        position.day_realized_pnl += realized
+        position.quantity = held + signed
+        if position.quantity == 0:
+            position.average_price = Decimal("0")
+        elif (position.quantity > 0) != (held > 0):
+            position.average_price = price
+    position.updated_at = timezone.now()
+    position.save()
+    return position
+
+
+# --- modify and cancel -------------------------------------------------------------------------------------------
+
+
+def _broker_id_or_conflict(order: Order) -> str:
+    if not order.broker_order_id:
+        raise InvalidState(f"Order {order.pk} is {order.status} and not at the broker yet; retry shortly.")
+    return order.broker_order_id
+
+
+def order_modify(
+    *,
+    user: User | None,
+    order: Order,
+    quantity: int | None = None,
+    price: Decimal | None = None,
+    trigger_price: Decimal | None = None,
+    order_type: str | None = None,
+    source: str = OrderSource.API,
+) -> Order:
+    """Change a working order at the broker; 409 INVALID_STATE when it is no longer working."""
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().select_related("account").get(pk=order.pk)
+        if locked.status not in WORKING_STATUSES:
+            raise InvalidState(f"Order {locked.pk} is {locked.status} and cannot be modified.")
+        broker_order_id = _broker_id_or_conflict(locked)
+        new_type = order_type or locked.order_type
+        new_price = (
+            price if price is not None else (locked.price if new_type in (OrderType.LIMIT, OrderType.SL) else None)
+        )
+        new_trigger = (
+            trigger_price
+            if trigger_price is not None
+            else (locked.trigger_price if new_type in (OrderType.SL, OrderType.SL_M) else None)
+        )
+        new_quantity = quantity if quantity is not None else locked.quantity
+        errors: dict[str, list[str]] = {}
+        instrument = instrument_get(symbol=locked.symbol)
+        lot_size = instrument.lot_size if instrument else 1
+        tick_size = Decimal(instrument.tick_size) if instrument else Decimal("0.05")
+        if new_quantity <= locked.filled_quantity:
+            _add(errors, "quantity", f"Must be more than the {locked.filled_quantity} already filled.")
+        elif new_quantity % lot_size:
+            _add(errors, "quantity", f"Must be a multiple of the lot size {lot_size}.")
+        _check_prices(
+            errors,
+            side=locked.side,
+            order_type=new_type,
+            price=new_price,
+            trigger_price=new_trigger,
+            tick_size=tick_size,
+        )
+        if errors:
+            raise ValidationFailed("The modification is invalid.", errors=errors)
+        previous = locked.status
+        _transition(locked, OrderStatus.PENDING_MODIFY, source=source)
+        locked.save()
+    request = ModifyRequest(
+        quantity=new_quantity if new_quantity != locked.quantity else None,
+        price=new_price if new_price != locked.price else None,
+        trigger_price=new_trigger if new_trigger != locked.trigger_price else None,
+        order_type=OrderType(new_type) if new_type != locked.order_type else None,
+    )
+    adapter = adapter_for(locked.account)
+    try:
+        adapter.modify_order(broker_order_id, request)
+    except (InvalidInput, OrderRejected) as error:
+        _order_restore(
+            order_id=locked.pk, status=previous, source=source, message=f"Modification refused: {error.detail}"
+        )
+        order_refresh(order=locked, adapter=adapter)
+        raise OrderRejected(error.detail, extra={"order_id": locked.pk}) from None
+    except BrokerError:
+        _enqueue_now("reconcile_account", locked.account_id)
+        raise
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=locked.pk)
+        locked.quantity, locked.price, locked.trigger_price, locked.order_type = (
+            new_quantity,
+            new_price,
+            new_trigger,
+            new_type,
+        )
+        locked.save()
+        audit_record(action="order.modify", actor=user, target=locked, details={"source": source})
+    order_refresh(order=locked, adapter=adapter)
+    locked.refresh_from_db()
+    if locked.status == OrderStatus.PENDING_MODIFY:
+        _order_restore(order_id=locked.pk, status=previous, source=source, message="")
+        locked.refresh_from_db()
+    return locked
+
+
+def _enqueue_now(task_name: str, *args: Any) -> None:
+    with transaction.atomic():
+        _enqueue(task_name, *args, countdown=settings.ORDER_RECONCILE_DELAY_SECONDS)
+
+
+@transaction.atomic
+def _order_restore(*, order_id: str, status: str, source: str, message: str) -> None:
+    order = Order.objects.select_for_update().get(pk=order_id)
+    if order.status in (OrderStatus.PENDING_MODIFY, OrderStatus.PENDING_CANCEL) and not order.is_final:
+        if status == OrderStatus.OPEN and order.filled_quantity:
+            status = OrderStatus.PARTIALLY_FILLED
+        _transition(order, status, source=source, message=message)
+        order.save()
+        _push_order(order)
+
+
+CANCELLABLE = WORKING_STATUSES | {OrderStatus.PENDING_MODIFY, OrderStatus.PENDING_CANCEL}
+
+
+def order_cancel(*, user: User | None, order: Order, source: str = OrderSource.API) -> Order:
+    """Cancel at the broker; 409 INVALID_STATE when the order is already final (a filled order cannot be
+    cancelled)."""
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().select_related("account").get(pk=order.pk)
+        if locked.status not in CANCELLABLE:
+            raise InvalidState(f"Order {locked.pk} is {locked.status} and cannot be cancelled.")
+        broker_order_id = _broker_id_or_conflict(locked)
+        previous = OrderStatus.OPEN if locked.status == OrderStatus.PENDING_MODIFY else locked.status
+        _transition(locked, OrderStatus.PENDING_CANCEL, source=source)
+        locked.save()
+        _push_order(locked)
+        audit_record(action="order.cancel", actor=user, target=locked, details={"source": source})
+    adapter = adapter_for(locked.account)
+    try:
+        adapter.cancel_order(broker_order_id)
+    except (InvalidInput, OrderRejected) as error:
+        refreshed = order_refresh(order=locked, adapter=adapter)
+        if refreshed.is_final:
+            raise InvalidState(f"Order {locked.pk} is {refreshed.status} and cannot be cancelled.") from None
+        _order_restore(order_id=locked.pk, status=previous, source=source, message=f"Cancel refused: {error.detail}")
+        raise OrderRejected(error.detail, extra={"order_id": locked.pk}) from None
+    except BrokerError:
+        _enqueue_now("reconcile_account", locked.account_id)
+        raise
+    order_refresh(order=locked, adapter=adapter)
+    locked.refresh_from_db()
+    return locked
+
+
+# --- reconciliation ----------------------------------------------------------------------------------------------
+
+
+def accounts_needing_reconcile() -> list[str]:
+    """Accounts with orders the broker may still change, or filled entries still waiting for their exits."""
+    live = Order.objects.filter(status__in=LIVE_STATUSES).values_list("account_id", flat=True)
+    waiting_exits = (
+        Order.objects.filter(
+            role=LegRole.ENTRY, exits_placed_at__isnull=True, filled_quantity__gt=0, status__in=FINAL_STATUSES
+        )
+        .exclude(target__isnull=True, stop_loss__isnull=True)
+        .values_list("account_id", flat=True)
+    )
+    return sorted(set(live) | set(waiting_exits))
+
+
+def orders_reconcile(*, account_id: str, now: datetime | None = None) -> dict[str, int]:
+    """Settle the account's live orders from the broker's order book (matched by broker id, else by our tag).
+
+    SUBMITTING and UNKNOWN orders the broker has never seen are settled after a grace period: protective exits are
+    submitted then (they never reached the broker, so this is their first submission); anything else is rejected.
+    """
+    now = now or timezone.now()
+    account = BrokerAccount.objects.get(pk=account_id)
+    counts = {"updated": 0, "submitted": 0, "rejected": 0, "exits": 0}
+    for entry in Order.objects.filter(
+        account=account,
+        role=LegRole.ENTRY,
+        exits_placed_at__isnull=True,
+        filled_quantity__gt=0,
+        status__in=FINAL_STATUSES,
+    ).exclude(target__isnull=True, stop_loss__isnull=True):
+        order_exits_place(order_id=entry.pk)
+        counts["exits"] += 1
+    live = list(Order.objects.filter(account=account, status__in=LIVE_STATUSES).order_by("created_at"))
+    if not live or account.status != AccountStatus.CONNECTED:
+        return counts
+    adapter = adapter_for(account)
+    book = adapter.orders()
+    by_id = {order.broker_order_id: order for order in book}
+    by_tag = {order.tag: order for order in book if order.tag}
+    grace = timedelta(seconds=settings.ORDER_RECONCILE_GRACE_SECONDS)
+    for order in live:
+        match = by_id.get(order.broker_order_id) if order.broker_order_id else None
+        match = match or by_tag.get(order.broker_tag)
+        stale = now - order.updated_at > grace
+        if match is not None:
+            before = (order.status, order.filled_quantity)
+            updated = order_apply_update(
+                order_id=order.pk, update=match, source=OrderSource.RECONCILE, settle_pending=stale
+            )
+            counts["updated"] += int((updated.status, updated.filled_quantity) != before)
+            continue
+        if order.status not in (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN, OrderStatus.PENDING) or not stale:
+            continue
+        if order.status in (OrderStatus.SUBMITTING, OrderStatus.PENDING) and order.role in PROTECTIVE_ROLES:
+            _order_resubmit_protective(order=order)
+            counts["submitted"] += 1
+        else:
+            _order_reject_missing(order_id=order.pk)
+            counts["rejected"] += 1
+    return counts
+
+
+def _order_resubmit_protective(*, order: Order) -> None:
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        if locked.status == OrderStatus.PENDING:
+            _transition(locked, OrderStatus.SUBMITTING, source=OrderSource.RECONCILE)
+        if locked.status != OrderStatus.SUBMITTING:
+            return
+        OrderEvent.objects.create(
+            order=locked,
+            from_status=locked.status,
+            to_status=locked.status,
+            source=OrderSource.RECONCILE,
+            message="Never reached the broker; submitting the protective order now.",
+        )
+        locked.updated_at = timezone.now()
+        locked.save()
+    try:
+        order_submit(order=locked)
+    except BrokerError as error:
+        logger.warning("protective order %s could not be submitted: %s", locked.pk, error.detail)
+
+
+@transaction.atomic
+def _order_reject_missing(*, order_id: str) -> None:
+    order = Order.objects.select_for_update().get(pk=order_id)
+    if order.status in (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN, OrderStatus.PENDING):
+        _transition(
+            order,
+            OrderStatus.REJECTED,
+            source=OrderSource.RECONCILE,
+            message="The broker has no record of this order; it was not placed.",
+        )
+        order.save()
+        _push_order(order)
+        _notify_rejection(order)
+
+
+# --- target, stop-loss, OCO and trailing -------------------------------------------------------------------------
+
+
+def order_exits_place(*, order_id: str) -> list[Order]:
+    """Place a filled entry's target and stop-loss legs for the filled quantity, once."""
+    with transaction.atomic():
+        entry = Order.objects.select_for_update().select_related("user", "account").get(pk=order_id)
+        if not _needs_exits(entry):
+            return []
+        entry.exits_placed_at = timezone.now()
+        entry.save(update_fields=["exits_placed_at"])
+        exit_side = Side.SELL if entry.side == Side.BUY else Side.BUY
+        legs = []
+        if entry.target is not None:
+            legs.append((LegRole.TARGET, OrderType.LIMIT, entry.target, None))
+        if entry.stop_loss is not None:
+            legs.append((LegRole.STOP_LOSS, OrderType.SL_M, None, entry.stop_loss))
+        created = []
+        for role, order_type, price, trigger in legs:
+            exit_order = Order(
+                user=entry.user,
+                account=entry.account,
+                symbol=entry.symbol,
+                side=exit_side,
+                quantity=entry.filled_quantity,
+                order_type=order_type,
+                product=entry.product,
+                price=price,
+                trigger_price=trigger,
+                source=OrderSource.SYSTEM,
+                role=role,
+                parent=entry,
+                strategy_ref=entry.strategy_ref,
+                status=OrderStatus.PENDING,
+            )
+            exit_order.save(force_insert=True)
+            OrderEvent.objects.create(
+                order=exit_order,
+                to_status=OrderStatus.PENDING,
+                source=OrderSource.SYSTEM,
+                message=f"{role.label} of {entry.pk}",
+            )
+            _transition(exit_order, OrderStatus.SUBMITTING, source=OrderSource.SYSTEM)
+            exit_order.save()
+            created.append(exit_order)
+    placed = []
+    for exit_order in created:
+        try:
+            placed.append(order_submit(order=exit_order))
+        except BrokerError as error:
+            logger.warning("exit %s of %s failed: %s", exit_order.pk, order_id, error.detail)
+    return placed
+
+
+def order_oco_settle(*, order_id: str) -> None:
+    """An exit leg filled (partly): shrink its sibling to what is left, or cancel it when nothing is."""
+    leg = Order.objects.select_related("account").get(pk=order_id)
+    if leg.parent_id is None or leg.role not in EXIT_ROLES:
+        return
+    sibling = (
+        Order.objects.filter(parent_id=leg.parent_id, role__in=EXIT_ROLES, status__in=LIVE_STATUSES)
+        .exclude(pk=leg.pk)
+        .first()
+    )
+    if sibling is None:
+        return
+    left = leg.quantity - leg.filled_quantity
+    try:
+        if leg.status == OrderStatus.FILLED or left <= 0:
+            order_cancel(user=None, order=sibling, source=OrderSource.SYSTEM)
+        elif sibling.quantity - sibling.filled_quantity > left:
+            order_modify(user=None, order=sibling, quantity=sibling.filled_quantity + left, source=OrderSource.SYSTEM)
+    except (BrokerError, InvalidState, ValidationFailed) as error:
+        logger.warning("OCO settle of %s for %s: %s", sibling.pk, leg.pk, error.detail)
+
+
+def stops_trail() -> int:
+    """Raise (or, for shorts, lower) working stop-loss legs whose entry trails, as the price moves in favour."""
+    moved = 0
+    legs = Order.objects.filter(
+        role=LegRole.STOP_LOSS, status__in=WORKING_STATUSES, parent__trailing_stop__isnull=False
+    ).select_related("parent", "account")
+    for leg in legs:
+        trail = leg.parent.trailing_stop
+        last = quote_for(leg.symbol).last_price
+        instrument = instrument_get(symbol=leg.symbol)
+        tick = Decimal(instrument.tick_size) if instrument else Decimal("0.05")
+        if leg.side == Side.SELL:  # protecting a long
+            candidate = ((last - trail) / tick).to_integral_value(rounding="ROUND_FLOOR") * tick
+            better = candidate > (leg.trigger_price or Decimal("0"))
+        else:
+            candidate = ((last + trail) / tick).to_integral_value(rounding="ROUND_CEILING") * tick
+            better = leg.trigger_price is None or candidate < leg.trigger_price
+        if not better or candidate <= 0:
+            continue
+        try:
+            order_modify(user=None, order=leg, trigger_price=candidate.quantize(PAISE), source=OrderSource.SYSTEM)
+            moved += 1
+        except (BrokerError, InvalidState, ValidationFailed) as error:
+            logger.info("trailing %s: %s", leg.pk, error.detail)
+    return moved
+
+
+# --- square-off --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SquareOffResult:
+    cancelled: list[Order]
+    placed: list[Order]
+    failed: list[dict[str, str]]
+
+
+def positions_square_off(
+    *,
+    user: User,
+    account_id: str | None = None,
+    symbol: str | None = None,
+    source: str = OrderSource.API,
+) -> SquareOffResult:
+    """Cancel the pending orders in scope, then close every open position with a market order.
+
+    Idempotent: square-off orders already working are neither cancelled nor repeated; only what they do not
+    already cover is placed.
+    """
+    accounts = BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True)
+    if account_id is not None:
+        accounts = accounts.filter(pk=account_id)
+        if not accounts.exists():
+            raise NotFound(f"No broker account {account_id}.")
+    pending = Order.objects.filter(user=user, account__in=accounts, status__in=LIVE_STATUSES).exclude(
+        role=LegRole.SQUARE_OFF
+    )
+    if symbol:
+        pending = pending.filter(symbol=symbol)
+    cancelled, failed = [], []
+    for order in pending.select_related("account"):
+        try:
+            cancelled.append(order_cancel(user=user, order=order, source=source))
+        except (BrokerError, InvalidState) as error:
+            failed.append({"order_id": order.pk, "symbol": order.symbol, "detail": error.detail})
+    positions = Position.objects.filter(user=user, account__in=accounts).exclude(quantity=0)
+    if symbol:
+        positions = positions.filter(symbol=symbol)
+    placed = []
+    for position in positions.select_related("account"):
+        working = Order.objects.filter(
+            account=position.account,
+            symbol=position.symbol,
+            product=position.product,
+            role=LegRole.SQUARE_OFF,
+            status__in=LIVE_STATUSES,
+        )
+        covering = sum(o.pending_quantity if o.side == Side.SELL else -o.pending_quantity for o in working)
+        to_close = position.quantity - covering
+        if to_close == 0:
+            continue
+        spec = OrderSpec(
+            account_id=position.account_id,
+            symbol=position.symbol,
+            side=Side.SELL if to_close > 0 else Side.BUY,
+            quantity=abs(to_close),
+            order_type=OrderType.MARKET,
+            product=position.product,
+            tag="squareoff",
+        )
+        try:
+            placed.append(order_place(user=user, spec=spec, source=source, role=LegRole.SQUARE_OFF))
+        except BrokerError as error:
+            failed.append({"symbol": position.symbol, "account_id": position.account_id, "detail": error.detail})
+        except ValidationFailed as error:
+            failed.append({"symbol": position.symbol, "account_id": position.account_id, "detail": error.detail})
+    audit_record(
+        action="order.square_off",
+        actor=user if source == OrderSource.API else None,
+        target=user,
+        details={"account_id": account_id, "symbol": symbol, "placed": [o.pk for o in placed], "source": source},
+    )
+    return SquareOffResult(cancelled=cancelled, placed=placed, failed=failed)
+
+
+# --- bulk --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LegResult:
+    index: int
+    order: Order | None
+    error_code: str = ""
+    detail: str = ""
+    cancelled: bool = False
+
+
+def orders_place_bulk(*, user: User, specs: list[OrderSpec], all_or_none: bool) -> list[LegResult]:
+    """Multi-leg: every leg is validated before any is sent; buys go first (they free margin for the hedged
+    sells); with `all_or_none`, a failed leg cancels the legs already placed."""
+    errors: dict[str, list[str]] = {}
+    for index, spec in enumerate(specs):
+        try:
+            validated = order_validate(user=user, spec=spec, prefix=f"legs.{index}.")
+            _require_connected(validated.account)
+        except ValidationFailed as error:
+            errors.update(error.errors or {})
+        except NotFound:
+            _add(errors, f"legs.{index}.account_id", "No such broker account.")
+    if errors:
+        raise ValidationFailed("One or more legs are invalid; nothing was sent.", errors=errors)
+    order_of_sending = sorted(range(len(specs)), key=lambda i: (specs[i].side != Side.BUY, i))
+    results: dict[int, LegResult] = {}
+    failed = False
+    for index in order_of_sending:
+        if failed and all_or_none:
+            results[index] = LegResult(
+                index=index, order=None, error_code="NOT_SENT", detail="Not sent: an earlier leg failed."
+            )
+            continue
+        try:
+            order = order_place(user=user, spec=specs[index])
+        except BrokerError as error:
+            results[index] = LegResult(
+                index=index,
+                order=Order.objects.filter(pk=error.extra.get("order_id")).first(),
+                error_code=str(error.code),
+                detail=error.detail,
+            )
+            failed = True
+            continue
+        except (ValidationFailed, InvalidState) as error:
+            results[index] = LegResult(index=index, order=None, error_code=str(error.code), detail=error.detail)
+            failed = True
+            continue
+        if order.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.EXPIRED):
+            failed = True
+            results[index] = LegResult(
+                index=index, order=order, error_code="ORDER_REJECTED", detail=order.status_message
+            )
+        else:
+            results[index] = LegResult(index=index, order=order)
+    if failed and all_or_none:
+        for index, result in list(results.items()):
+            if result.order is None or result.error_code or result.order.is_final:
+                continue
+            try:
+                cancelled = order_cancel(user=user, order=result.order, source=OrderSource.API)
+                results[index] = LegResult(
+                    index=index, order=cancelled, cancelled=True, detail="Cancelled: another leg failed."
+                )
+            except (BrokerError, InvalidState) as error:
+                results[index] = LegResult(index=index, order=result.order, detail=f"Could not cancel: {error.detail}")
+    return [results[index] for index in range(len(specs))]
+
+
+# --- idempotency -------------------------------------------------------------------------------------------------
+
+
+def idempotency_records_purge(*, older_than: timedelta) -> int:
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=timezone.now() - older_than).delete()
+    return deleted
