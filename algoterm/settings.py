@@ -231,7 +231,15 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api",
-    "ENUM_NAME_OVERRIDES": {"ErrorCodeEnum": "algoterm.api.errors.ErrorCode"},
+    "ENUM_NAME_OVERRIDES": {
+        "ErrorCodeEnum": "algoterm.api.errors.ErrorCode",
+        "OrderStatusEnum": "orders.models.OrderStatus",
+        "BrokerAccountStatusEnum": "brokers.models.AccountStatus",
+        "UserRoleEnum": "accounts.models.Role",
+        "OrderRoleEnum": "orders.models.LegRole",
+        "LegResultStatusEnum": ["placed", "failed", "not_sent", "cancelled"],
+        "BulkStatusEnum": ["placed", "partial", "failed", "rolled_back"],
+    },
     "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
 }
 
