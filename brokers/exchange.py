@@ -333,8 +333,13 @@ def match_resting_orders_for(*, symbols: list[str]) -> int:
 def match_resting_orders(*, symbol: str) -> int:
     """Let every resting order on `symbol` meet the current quote; each account is locked in its own transaction."""
     fills = 0
+    # order_by(): the model's default ordering (id) would otherwise join the DISTINCT and repeat an account once per
+    # resting order, letting one quote's depth fill its orders again.
     account_ids = (
-        SimOrder.objects.filter(symbol=symbol, status__in=RESTING).values_list("account_id", flat=True).distinct()
+        SimOrder.objects.filter(symbol=symbol, status__in=RESTING)
+        .order_by()
+        .values_list("account_id", flat=True)
+        .distinct()
     )
     for account_id in list(account_ids):
         with transaction.atomic():

@@ -169,7 +169,8 @@ class OrderBulkApi(APIView):
         summary="Place a multi-leg order",
         description="Every leg is validated before any is sent (400 names `legs.N.field`); buy legs go before sell "
         "legs, for margin. One result per leg, in the order given. With `all_or_none`, a failed leg cancels the legs "
-        "already placed and the rest are not sent (`rolled_back`).",
+        "already placed and the rest are not sent (`rolled_back`); a leg that filled before the failure cannot be "
+        "cancelled, stays `placed` and makes the outcome `partial`.",
     )
     def post(self, request: Request) -> Response:
         def act() -> Response:
@@ -182,9 +183,9 @@ class OrderBulkApi(APIView):
             statuses = [_leg_status(result) for result in results]
             if all(value == "placed" for value in statuses):
                 overall = "placed"
-            elif data.validated_data["all_or_none"]:
+            elif data.validated_data["all_or_none"] and "placed" not in statuses:
                 overall = "rolled_back"
-            elif any(value == "placed" for value in statuses):
+            elif "placed" in statuses:
                 overall = "partial"
             else:
                 overall = "failed"

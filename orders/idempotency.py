@@ -20,6 +20,7 @@ from rest_framework.response import Response
 
 from algoterm.api.errors import AppError, ErrorCode, IdempotencyKeyReused, ValidationFailed, envelope
 from algoterm.realtime import to_wire
+from algoterm.request_context import current_request_id
 from orders.models import IdempotencyRecord
 
 HEADER = "Idempotency-Key"
@@ -34,7 +35,11 @@ def _request_hash(request: Request) -> str:
 
 
 def _replay(record: IdempotencyRecord) -> Response:
-    return Response(record.response_body, status=record.response_status, headers={REPLAY_HEADER: "true"})
+    body = record.response_body
+    if isinstance(body, dict) and "error_code" in body:
+        # The first answer again, but an error envelope's request_id names this request, as X-Request-ID does.
+        body = {**body, "request_id": current_request_id()}
+    return Response(body, status=record.response_status, headers={REPLAY_HEADER: "true"})
 
 
 def _claim(*, user, scope: str, key: str, request_hash: str) -> IdempotencyRecord | None:

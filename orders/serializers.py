@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
+from algoterm.api.errors import ValidationFailed
 from algoterm.api.serializers import InputSerializer
 from brokers.adapters.base import OrderType, Product, Side, Validity
 from marketdata.selectors import symbol_normalize
@@ -254,7 +255,11 @@ class OrderInput(InputSerializer):
     tag = serializers.RegexField(r"^[A-Za-z0-9_\-]*$", max_length=20, required=False, allow_blank=True, default="")
 
     def validate_symbol(self, value: str) -> str:
-        return symbol_normalize(value)
+        try:
+            return symbol_normalize(value)
+        except ValidationFailed as error:
+            # As a field error, so a bulk leg's bad symbol is named `legs.N.symbol` beside the leg's other errors.
+            raise serializers.ValidationError((error.errors or {}).get("symbol") or [error.detail]) from None
 
     def to_spec(self) -> OrderSpec:
         return OrderSpec(**self.validated_data)
@@ -292,7 +297,10 @@ class OrderListQuery(InputSerializer):
     side = serializers.ChoiceField(choices=[v.value for v in Side], required=False)
     source = serializers.CharField(max_length=10, required=False)
     tag = serializers.CharField(max_length=20, required=False)
-    open = serializers.BooleanField(required=False, help_text="true: only orders the broker may still fill")
+    # allow_null: a query string is form input, where DRF reads a missing boolean as False ("only final orders").
+    open = serializers.BooleanField(
+        required=False, allow_null=True, help_text="true: only orders the broker may still fill"
+    )
     page = serializers.IntegerField(required=False)
     page_size = serializers.IntegerField(required=False)
     # `from` is a Python keyword; the query parameter names are `from` and `to`.

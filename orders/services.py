@@ -21,7 +21,7 @@ from django.utils import timezone
 from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
 from algoterm import realtime
-from algoterm.api.errors import InvalidState, NotFound, ValidationFailed
+from algoterm.api.errors import AppError, InvalidState, NotFound, ValidationFailed
 from brokers.adapters.base import (
     BrokerError,
     BrokerOrder,
@@ -328,7 +328,12 @@ def order_place(
     order = _order_create(
         user=user, validated=validated, source=source, role=role, parent=parent, strategy_ref=strategy_ref
     )
-    return order_submit(order=order)
+    order = order_submit(order=order)
+    if order.status == OrderStatus.REJECTED:
+        # Accepted, then refused (the paper exchange's funds check, a broker's RMS): as much a rejection as one
+        # refused outright, and the caller is told so.
+        raise OrderRejected(order.status_message or None, extra={"order_id": order.pk})
+    return order
 
 
 @transaction.atomic
@@ -388,6 +393,11 @@ def _request_for(order: Order) -> OrderRequest:
 def order_submit(*, order: Order) -> Order:
     """Hand a SUBMITTING order to its broker, once. Errors that prove the order never reached the broker reject
     it; an answer we did not get makes it UNKNOWN."""
+    if Order.objects.filter(pk=order.pk).exclude(status=OrderStatus.SUBMITTING, broker_order_id="").exists():
+        # Settled while we stalled (reconciliation rejected it, or found it at the broker): sending it now would
+        # make an order at the broker that nothing of ours tracks.
+        order.refresh_from_db()
+        return order
     try:
         adapter = adapter_for(order.account)
         broker_order_id = adapter.place_order(_request_for(order))
@@ -473,8 +483,41 @@ def _notify_rejection(order: Order) -> None:
 # --- broker updates ----------------------------------------------------------------------------------------------
 
 
+def _fill_price_from_trade_book(order: Order, filled: int) -> Decimal | None:
+    """The exact price of the fills between what we had recorded and `filled`, from the broker's trade book; None
+    when the book cannot be read or does not cover them yet (the cumulative average is used then)."""
+    if not order.broker_order_id:
+        return None
+    try:
+        book = adapter_for(order.account).trades()
+    except (BrokerError, AppError) as error:
+        logger.info("trade book of %s unavailable: %s", order.account_id, error.detail)
+        return None
+    fills = sorted(
+        (trade for trade in book if trade.broker_order_id == order.broker_order_id),
+        key=lambda trade: (trade.traded_at is None, trade.traded_at, trade.trade_id),
+    )
+    if sum(trade.quantity for trade in fills) < filled:
+        return None
+    value, reached = Decimal("0"), 0
+    for trade in fills:
+        start, end = reached, reached + trade.quantity
+        overlap = min(end, filled) - max(start, order.filled_quantity)
+        if overlap > 0:
+            value += trade.price * overlap
+        reached = end
+        if reached >= filled:
+            break
+    return (value / (filled - order.filled_quantity)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
 def _fill_price(order: Order, update: BrokerOrder, delta: int) -> Decimal:
-    """The price of the newest fill, from the broker's cumulative average before and after it."""
+    """The price of the newest fill: exact from the trade book when the order filled more than once (the
+    cumulative average brokers report is rounded to paise), else from the cumulative average before and after."""
+    if order.filled_quantity > 0 or update.filled_quantity < order.quantity:
+        exact = _fill_price_from_trade_book(order, order.filled_quantity + delta)
+        if exact is not None:
+            return exact
     if update.average_price is None:
         return order.price or quote_for(order.symbol).last_price
     before = (order.average_price or Decimal("0")) * order.filled_quantity
@@ -603,16 +646,18 @@ def position_apply_fill(*, trade: Trade) -> Position:
     position = Position.objects.select_for_update().get(
         account_id=trade.account_id, symbol=trade.symbol, product=trade.product
     )
-    if position.trading_day != today:
+    if today > position.trading_day:
         position.trading_day = today
         position.day_buy_quantity = position.day_sell_quantity = 0
         position.day_buy_value = position.day_sell_value = position.day_realized_pnl = Decimal("0")
+    # A fill of an earlier day learnt of late (reconciliation) moves the position but not today's day fields.
+    of_the_day = today == position.trading_day
     quantity, price = trade.quantity, trade.price
     signed = quantity if trade.side == Side.BUY else -quantity
-    if trade.side == Side.BUY:
+    if of_the_day and trade.side == Side.BUY:
         position.day_buy_quantity += quantity
         position.day_buy_value += (price * quantity).quantize(PAISE)
-    else:
+    elif of_the_day:
         position.day_sell_quantity += quantity
         position.day_sell_value += (price * quantity).quantize(PAISE)
     held = position.quantity
@@ -625,7 +670,8 @@ def position_apply_fill(*, trade: Trade) -> Position:
         direction = 1 if held > 0 else -1
         realized = (closed * (price - position.average_price) * direction).quantize(PAISE, rounding=ROUND_HALF_UP)
         position.realized_pnl += realized
-        position.day_realized_pnl += realized
+        if of_the_day:
+            position.day_realized_pnl += realized
         position.quantity = held + signed
         if position.quantity == 0:
             position.average_price = Decimal("0")
@@ -825,6 +871,14 @@ def orders_reconcile(*, account_id: str, now: datetime | None = None) -> dict[st
         stale = now - order.updated_at > grace
         if match is not None:
             before = (order.status, order.filled_quantity)
+            if not Order.objects.filter(pk=order.pk, updated_at=order.updated_at).exists():
+                # Changed since the book was read (this very pass may have shrunk or cancelled it as an OCO sibling):
+                # the book can be older than that change and would undo it, so ask for the order itself.
+                try:
+                    match = adapter.order(match.broker_order_id)
+                except BrokerError as error:
+                    logger.info("could not refresh %s from the broker: %s", order.pk, error.detail)
+                    continue
             updated = order_apply_update(
                 order_id=order.pk, update=match, source=OrderSource.RECONCILE, settle_pending=stale
             )
@@ -844,6 +898,8 @@ def orders_reconcile(*, account_id: str, now: datetime | None = None) -> dict[st
 def _order_resubmit_protective(*, order: Order) -> None:
     with transaction.atomic():
         locked = Order.objects.select_for_update().get(pk=order.pk)
+        if locked.updated_at != order.updated_at:
+            return  # touched since we found it stale: another reconciliation claimed it and is sending it
         if locked.status == OrderStatus.PENDING:
             _transition(locked, OrderStatus.SUBMITTING, source=OrderSource.RECONCILE)
         if locked.status != OrderStatus.SUBMITTING:
@@ -886,6 +942,10 @@ def order_exits_place(*, order_id: str) -> list[Order]:
     with transaction.atomic():
         entry = Order.objects.select_for_update().select_related("user", "account").get(pk=order_id)
         if not _needs_exits(entry):
+            return []
+        if entry.account.status != AccountStatus.CONNECTED:
+            # Sent now they would only be rejected, and lost: they stay owed until reconciliation after the login.
+            logger.warning("exits of %s wait for a login to %s", entry.pk, entry.account_id)
             return []
         entry.exits_placed_at = timezone.now()
         entry.save(update_fields=["exits_placed_at"])
@@ -1046,9 +1106,7 @@ def positions_square_off(
         )
         try:
             placed.append(order_place(user=user, spec=spec, source=source, role=LegRole.SQUARE_OFF))
-        except BrokerError as error:
-            failed.append({"symbol": position.symbol, "account_id": position.account_id, "detail": error.detail})
-        except ValidationFailed as error:
+        except AppError as error:  # one position's failure (broker, risk, validation) must not stop the others
             failed.append({"symbol": position.symbol, "account_id": position.account_id, "detail": error.detail})
     audit_record(
         action="order.square_off",
@@ -1105,7 +1163,7 @@ def orders_place_bulk(*, user: User, specs: list[OrderSpec], all_or_none: bool) 
             )
             failed = True
             continue
-        except (ValidationFailed, InvalidState) as error:
+        except AppError as error:  # risk, validation, state: this leg failed, the others are settled below
             results[index] = LegResult(index=index, order=None, error_code=str(error.code), detail=error.detail)
             failed = True
             continue
@@ -1118,7 +1176,12 @@ def orders_place_bulk(*, user: User, specs: list[OrderSpec], all_or_none: bool) 
             results[index] = LegResult(index=index, order=order)
     if failed and all_or_none:
         for index, result in list(results.items()):
-            if result.order is None or result.error_code or result.order.is_final:
+            if result.order is None or result.error_code:
+                continue
+            if result.order.is_final:
+                results[index] = LegResult(
+                    index=index, order=result.order, detail="Filled before another leg failed; not rolled back."
+                )
                 continue
             try:
                 cancelled = order_cancel(user=user, order=result.order, source=OrderSource.API)
