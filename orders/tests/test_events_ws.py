@@ -32,8 +32,14 @@ def place_market_buy(user, account):
     quote_publish(quote_at(EQUITY, "1500"))
     return client_for(user).post(
         "/api/orders",
-        {"account_id": account.pk, "symbol": EQUITY, "side": "BUY", "quantity": 5, "order_type": "MARKET",
-         "product": "MIS"},
+        {
+            "account_id": account.pk,
+            "symbol": EQUITY,
+            "side": "BUY",
+            "quantity": 5,
+            "order_type": "MARKET",
+            "product": "MIS",
+        },
         format="json",
     )
 

@@ -1,7 +1,5 @@
 """The order pipeline end to end through the API and the paper broker."""
 
-from decimal import Decimal
-
 import pytest
 
 from orders.models import Order, OrderEvent, Position, Trade
@@ -11,8 +9,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def place(client, account, **fields):
-    body = {"account_id": account.pk, "symbol": EQUITY, "side": "BUY", "quantity": 10, "order_type": "MARKET",
-            "product": "MIS", **fields}
+    body = {
+        "account_id": account.pk,
+        "symbol": EQUITY,
+        "side": "BUY",
+        "quantity": 10,
+        "order_type": "MARKET",
+        "product": "MIS",
+        **fields,
+    }
     return client.post("/api/orders", body, format="json")
 
 
