@@ -43,9 +43,7 @@ def standard_instruments() -> None:
     """An equity, a 75-lot weekly option, an index (quotable, not tradable) and an expired option."""
     instrument_create(EQUITY)
     instrument_create("NSE:SBIN")
-    instrument_create(
-        OPTION, instrument_type=InstrumentType.CE, lot_size=75, expiry=date.today() + timedelta(days=7)
-    )
+    instrument_create(OPTION, instrument_type=InstrumentType.CE, lot_size=75, expiry=date.today() + timedelta(days=7))
     instrument_create("NSE:NIFTY 50", instrument_type=InstrumentType.INDEX)
     instrument_create(
         "NFO:NIFTYOLD24000CE", instrument_type=InstrumentType.CE, lot_size=75, expiry=date.today() - timedelta(days=3)
