@@ -526,12 +526,16 @@ def _fill_price(order: Order, update: BrokerOrder, delta: int) -> Decimal:
     return price if price > 0 else update.average_price
 
 
-def order_apply_update(*, order_id: str, update: BrokerOrder, source: str, settle_pending: bool = False) -> Order:
+def order_apply_update(
+    *, order_id: str, update: BrokerOrder, source: str, settle_pending: bool = False, fresh: bool = True
+) -> Order:
     """The one way broker news changes an order: a postback, an order socket, a poll or reconciliation.
 
     Fills are the increase of the broker's cumulative filled quantity, so a replayed or stale update adds nothing.
     A final state never changes. While we wait for our own modify or cancel to land, a working state from the
-    broker does not end the wait unless `settle_pending` (reconciliation, or the call that asked).
+    broker does not end the wait unless `settle_pending` (reconciliation, or the call that asked). Pushed updates
+    (`fresh=False`: postbacks, sockets) may arrive late and out of order, so they never roll back the quantity and
+    prices of a modification; what we read from the broker ourselves does.
     """
     with transaction.atomic():
         order = Order.objects.select_for_update().select_related("account", "user").get(pk=order_id)
@@ -543,15 +547,29 @@ def order_apply_update(*, order_id: str, update: BrokerOrder, source: str, settl
                 order.broker_order_id,
             )
             return order
+        revived = bool(update.broker_order_id) and _rejected_by_inference(order)
         if not order.broker_order_id and update.broker_order_id:
             order.broker_order_id = update.broker_order_id
         changed = False
         trade = None
-        if not order.is_final and update.quantity and update.quantity != order.quantity:
+        if revived:
+            # We settled it as never placed, yet the broker holds it after all: the broker is the truth.
+            OrderEvent.objects.create(
+                order=order,
+                from_status=order.status,
+                to_status=OrderStatus.OPEN,
+                source=source,
+                message="The broker has this order after all.",
+                filled_quantity=order.filled_quantity,
+            )
+            order.status = OrderStatus.OPEN
+            changed = True
+        takes_terms = fresh or update.filled_quantity > order.quantity
+        if not order.is_final and takes_terms and update.quantity and update.quantity != order.quantity:
             if update.quantity >= max(order.filled_quantity, update.filled_quantity):
                 order.quantity = update.quantity
                 changed = True
-        if not order.is_final:
+        if not order.is_final and fresh:
             for name in ("price", "trigger_price"):
                 value = getattr(update, name)
                 if (
@@ -594,6 +612,15 @@ def order_apply_update(*, order_id: str, update: BrokerOrder, source: str, settl
         if _needs_exits(order):
             _enqueue("place_exits", order.pk)
     return order
+
+
+def _rejected_by_inference(order: Order) -> bool:
+    """REJECTED by reconciliation because the broker had no record of it, never by the broker itself."""
+    return (
+        order.status == OrderStatus.REJECTED
+        and not order.broker_order_id
+        and order.events.filter(source=OrderSource.RECONCILE, to_status=OrderStatus.REJECTED).exists()
+    )
 
 
 def _record_fill(order: Order, update: BrokerOrder, filled: int) -> Trade:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from orders import api
+from orders import api, postback
 
 urlpatterns = [
     path("orders", api.OrderListCreateApi.as_view(), name="orders"),
@@ -10,4 +10,5 @@ urlpatterns = [
     path("positions", api.PositionListApi.as_view(), name="positions"),
     path("positions/squareoff", api.SquareOffApi.as_view(), name="positions-squareoff"),
     path("portfolio", api.PortfolioApi.as_view(), name="portfolio"),
+    path("brokers/postback/<str:broker>", postback.BrokerPostbackApi.as_view(), name="broker-postback"),
 ]

@@ -68,6 +68,7 @@ STATUS_FROM_KITE = {
     "MODIFY PENDING": BrokerOrderStatus.OPEN,
     "CANCEL PENDING": BrokerOrderStatus.OPEN,
     "OPEN": BrokerOrderStatus.OPEN,
+    "UPDATE": BrokerOrderStatus.OPEN,  # postbacks only: a working order was modified or partly filled
     "TRIGGER PENDING": BrokerOrderStatus.TRIGGER_PENDING,
     "COMPLETE": BrokerOrderStatus.FILLED,
     "CANCELLED": BrokerOrderStatus.CANCELLED,
@@ -114,7 +115,13 @@ def _call(operation: Callable[[], T]) -> T:
 
 
 def _kite_time(value: Any) -> datetime | None:
-    """The SDK parses Kite's "YYYY-MM-DD HH:MM:SS" (exchange time, IST) into naive datetimes; we keep them aware."""
+    """Kite's "YYYY-MM-DD HH:MM:SS" (exchange time, IST), which the SDK parses into naive datetimes and postbacks
+    carry as text; we keep them aware."""
+    if isinstance(value, str):
+        try:
+            value = datetime.strptime(value, KITE_TIME_FORMAT)
+        except ValueError:
+            return None
     if not isinstance(value, datetime):
         return None
     return value if value.tzinfo else value.replace(tzinfo=IST)
@@ -123,6 +130,31 @@ def _kite_time(value: Any) -> datetime | None:
 def _decimal(value: Any) -> Decimal | None:
     decimal = to_decimal(value)
     return decimal if decimal else None
+
+
+def order_from_kite(data: dict[str, Any]) -> BrokerOrder:
+    """One Kite order dict (an order book row, the last history entry, or a postback body) as a BrokerOrder.
+    Raises KeyError, ValueError, TypeError, AttributeError or decimal.InvalidOperation when a field is missing or
+    malformed."""
+    filled = int(data.get("filled_quantity") or 0)
+    return BrokerOrder(
+        broker_order_id=str(data["order_id"]),
+        symbol=f"{data['exchange']}:{data['tradingsymbol']}",
+        side=SIDE_FROM_KITE[data["transaction_type"]],
+        quantity=int(data["quantity"]),
+        filled_quantity=filled,
+        order_type=ORDER_TYPE_FROM_KITE[data["order_type"]],
+        product=PRODUCT_FROM_KITE[data["product"]],
+        status=status_from_kite(data["status"], filled),
+        price=_decimal(data.get("price")),
+        trigger_price=_decimal(data.get("trigger_price")),
+        average_price=_decimal(data.get("average_price")),
+        validity=VALIDITY_FROM_KITE.get(data.get("validity") or "DAY", Validity.DAY),
+        tag=data.get("tag") or "",
+        status_message=data.get("status_message") or "",
+        placed_at=_kite_time(data.get("order_timestamp")),
+        updated_at=_kite_time(data.get("exchange_timestamp")),
+    )
 
 
 class ZerodhaAdapter(BrokerAdapter):
@@ -206,35 +238,14 @@ class ZerodhaAdapter(BrokerAdapter):
     def cancel_order(self, broker_order_id: str) -> None:
         _call(lambda: self._kite().cancel_order(variety="regular", order_id=broker_order_id))
 
-    def _order(self, data: dict[str, Any]) -> BrokerOrder:
-        filled = int(data.get("filled_quantity") or 0)
-        return BrokerOrder(
-            broker_order_id=str(data["order_id"]),
-            symbol=f"{data['exchange']}:{data['tradingsymbol']}",
-            side=SIDE_FROM_KITE[data["transaction_type"]],
-            quantity=int(data["quantity"]),
-            filled_quantity=filled,
-            order_type=ORDER_TYPE_FROM_KITE[data["order_type"]],
-            product=PRODUCT_FROM_KITE[data["product"]],
-            status=status_from_kite(data["status"], filled),
-            price=_decimal(data.get("price")),
-            trigger_price=_decimal(data.get("trigger_price")),
-            average_price=_decimal(data.get("average_price")),
-            validity=VALIDITY_FROM_KITE.get(data.get("validity") or "DAY", Validity.DAY),
-            tag=data.get("tag") or "",
-            status_message=data.get("status_message") or "",
-            placed_at=_kite_time(data.get("order_timestamp")),
-            updated_at=_kite_time(data.get("exchange_timestamp")),
-        )
-
     def orders(self) -> list[BrokerOrder]:
-        return [self._order(data) for data in _call(lambda: self._kite().orders())]
+        return [order_from_kite(data) for data in _call(lambda: self._kite().orders())]
 
     def order(self, broker_order_id: str) -> BrokerOrder:
         history = _call(lambda: self._kite().order_history(broker_order_id))
         if not history:
             raise InvalidInput(f"No order {broker_order_id} at Zerodha.")
-        return self._order(history[-1])
+        return order_from_kite(history[-1])
 
     def trades(self) -> list[BrokerTrade]:
         return [

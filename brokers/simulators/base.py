@@ -140,6 +140,12 @@ class SimulatorApp:
         """The broker's own error envelope."""
         raise NotImplementedError
 
+    def on_start(self) -> None:
+        """A server starts serving this app: start whatever runs beside the routes."""
+
+    def on_stop(self) -> None:
+        """The server stopped: undo `on_start`."""
+
     # --- routing ----------------------------------------------------------------------------------------------
 
     def add_route(self, method: str, pattern: str, handler: Handler) -> None:
@@ -269,13 +275,19 @@ class SimulatorServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> SimulatorServer:
+        self.app.on_start()
         self._thread = threading.Thread(target=self.httpd.serve_forever, name=f"{self.app.name}-sim", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever()
+        self.app.on_start()
+        try:
+            self.httpd.serve_forever()
+        finally:
+            self.app.on_stop()
 
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.app.on_stop()

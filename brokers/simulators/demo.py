@@ -22,7 +22,12 @@ def simulator_app(name: str) -> SimulatorApp:
         from brokers.simulators.kite import KiteSimulator
 
         app = KiteSimulator()
-        app.register_app(credentials["api_key"], credentials["api_secret"], callback)
+        app.register_app(
+            credentials["api_key"],
+            credentials["api_secret"],
+            callback,
+            postback_url=f"{settings.PUBLIC_BASE_URL.rstrip('/')}/api/brokers/postback/zerodha",
+        )
     elif name == "dhan":
         from brokers.simulators.dhan import DhanSimulator
 

@@ -2,15 +2,21 @@
 
 Serves at `/` (the SDK drops path prefixes). Login: `/connect/login` shows a form and redirects to the app's
 redirect URL with a one-time `request_token`; `POST /session/token` checks the sha256 checksum and issues an
-access token. Errors use Kite's envelope and exception names; limits answer 429 like Kite does.
+access token. Errors use Kite's envelope and exception names; limits answer 429 like Kite does. An app registered
+with a postback URL gets Kite's postback (the order dict, `user_id` and its checksum) whenever one of its orders is
+placed, modified, cancelled or filled by a quote, sent by one background thread in the order they were queued.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+import json
+import logging
+import queue
 import secrets
 import threading
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -35,7 +41,9 @@ from brokers.prices import quote_for, synthetic_quote
 from brokers.simulators.base import RateWindows, SimRequest, SimResponse, SimulatorApp
 from marketdata.calendar import is_trading_day
 
+logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
+POSTBACK_TIMEOUT_SECONDS = 5.0
 KITE_STATUS = {
     BrokerOrderStatus.PENDING: "PUT ORDER REQ RECEIVED",
     BrokerOrderStatus.OPEN: "OPEN",
@@ -63,6 +71,7 @@ class KiteApp:
     api_key: str
     api_secret: str
     redirect_url: str
+    postback_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,8 @@ class KiteSimulator(SimulatorApp):
         self._apps: dict[str, KiteApp] = {}
         self._request_tokens: dict[str, KiteSession] = {}
         self._sessions: dict[str, KiteSession] = {}
+        self._order_apps: dict[str, str] = {}  # order id -> api_key of the app it was placed through
+        self._postbacks: queue.SimpleQueue | None = None
         self._lock = threading.Lock()
         self.order_limits = RateWindows([(10, 1.0), (400, 60.0)])
         self.quote_limits = RateWindows([(1, 1.0)])
@@ -95,8 +106,8 @@ class KiteSimulator(SimulatorApp):
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
-    def register_app(self, api_key: str, api_secret: str, redirect_url: str) -> None:
-        self._apps[api_key] = KiteApp(api_key, api_secret, redirect_url)
+    def register_app(self, api_key: str, api_secret: str, redirect_url: str, *, postback_url: str = "") -> None:
+        self._apps[api_key] = KiteApp(api_key, api_secret, redirect_url, postback_url)
 
     def issue_session(self, api_key: str, user_id: str) -> str:
         """A ready access token, for tests that do not walk through the login page."""
@@ -296,6 +307,8 @@ class KiteSimulator(SimulatorApp):
             order = exchange.place(account=self._account(session), request=self._order_request(request.form()))
         except InvalidInput as error:
             return self.error_response(400, error.detail, "input")
+        self._order_apps[order.order_id] = session.api_key
+        self._postback(order, session.user_id)
         return self.ok({"order_id": order.order_id})
 
     def order_modify(self, request: SimRequest, variety: str, order_id: str) -> SimResponse:
@@ -315,6 +328,8 @@ class KiteSimulator(SimulatorApp):
             return self.error_response(400, "Invalid modify parameters.", "input")
         except InvalidInput as error:
             return self.error_response(400, error.detail, "order")
+        self._order_apps.setdefault(order.order_id, session.api_key)
+        self._postback(order, session.user_id)
         return self.ok({"order_id": order.order_id})
 
     def order_cancel(self, request: SimRequest, variety: str, order_id: str) -> SimResponse:
@@ -325,7 +340,44 @@ class KiteSimulator(SimulatorApp):
             order = exchange.cancel(account=self._account(session), order_id=order_id)
         except InvalidInput as error:
             return self.error_response(400, error.detail, "order")
+        self._order_apps.setdefault(order.order_id, session.api_key)
+        self._postback(order, session.user_id)
         return self.ok({"order_id": order.order_id})
+
+    # --- postbacks ------------------------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._postbacks = queue.SimpleQueue()
+        threading.Thread(
+            target=_deliver_postbacks, args=(self._postbacks,), name="kite-sim-postbacks", daemon=True
+        ).start()
+        exchange.order_changes_listen(self._orders_filled)
+
+    def on_stop(self) -> None:
+        exchange.order_changes_unlisten(self._orders_filled)
+        if self._postbacks is not None:
+            self._postbacks.put(None)
+            self._postbacks = None
+
+    def _orders_filled(self, venue: str, client_id: str, order_ids: list[str]) -> None:
+        """Exchange listener: a quote filled resting orders (called after commit, in the publisher's thread)."""
+        if venue != Venue.KITE:
+            return
+        account = exchange.exchange_account(venue=Venue.KITE, client_id=client_id)
+        for order_id in order_ids:
+            if order_id in self._order_apps:
+                self._postback(exchange.get_order(account=account, order_id=order_id), client_id)
+
+    def _postback(self, order: SimOrder, user_id: str) -> None:
+        """Queue Kite's postback of `order` for the app it was placed through, if that app has a postback URL."""
+        app = self._apps.get(self._order_apps.get(order.order_id, ""))
+        postbacks = self._postbacks
+        if app is None or not app.postback_url or postbacks is None:
+            return
+        body = self._kite_order(order, user_id)
+        signed = f"{body['order_id']}{body['order_timestamp'] or ''}{app.api_secret}"
+        body.update(user_id=user_id, checksum=hashlib.sha256(signed.encode()).hexdigest())
+        postbacks.put((app.postback_url, json.dumps(body).encode()))
 
     def _kite_order(self, order: SimOrder, user_id: str) -> dict:
         exchange_code, tradingsymbol = split_symbol(order.symbol)
@@ -535,6 +587,18 @@ class KiteSimulator(SimulatorApp):
             candle = synthetic_candle(instrument.symbol, opening=opening, seconds=length, interval=interval)
             candles.append(candle + [0] if with_oi else candle)
         return self.ok({"candles": candles})
+
+
+def _deliver_postbacks(postbacks: queue.SimpleQueue) -> None:
+    """One sender per served simulator, so postbacks go out in the order they were queued; None stops it."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the receiver, never a proxy
+    while (item := postbacks.get()) is not None:
+        url, body = item
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            opener.open(request, timeout=POSTBACK_TIMEOUT_SECONDS).close()
+        except (OSError, ValueError) as error:  # like Kite: a receiver that fails loses the postback
+            logger.info("Kite simulator postback to %s failed: %s", url, error)
 
 
 def _historical_time(raw: str) -> datetime:
