@@ -290,24 +290,17 @@ class SquareOffInput(InputSerializer):
         return symbol_normalize(value)
 
 
-class OrderListQuery(InputSerializer):
-    status = serializers.MultipleChoiceField(choices=OrderStatus.choices, required=False)
-    account_id = serializers.CharField(max_length=40, required=False)
+class _WindowQuery(InputSerializer):
+    """A list's query: pagination, a symbol, and a `from`..`to` time window."""
+
     symbol = serializers.CharField(max_length=64, required=False)
-    side = serializers.ChoiceField(choices=[v.value for v in Side], required=False)
-    source = serializers.CharField(max_length=10, required=False)
-    tag = serializers.CharField(max_length=20, required=False)
-    # allow_null: a query string is form input, where DRF reads a missing boolean as False ("only final orders").
-    open = serializers.BooleanField(
-        required=False, allow_null=True, help_text="true: only orders the broker may still fill"
-    )
     page = serializers.IntegerField(required=False)
     page_size = serializers.IntegerField(required=False)
-    # `from` is a Python keyword; the query parameter names are `from` and `to`.
     to = serializers.DateTimeField(required=False)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # `from` is a Python keyword, so it cannot be declared as a class attribute.
         self.fields["from"] = serializers.DateTimeField(required=False)
 
     def validate_symbol(self, value: str) -> str:
@@ -319,20 +312,21 @@ class OrderListQuery(InputSerializer):
         return attrs
 
 
-class TradeListQuery(InputSerializer):
+class OrderListQuery(_WindowQuery):
+    status = serializers.MultipleChoiceField(choices=OrderStatus.choices, required=False)
     account_id = serializers.CharField(max_length=40, required=False)
-    symbol = serializers.CharField(max_length=64, required=False)
+    side = serializers.ChoiceField(choices=[v.value for v in Side], required=False)
+    source = serializers.CharField(max_length=10, required=False)
+    tag = serializers.CharField(max_length=20, required=False)
+    # allow_null: a query string is form input, where DRF reads a missing boolean as False ("only final orders").
+    open = serializers.BooleanField(
+        required=False, allow_null=True, help_text="true: only orders the broker may still fill"
+    )
+
+
+class TradeListQuery(_WindowQuery):
+    account_id = serializers.CharField(max_length=40, required=False)
     order_id = serializers.CharField(max_length=40, required=False)
-    page = serializers.IntegerField(required=False)
-    page_size = serializers.IntegerField(required=False)
-    to = serializers.DateTimeField(required=False)
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["from"] = serializers.DateTimeField(required=False)
-
-    def validate_symbol(self, value: str) -> str:
-        return symbol_normalize(value)
 
 
 class PositionListQuery(InputSerializer):
