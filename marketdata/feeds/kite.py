@@ -6,8 +6,9 @@ fresh `KiteTicker` connection on it. The SDK's own reconnection is switched off 
 reconnecting is `Feed.run`'s job (backoff with jitter, stop-aware, the same for every broker), and each new
 connection subscribes to the feed's current symbols in `on_open`, so a reconnect is also a resubscribe.
 
-Threads: the reactor thread only parses frames (the SDK does) and queues tick batches; the thread running `stream`
-converts them to Quotes and publishes, so a slow publish (cache, exchange matching) never stalls the socket.
+Threads: the reactor thread only parses frames (the SDK does) and queues tick batches and order updates; the thread
+running `stream` converts ticks to Quotes and publishes them, and hands the connecting user's order updates
+(postback-like dicts) to `on_order_update`, so a slow publish or database write never stalls the socket.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -122,6 +124,7 @@ class KiteFeed(BrokerFeed):
         access_token: str,
         symbols: list[str],
         mode: str = "full",
+        on_order_update: Callable[[dict[str, Any]], None] | None = None,
         **feed_options: Any,
     ) -> None:
         super().__init__(mode=mode, **feed_options)
@@ -129,6 +132,7 @@ class KiteFeed(BrokerFeed):
             raise SessionExpired("The Zerodha account has no access token; log in again.")
         self.api_key = api_key
         self._access_token = access_token
+        self.on_order_update = on_order_update
         self._tokens: dict[int, str] = {}  # instrument token -> symbol
         self._ticker = None  # the live KiteTicker, touched only on the reactor thread
         self._add_tokens(symbols)
@@ -142,6 +146,13 @@ class KiteFeed(BrokerFeed):
 
         if account.broker != Broker.ZERODHA:
             raise InvalidInput(f"A Kite feed needs a Zerodha account; {account} is {account.broker}.")
+
+        def order_update_apply(data: dict[str, Any]) -> None:
+            from orders.postbacks import kite_socket_update_apply
+
+            kite_socket_update_apply(account_id=account.pk, data=data)
+
+        options.setdefault("on_order_update", order_update_apply)
         return cls(
             api_key=str(account.credentials.get("api_key") or ""),
             access_token=str(account.session.get("access_token") or ""),
@@ -207,6 +218,7 @@ class KiteFeed(BrokerFeed):
 
         reactor = shared_reactor()
         batches: queue.Queue[list[dict[str, Any]]] = queue.Queue()
+        order_updates: queue.Queue[dict[str, Any]] = queue.Queue()
         opened, closed = threading.Event(), threading.Event()
         close_reasons: list[str] = []
 
@@ -238,6 +250,8 @@ class KiteFeed(BrokerFeed):
 
         ticker.on_open = on_open
         ticker.on_ticks = lambda ws, ticks: batches.put(ticks)
+        if self.on_order_update is not None:
+            ticker.on_order_update = lambda ws, data: order_updates.put(data)
         ticker.on_close = on_close
         ticker.on_noreconnect = on_noreconnect
         reactor.callFromThread(ticker.connect, threaded=True)
@@ -249,9 +263,11 @@ class KiteFeed(BrokerFeed):
                     self._publish_ticks(batches.get(timeout=_POLL_SECONDS))
                 except queue.Empty:
                     pass
+                self._apply_order_updates(order_updates)
                 if closed.is_set():
                     while not batches.empty():
                         self._publish_ticks(batches.get_nowait())
+                    self._apply_order_updates(order_updates)
                     raise self._failure(close_reasons)
                 if not opened.is_set() and time.monotonic() > connect_deadline:
                     raise BrokerUnavailable("The Kite ticker did not open in time.")
@@ -267,6 +283,14 @@ class KiteFeed(BrokerFeed):
         if "(403" in reason:
             return SessionExpired("Kite refused the ticker connection: the access token is invalid or expired.")
         return BrokerUnavailable(f"The Kite ticker connection dropped ({reason}).")
+
+    def _apply_order_updates(self, updates: queue.Queue[dict[str, Any]]) -> None:
+        while not updates.empty():
+            data = updates.get_nowait()
+            try:
+                self.on_order_update(data)
+            except Exception:  # one bad order update must not stop the ticks
+                logger.exception("Kite ticker order update failed")
 
     def _publish_ticks(self, ticks: list[dict[str, Any]]) -> None:
         quotes = []
