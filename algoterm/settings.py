@@ -257,6 +257,18 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # workers log through LOGGING below: J
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 # The system's periodic tasks, defined here and synced into django-celery-beat by `manage.py sync_periodic_tasks`
 # (and whenever beat starts). Domain issues add their own entries.
+# The RMS sweep's interval; ticks also trigger an evaluation of the users holding what moved.
+RMS_SWEEP_SECONDS = env.float("RMS_SWEEP_SECONDS", default=2.0)
+RMS_TICK_EVALUATION = env.bool("RMS_TICK_EVALUATION", default=True)
+# A new user's risk profile: the NSE session as the trading window and intraday square-off at 15:15 IST, except
+# where the market never closes (the demo) or the clock is the test's to set ("" turns a default off).
+_RMS_CLOCKLESS = env.bool("MARKET_ALWAYS_OPEN", default=DJANGO_ENV == "development") or DJANGO_ENV == "test"
+RMS_DEFAULT_TRADING_WINDOW = env.str("RMS_DEFAULT_TRADING_WINDOW", default="" if _RMS_CLOCKLESS else "09:15-15:30")
+RMS_DEFAULT_AUTO_SQUARE_OFF = env.str("RMS_DEFAULT_AUTO_SQUARE_OFF", default="" if _RMS_CLOCKLESS else "15:15")
+# The pre-trade funds check reads the account's funds from the broker (one call per new-exposure order).
+RMS_FUNDS_CHECK = env.bool("RMS_FUNDS_CHECK", default=True)
+RMS_DEFAULT_MAX_ORDERS_PER_DAY = env.int("RMS_DEFAULT_MAX_ORDERS_PER_DAY", default=1000)
+RMS_DEFAULT_MAX_OPEN_POSITIONS = env.int("RMS_DEFAULT_MAX_OPEN_POSITIONS", default=100)
 CELERY_BEAT_SCHEDULE = {
     "system.heartbeat": {"task": "algoterm.tasks.heartbeat", "schedule": timedelta(seconds=10)},
     "accounts.purge_expired_tokens": {
@@ -269,6 +281,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=8, minute=45, day_of_week="mon-fri"),
     },
     "orders.reconcile_open": {"task": "orders.tasks.reconcile_open", "schedule": timedelta(seconds=5)},
+    "rms.sweep": {"task": "rms.tasks.sweep", "schedule": timedelta(seconds=RMS_SWEEP_SECONDS)},
     "orders.trail_stops": {"task": "orders.tasks.trail_stops", "schedule": timedelta(seconds=2)},
     "orders.purge_idempotency_keys": {
         "task": "orders.tasks.purge_idempotency_keys",

@@ -35,6 +35,20 @@ async def ticks_fan_out(quotes: list[Quote]) -> None:
         await layer.group_send(symbol_group(quote.symbol), tick_message(quote))
 
 
+def _risk_evaluate(symbols: list[str]) -> None:
+    """Tick-driven RMS: the users holding these symbols are evaluated at once rather than at the next sweep."""
+    from django.conf import settings
+
+    if not settings.RMS_TICK_EVALUATION:
+        return
+    from rms.tasks import evaluate_symbols
+
+    try:
+        evaluate_symbols.delay(symbols)
+    except Exception:  # the sweep still runs; a tick must reach its subscribers whatever happens here
+        logger.exception("tick-driven risk evaluation could not be queued")
+
+
 def ticks_publish(quotes: list[Quote], *, fan_out: bool = True) -> int:
     """Returns how many paper/simulator orders the ticks filled."""
     if not quotes:
@@ -47,6 +61,7 @@ def ticks_publish(quotes: list[Quote], *, fan_out: bool = True) -> int:
     except Exception:  # one bad order must not stop ticks reaching subscribers and candles
         logger.exception("matching resting orders failed")
         fills = 0
+    _risk_evaluate([quote.symbol for quote in quotes])
     if fan_out:
         try:
             async_to_sync(ticks_fan_out)(quotes)

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from accounts.models import User
 from algoterm.api.errors import NotFound
@@ -225,3 +225,41 @@ def portfolio_get(*, user: User) -> dict[str, Any]:
         "totals": book.totals,
         "unavailable_accounts": problems,
     }
+
+
+# --- for the risk engine -----------------------------------------------------------------------------------------
+
+
+def orders_placed_on(*, user: User, day) -> int:
+    """Orders the user placed on the IST trading day `day` (rejected ones count, as brokers count them)."""
+    from datetime import datetime, time, timedelta
+    from zoneinfo import ZoneInfo
+
+    start = datetime.combine(day, time(0), tzinfo=ZoneInfo("Asia/Kolkata"))
+    return Order.objects.filter(user=user, created_at__gte=start, created_at__lt=start + timedelta(days=1)).count()
+
+
+def open_position_symbols(*, user: User) -> set[tuple[str, str]]:
+    return set(Position.objects.filter(user=user).exclude(quantity=0).values_list("symbol", "product").distinct())
+
+
+def positions_for_mtm(*, user_ids: list[str] | None, day) -> list[tuple]:
+    """(user, account, symbol, product, quantity, average price, today's realized PnL) of every position that is
+    open or traded on `day`: one query, the monitor's whole input."""
+    positions = Position.objects.filter(Q(trading_day=day) | ~Q(quantity=0))
+    if user_ids is not None:
+        positions = positions.filter(user_id__in=user_ids)
+    rows = positions.values_list(
+        "user_id", "account_id", "symbol", "product", "quantity", "average_price", "day_realized_pnl", "trading_day"
+    )
+    return [(*row[:6], row[6] if row[7] == day else Decimal("0")) for row in rows]
+
+
+def users_with_open_positions_in(*, symbols: list[str]) -> list[str]:
+    return list(
+        Position.objects.filter(symbol__in=symbols)
+        .exclude(quantity=0)
+        .order_by()
+        .values_list("user_id", flat=True)
+        .distinct()
+    )

@@ -1083,6 +1083,7 @@ def positions_square_off(
     user: User,
     account_id: str | None = None,
     symbol: str | None = None,
+    product: str | None = None,
     source: str = OrderSource.API,
 ) -> SquareOffResult:
     """Cancel the pending orders in scope, then close every open position with a market order.
@@ -1100,6 +1101,8 @@ def positions_square_off(
     )
     if symbol:
         pending = pending.filter(symbol=symbol)
+    if product:
+        pending = pending.filter(product=product)
     cancelled, failed = [], []
     for order in pending.select_related("account"):
         try:
@@ -1109,6 +1112,8 @@ def positions_square_off(
     positions = Position.objects.filter(user=user, account__in=accounts).exclude(quantity=0)
     if symbol:
         positions = positions.filter(symbol=symbol)
+    if product:
+        positions = positions.filter(product=product)
     placed = []
     for position in positions.select_related("account"):
         working = Order.objects.filter(

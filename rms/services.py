@@ -1,12 +1,209 @@
-"""Risk-management writes and checks. The order pipeline calls `check_order` before anything reaches a broker."""
+"""Risk management: pre-trade checks, the MTM monitor, breaches and square-off, kill switches.
+
+The sweep evaluates every user with positions today in one set-based pass (two queries, one quote fetch, numpy
+sums); a breach is handled once per user and day under the state row's lock, and a square-off a dead worker left
+half-done is resumed by the next sweep.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from accounts.models import User
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Notification, User
+from accounts.services import audit_record, notification_create
+from algoterm import realtime
+from algoterm.api.errors import AppError, NotFound, RiskRejected, ValidationFailed
+from brokers.adapters.base import BrokerError
 from brokers.models import BrokerAccount
+from rms.models import MONEY_FIELDS, RiskProfile, RmsEvent, RmsState, TradingState, default_limits
+
+logger = logging.getLogger(__name__)
+IST = ZoneInfo("Asia/Kolkata")
+PAISE = Decimal("0.01")
+MARGIN_RATE = {"MIS": Decimal("0.20"), "CNC": Decimal("1"), "NRML": Decimal("1")}
+
+
+class Reason:
+    TRADING_HALTED = "TRADING_HALTED"
+    OUTSIDE_TRADING_WINDOW = "OUTSIDE_TRADING_WINDOW"
+    MAX_LOTS_EXCEEDED = "MAX_LOTS_EXCEEDED"
+    MAX_ORDER_VALUE_EXCEEDED = "MAX_ORDER_VALUE_EXCEEDED"
+    MAX_OPEN_POSITIONS = "MAX_OPEN_POSITIONS"
+    MAX_ORDERS_PER_DAY = "MAX_ORDERS_PER_DAY"
+    DAILY_LOSS_LIMIT_HIT = "DAILY_LOSS_LIMIT_HIT"
+    REDUCE_ONLY = "REDUCE_ONLY"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    PRODUCT_NOT_ALLOWED = "PRODUCT_NOT_ALLOWED"
+    SEGMENT_NOT_ALLOWED = "SEGMENT_NOT_ALLOWED"
+    # breaches
+    DAILY_PROFIT_TARGET_HIT = "DAILY_PROFIT_TARGET_HIT"
+    PROFIT_LOCK_HIT = "PROFIT_LOCK_HIT"
+    AUTO_SQUARE_OFF = "AUTO_SQUARE_OFF"
+    OPERATOR_HALT = "OPERATOR_HALT"
+
+
+# What each breach leaves the user able to do for the rest of the day.
+STATE_AFTER = {
+    Reason.DAILY_LOSS_LIMIT_HIT: TradingState.HALTED,
+    Reason.DAILY_PROFIT_TARGET_HIT: TradingState.REDUCING,
+    Reason.PROFIT_LOCK_HIT: TradingState.REDUCING,
+    Reason.OPERATOR_HALT: TradingState.HALTED,
+}
+SEVERITY = {TradingState.NORMAL: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+
+
+def trading_day(at: datetime | None = None) -> date:
+    return timezone.localtime(at or timezone.now(), IST).date()
+
+
+# --- profiles ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A user's effective limits for one account: the account's overrides over the user's profile."""
+
+    values: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+PROFILE_FIELDS = (
+    *MONEY_FIELDS,
+    "max_lots_per_order",
+    "max_open_positions",
+    "max_orders_per_day",
+    "allowed_products",
+    "allowed_segments",
+    "trading_window_start",
+    "trading_window_end",
+    "auto_square_off_time",
+    "kill_switch",
+)
+
+
+def profile_get_or_create(*, user: User) -> RiskProfile:
+    profile = RiskProfile.objects.filter(user=user, account__isnull=True).first()
+    if profile is None:
+        profile, _ = RiskProfile.objects.get_or_create(user=user, account=None, defaults=default_limits())
+    return profile
+
+
+def limits_for(*, user: User, account: BrokerAccount | None = None) -> Limits:
+    base = profile_get_or_create(user=user)
+    values = {name: getattr(base, name) for name in PROFILE_FIELDS}
+    if account is not None:
+        override = RiskProfile.objects.filter(user=user, account=account).first()
+        if override is not None:
+            for name in PROFILE_FIELDS:
+                value = getattr(override, name)
+                if name == "kill_switch":
+                    values[name] = values[name] or value
+                elif value not in (None, []):
+                    values[name] = value
+    return Limits(values)
+
+
+def profile_validate(data: dict[str, Any]) -> dict[str, list[str]]:
+    """Field errors of an inconsistent profile (the values as they would be saved)."""
+    errors: dict[str, list[str]] = {}
+
+    def add(name: str, message: str) -> None:
+        errors.setdefault(name, []).append(message)
+
+    for name in MONEY_FIELDS:
+        value = data.get(name)
+        if value is not None and value <= 0:
+            add(name, "Must be positive; leave it empty to turn the rule off.")
+    lock_at, lock_amount = data.get("profit_lock_at"), data.get("profit_lock_amount")
+    if (lock_at is None) != (lock_amount is None):
+        add("profit_lock_amount" if lock_amount is None else "profit_lock_at", "Profit lock needs both fields.")
+    if lock_at is not None and lock_amount is not None and lock_amount >= lock_at:
+        add("profit_lock_amount", "The locked profit must be less than the MTM that locks it.")
+    every, step = data.get("trailing_profit_every"), data.get("trailing_profit_step")
+    if (every is None) != (step is None):
+        add("trailing_profit_step" if step is None else "trailing_profit_every", "Trailing profit needs both fields.")
+    if every is not None and lock_at is None:
+        add("trailing_profit_every", "Trailing profit raises a profit lock; set profit_lock_at first.")
+    if every is not None and step is not None and step > every:
+        add("trailing_profit_step", "The lock cannot rise by more than the MTM gained.")
+    target = data.get("daily_profit_target")
+    if target is not None and lock_at is not None and lock_at >= target:
+        add("profit_lock_at", "The profit lock must start below the daily profit target.")
+    start, end = data.get("trading_window_start"), data.get("trading_window_end")
+    if (start is None) != (end is None):
+        add("trading_window_end" if end is None else "trading_window_start", "A trading window needs both ends.")
+    if start is not None and end is not None and start >= end:
+        add("trading_window_end", "Must be after the start.")
+    square_off = data.get("auto_square_off_time")
+    if square_off is not None and start is not None and end is not None and not start < square_off <= end:
+        add("auto_square_off_time", "Must fall inside the trading window.")
+    for name, allowed in (("allowed_products", {"MIS", "CNC", "NRML"}), ("allowed_segments", None)):
+        values = data.get(name) or []
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            add(name, "Must be a list of names.")
+        elif allowed is not None and set(values) - allowed:
+            add(name, f"Unknown: {', '.join(sorted(set(values) - allowed))}.")
+    return errors
+
+
+@transaction.atomic
+def profile_update(
+    *, actor: User, user: User, data: dict[str, Any], account: BrokerAccount | None = None
+) -> RiskProfile:
+    """Change the user's limits (or one account's overrides); inconsistent settings are refused field by field."""
+    base = profile_get_or_create(user=user)
+    profile = base
+    if account is not None:
+        profile, _ = RiskProfile.objects.get_or_create(user=user, account=account)
+    profile = RiskProfile.objects.select_for_update().get(pk=profile.pk)
+    before = {name: getattr(profile, name) for name in PROFILE_FIELDS}
+    merged = dict(before) | data
+    if account is not None:  # an override is judged with what it inherits
+        merged = {
+            name: (merged[name] if merged[name] not in (None, []) else getattr(base, name)) for name in PROFILE_FIELDS
+        }
+    errors = profile_validate(merged)
+    if errors:
+        raise ValidationFailed("These risk settings are inconsistent.", errors=errors)
+    for name, value in data.items():
+        setattr(profile, name, value)
+    profile.updated_at = timezone.now()
+    profile.save()
+    changed = {name: str(data[name]) for name in data if before.get(name) != data[name]}
+    if changed:
+        RmsEvent.objects.create(user=user, kind=RmsEvent.Kind.CONFIG, actor=actor, details=changed)
+        audit_record(
+            action="rms.config", actor=actor, target=user, details={"account_id": account and account.pk, **changed}
+        )
+    return profile
+
+
+# --- state -------------------------------------------------------------------------------------------------------
+
+
+def state_today(*, user_id: str, day: date | None = None, lock: bool = False) -> RmsState:
+    day = day or trading_day()
+    state, _ = RmsState.objects.get_or_create(user_id=user_id, trading_day=day)
+    if lock:
+        state = RmsState.objects.select_for_update().get(pk=state.pk)
+    return state
+
+
+# --- pre-trade ---------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -25,9 +222,403 @@ class OrderIntent:
     source: str
 
 
-def check_order(*, user: User, intent: OrderIntent) -> None:
-    """Raise `RiskRejected` (422 RISK_REJECTED with a reason code) when the order breaks a rule.
+def _refuse(reason: str, detail: str) -> None:
+    raise RiskRejected(detail, reason=reason)
 
-    The rules arrive with the RMS issue; until then every order passes.
+
+def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None) -> None:
+    """Raise `RiskRejected` (422 RISK_REJECTED with `reason`) when the order breaks a rule.
+
+    Exits (orders that only reduce a position) pass every rule but the exchange's own: a risk engine must never
+    stand between a trader and closing a position. The RMS's own orders always pass.
     """
-    return None
+    if intent.source == "rms":
+        return
+    now = now or timezone.now()
+    limits = limits_for(user=user, account=intent.account)
+    state = RmsState.objects.filter(user=user, trading_day=trading_day(now)).first()
+    status = state.status if state else TradingState.NORMAL
+    if intent.reduces_position:
+        return
+    if limits.kill_switch or status == TradingState.HALTED:
+        why = "your kill switch is on" if limits.kill_switch else f"trading is halted today ({state.reason})"
+        _refuse(Reason.TRADING_HALTED, f"New orders are refused: {why}. Exits are still allowed.")
+    if status == TradingState.REDUCING:
+        _refuse(Reason.REDUCE_ONLY, f"Only exits are allowed for the rest of the day ({state.reason}).")
+    local = timezone.localtime(now, IST).time()
+    if limits.trading_window_start and not limits.trading_window_start <= local <= limits.trading_window_end:
+        _refuse(
+            Reason.OUTSIDE_TRADING_WINDOW,
+            f"Your trading window is {limits.trading_window_start:%H:%M}-{limits.trading_window_end:%H:%M} IST.",
+        )
+    if intent.product == "MIS" and limits.auto_square_off_time and local >= limits.auto_square_off_time:
+        _refuse(
+            Reason.OUTSIDE_TRADING_WINDOW,
+            f"Intraday positions are squared off at {limits.auto_square_off_time:%H:%M} IST; no new MIS orders now.",
+        )
+    if limits.allowed_products and intent.product not in limits.allowed_products:
+        _refuse(Reason.PRODUCT_NOT_ALLOWED, f"{intent.product} is not among your allowed products.")
+    exchange = intent.symbol.split(":", 1)[0]
+    if limits.allowed_segments and exchange not in limits.allowed_segments:
+        _refuse(Reason.SEGMENT_NOT_ALLOWED, f"{exchange} is not among your allowed segments.")
+    lots = intent.quantity // max(intent.lot_size, 1)
+    if limits.max_lots_per_order and lots > limits.max_lots_per_order:
+        _refuse(Reason.MAX_LOTS_EXCEEDED, f"{lots} lots is more than your {limits.max_lots_per_order} per order.")
+    value = (intent.reference_price * intent.quantity).quantize(PAISE)
+    if limits.max_order_value and value > limits.max_order_value:
+        _refuse(Reason.MAX_ORDER_VALUE_EXCEEDED, f"Order value {value} is over your limit {limits.max_order_value}.")
+    from orders.selectors import open_position_symbols, orders_placed_on
+
+    if limits.max_orders_per_day:
+        placed = orders_placed_on(user=user, day=trading_day(now))
+        if placed >= limits.max_orders_per_day:
+            _refuse(Reason.MAX_ORDERS_PER_DAY, f"You have placed {placed} orders today, your daily limit.")
+    if limits.max_open_positions:
+        open_symbols = open_position_symbols(user=user)
+        if (intent.symbol, intent.product) not in open_symbols and len(open_symbols) >= limits.max_open_positions:
+            _refuse(Reason.MAX_OPEN_POSITIONS, f"You already hold {len(open_symbols)} positions, your limit.")
+    if limits.max_daily_loss:
+        mtm = user_mtm(user=user)
+        if mtm <= -limits.max_daily_loss:
+            _refuse(Reason.DAILY_LOSS_LIMIT_HIT, f"Today's MTM {mtm} has reached your loss limit.")
+    _check_funds(intent, value)
+
+
+def _check_funds(intent: OrderIntent, value: Decimal) -> None:
+    from django.conf import settings
+
+    from brokers.gateway import adapter_for
+
+    if not settings.RMS_FUNDS_CHECK:
+        return
+
+    required = (value * MARGIN_RATE.get(intent.product, Decimal("1"))).quantize(PAISE)
+    try:
+        funds = adapter_for(intent.account).funds()
+    except (BrokerError, AppError) as error:
+        # The broker checks margin itself; a funds read that fails must not block trading.
+        logger.info("funds of %s unavailable for the pre-trade check: %s", intent.account.pk, error.detail)
+        return
+    if required > funds.available_cash:
+        _refuse(Reason.INSUFFICIENT_FUNDS, f"Needs about {required} of margin; {funds.available_cash} is available.")
+
+
+# --- monitor -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MtmBook:
+    """MTM per user (and per account) for the users evaluated, with what it was computed from."""
+
+    user_ids: list[str]
+    mtm: np.ndarray  # per user, rupees (float64: a monitor's view; money actions use Decimal)
+    account_mtm: dict[str, float] = field(default_factory=dict)
+    open_positions: np.ndarray | None = None
+    mis_open: np.ndarray | None = None
+
+
+def mtm_book(*, user_ids: list[str] | None = None, day: date | None = None) -> MtmBook:
+    """One set-based computation: every position of the day (open, or closed today) of the users, the latest
+    quote of each symbol in one fetch, and per-user sums with numpy."""
+    from orders.selectors import last_prices, positions_for_mtm
+
+    rows = positions_for_mtm(user_ids=user_ids, day=day or trading_day())
+    if not rows:
+        return MtmBook(user_ids=[], mtm=np.zeros(0), open_positions=np.zeros(0), mis_open=np.zeros(0))
+    users, accounts, symbols, products, quantity, average, realized = zip(*rows, strict=True)
+    quotes = last_prices(list(set(symbols)))
+    ltp = np.array([float(quotes[s].last_price) if s in quotes else np.nan for s in symbols])
+    quantity_a = np.array(quantity, dtype=np.float64)
+    average_a = np.array([float(a) for a in average])
+    unrealized = np.where(np.isnan(ltp), 0.0, (ltp - average_a) * quantity_a)
+    position_mtm = unrealized + np.array([float(r) for r in realized])
+    user_ids_sorted, user_index = np.unique(np.array(users), return_inverse=True)
+    mtm = np.bincount(user_index, weights=position_mtm, minlength=len(user_ids_sorted))
+    open_positions = np.bincount(user_index, weights=(quantity_a != 0), minlength=len(user_ids_sorted))
+    mis = np.array([p == "MIS" for p in products])
+    mis_open = np.bincount(user_index, weights=(quantity_a != 0) & mis, minlength=len(user_ids_sorted))
+    account_ids, account_index = np.unique(np.array(accounts), return_inverse=True)
+    account_sums = np.bincount(account_index, weights=position_mtm, minlength=len(account_ids))
+    return MtmBook(
+        user_ids=[str(u) for u in user_ids_sorted],
+        mtm=np.round(mtm, 2),
+        account_mtm={str(a): round(float(v), 2) for a, v in zip(account_ids, account_sums, strict=True)},
+        open_positions=open_positions,
+        mis_open=mis_open,
+    )
+
+
+def user_mtm(*, user: User) -> Decimal:
+    book = mtm_book(user_ids=[user.pk])
+    return Decimal(str(book.mtm[0])).quantize(PAISE) if book.user_ids else Decimal("0.00")
+
+
+def profit_lock_level(*, mtm: Decimal, limits: Limits | dict) -> Decimal | None:
+    """The profit locked at this MTM: `profit_lock_amount` once MTM reaches `profit_lock_at`, raised by
+    `trailing_profit_step` for every `trailing_profit_every` gained beyond it."""
+    get = limits.get if isinstance(limits, dict) else lambda name: getattr(limits, name)
+    lock_at, amount = get("profit_lock_at"), get("profit_lock_amount")
+    if lock_at is None or amount is None or mtm < lock_at:
+        return None
+    every, step = get("trailing_profit_every"), get("trailing_profit_step")
+    if every and step:
+        amount += step * int((mtm - lock_at) // every)
+    return amount
+
+
+@dataclass(frozen=True)
+class Breach:
+    user_id: str
+    reason: str
+    mtm: Decimal
+
+
+@dataclass
+class SweepResult:
+    evaluated: int = 0
+    breaches: list[Breach] = field(default_factory=list)
+    locks_raised: int = 0
+    resumed: int = 0
+    auto_squared_off: int = 0
+
+
+_PROFILE_VALUES = (
+    "user_id",
+    "max_daily_loss",
+    "daily_profit_target",
+    "profit_lock_at",
+    "profit_lock_amount",
+    "trailing_profit_every",
+    "trailing_profit_step",
+    "auto_square_off_time",
+)
+
+
+def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act: bool = True) -> SweepResult:
+    """Evaluate every user with positions today (or just `user_ids`) in one pass; handle what breached."""
+    now = now or timezone.now()
+    day = trading_day(now)
+    book = mtm_book(user_ids=user_ids, day=day)
+    result = SweepResult(evaluated=len(book.user_ids))
+    if not book.user_ids:
+        return result
+    profiles = {
+        row["user_id"]: row
+        for row in RiskProfile.objects.filter(account__isnull=True, user_id__in=book.user_ids).values(*_PROFILE_VALUES)
+    }
+    states = {
+        row["user_id"]: row
+        for row in RmsState.objects.filter(trading_day=day, user_id__in=book.user_ids).values(
+            "user_id", "status", "locked_profit", "square_off_pending", "auto_square_off_done_at"
+        )
+    }
+    local = timezone.localtime(now, IST).time()
+    default_square_off: time | None = default_limits()["auto_square_off_time"]
+    for index, user_id in enumerate(book.user_ids):
+        profile = profiles.get(user_id, {})
+        state = states.get(user_id, {})
+        mtm = Decimal(str(book.mtm[index])).quantize(PAISE)
+        if state.get("square_off_pending"):
+            result.resumed += 1
+            if act:
+                breach_square_off(user_id=user_id)
+            continue
+        square_off_at = profile["auto_square_off_time"] if profile else default_square_off
+        if (
+            square_off_at
+            and local >= square_off_at
+            and book.mis_open[index] > 0
+            and not state.get("auto_square_off_done_at")
+        ):
+            result.auto_squared_off += 1
+            if act:
+                auto_square_off(user_id=user_id, mtm=mtm, day=day)
+        if SEVERITY[state.get("status", TradingState.NORMAL)] >= SEVERITY[TradingState.HALTED]:
+            continue
+        reason = None
+        loss = profile.get("max_daily_loss")
+        target = profile.get("daily_profit_target")
+        if loss is not None and mtm <= -loss:
+            reason = Reason.DAILY_LOSS_LIMIT_HIT
+        elif state.get("status") == TradingState.REDUCING:
+            continue
+        elif target is not None and mtm >= target:
+            reason = Reason.DAILY_PROFIT_TARGET_HIT
+        else:
+            level = profit_lock_level(mtm=mtm, limits=profile) if profile else None
+            locked = state.get("locked_profit")
+            if level is not None and (locked is None or level > locked):
+                result.locks_raised += 1
+                if act:
+                    profit_lock_raise(user_id=user_id, level=level, mtm=mtm, day=day)
+                locked = level
+            if locked is not None and mtm < locked:
+                reason = Reason.PROFIT_LOCK_HIT
+        if reason:
+            result.breaches.append(Breach(user_id=user_id, reason=reason, mtm=mtm))
+            if act:
+                breach_handle(user_id=user_id, reason=reason, mtm=mtm, day=day)
+    return result
+
+
+@transaction.atomic
+def profit_lock_raise(*, user_id: str, level: Decimal, mtm: Decimal, day: date) -> None:
+    state = state_today(user_id=user_id, day=day, lock=True)
+    if state.locked_profit is not None and state.locked_profit >= level:
+        return
+    state.locked_profit = level
+    state.updated_at = timezone.now()
+    state.save()
+    RmsEvent.objects.create(user_id=user_id, kind=RmsEvent.Kind.PROFIT_LOCKED, mtm=mtm, details={"locked": str(level)})
+    realtime.push_to_user(
+        user_id=user_id,
+        message_type="rms_alert",
+        payload={"kind": "profit_locked", "locked_profit": level, "mtm": mtm},
+    )
+
+
+def breach_handle(
+    *, user_id: str, reason: str, mtm: Decimal, day: date | None = None, actor: User | None = None
+) -> bool:
+    """Record the breach and square the user off, once: the state row's lock makes overlapping sweeps agree on
+    one winner; False when this breach (or a stronger one) was already handled today."""
+    day = day or trading_day()
+    new_status = STATE_AFTER[reason]
+    with transaction.atomic():
+        state = state_today(user_id=user_id, day=day, lock=True)
+        if SEVERITY[state.status] >= SEVERITY[new_status]:
+            return False
+        state.status, state.reason = new_status, reason
+        state.breach_mtm, state.breached_at = mtm, timezone.now()
+        state.square_off_pending, state.square_off_done_at = True, None
+        state.updated_at = timezone.now()
+        state.save()
+        event = RmsEvent.objects.create(
+            user_id=user_id,
+            kind=RmsEvent.Kind.BREACH,
+            reason=reason,
+            mtm=mtm,
+            actor=actor,
+            details={"state": new_status},
+        )
+        audit_record(
+            action="rms.breach",
+            actor=actor,
+            target_type="user",
+            target_id=user_id,
+            details={"reason": reason, "mtm": str(mtm), "state": new_status},
+        )
+        user = User.objects.get(pk=user_id)
+        notification_create(
+            user=user,
+            kind="rms_breach",
+            title=f"Risk limit hit: {reason.replace('_', ' ').lower()}",
+            body=f"MTM {mtm}. Pending orders are being cancelled and positions squared off; "
+            f"{'only exits are allowed' if new_status == TradingState.REDUCING else 'trading is halted'} today.",
+            level=Notification.Level.WARNING,
+            data={"reason": reason, "state": new_status, "event_id": event.pk},
+        )
+        realtime.push_to_user(
+            user_id=user_id,
+            message_type="rms_alert",
+            payload={"kind": "breach", "reason": reason, "state": new_status, "mtm": mtm, "event_id": event.pk},
+        )
+    breach_square_off(user_id=user_id)
+    return True
+
+
+def breach_square_off(*, user_id: str) -> None:
+    """Cancel and square off everything of a breached user (idempotent), then mark the breach settled."""
+    from orders.models import OrderSource
+    from orders.services import positions_square_off
+
+    user = User.objects.get(pk=user_id)
+    result = positions_square_off(user=user, source=OrderSource.RMS)
+    with transaction.atomic():
+        state = state_today(user_id=user_id, lock=True)
+        if not result.failed:
+            state.square_off_pending = False
+            state.square_off_done_at = timezone.now()
+            state.save()
+        RmsEvent.objects.create(
+            user_id=user_id,
+            kind=RmsEvent.Kind.SQUARE_OFF,
+            reason=state.reason,
+            details={
+                "placed": [o.pk for o in result.placed],
+                "cancelled": [o.pk for o in result.cancelled],
+                "failed": result.failed,
+            },
+        )
+
+
+def auto_square_off(*, user_id: str, mtm: Decimal, day: date) -> None:
+    """Close the user's intraday (MIS) positions at their auto square-off time, once a day."""
+    from orders.models import OrderSource
+    from orders.services import positions_square_off
+
+    with transaction.atomic():
+        state = state_today(user_id=user_id, day=day, lock=True)
+        if state.auto_square_off_done_at is not None:
+            return
+        state.auto_square_off_done_at = timezone.now()
+        state.save()
+    result = positions_square_off(user=User.objects.get(pk=user_id), product="MIS", source=OrderSource.RMS)
+    RmsEvent.objects.create(
+        user_id=user_id,
+        kind=RmsEvent.Kind.AUTO_SQUARE_OFF,
+        reason=Reason.AUTO_SQUARE_OFF,
+        mtm=mtm,
+        details={"placed": [o.pk for o in result.placed], "failed": result.failed},
+    )
+    realtime.push_to_user(user_id=user_id, message_type="rms_alert", payload={"kind": "auto_square_off", "mtm": mtm})
+    if result.failed:
+        with transaction.atomic():  # let the next sweep try what failed
+            RmsState.objects.filter(user_id=user_id, trading_day=day).update(auto_square_off_done_at=None)
+
+
+# --- manual controls ---------------------------------------------------------------------------------------------
+
+
+def user_square_off(*, actor: User, user: User, account_id: str | None = None):
+    """The RMS route's manual square-off: everything (or one account), through the order pipeline as `rms`."""
+    from orders.models import OrderSource
+    from orders.services import positions_square_off
+
+    if account_id and not BrokerAccount.objects.filter(pk=account_id, owner=user, deleted_at__isnull=True).exists():
+        raise NotFound(f"No broker account {account_id}.")
+    result = positions_square_off(user=user, account_id=account_id, source=OrderSource.RMS)
+    RmsEvent.objects.create(
+        user=user,
+        kind=RmsEvent.Kind.SQUARE_OFF,
+        reason="MANUAL",
+        actor=actor,
+        details={"account_id": account_id, "placed": [o.pk for o in result.placed], "failed": result.failed},
+    )
+    return result
+
+
+def user_halt(*, actor: User, user: User, reason: str = Reason.OPERATOR_HALT) -> bool:
+    """An operator halts a user for the day: pending orders cancelled, positions squared off."""
+    return breach_handle(user_id=user.pk, reason=reason, mtm=user_mtm(user=user), actor=actor)
+
+
+@transaction.atomic
+def user_resume(*, actor: User, user: User) -> RmsState:
+    """An operator resets today's state to NORMAL (the profit lock is kept)."""
+    state = state_today(user_id=user.pk, lock=True)
+    previous = state.status
+    state.status, state.reason, state.square_off_pending = TradingState.NORMAL, "", False
+    state.updated_at = timezone.now()
+    state.save()
+    RmsEvent.objects.create(user=user, kind=RmsEvent.Kind.RESUME, actor=actor, details={"from": previous})
+    audit_record(action="rms.resume", actor=actor, target=user, details={"from": previous})
+    realtime.push_to_user(user_id=user.pk, message_type="rms_alert", payload={"kind": "resume", "state": "NORMAL"})
+    return state
+
+
+def users_holding(*, symbols: list[str]) -> list[str]:
+    """Users with open positions in any of `symbols`: whom a tick on them may breach."""
+    from orders.selectors import users_with_open_positions_in
+
+    return users_with_open_positions_in(symbols=symbols)

@@ -184,18 +184,26 @@ def test_a_view_only_user_cannot_change_orders(instruments, market, method, url,
     assert client.get(f"/api/orders/{order.pk}").status_code == 200
 
 
-def test_insufficient_paper_funds_reject_the_order_with_its_id(trader, trader_client, instruments, market):
+def test_insufficient_funds_are_refused_by_the_risk_check_before_the_broker(trader, trader_client, instruments, market):
     account = paper_account(trader, opening_balance="1000")
     market(EQUITY, "1500")
-    # 10 x 1500 intraday blocks 3,000 of margin; the account has 1,000.
-    response = place(trader_client, account)
+    # 10 x 1500 intraday needs 3,000 of margin; the account has 1,000.
+    body = assert_error(place(trader_client, account), 422, "RISK_REJECTED")
+    assert body["reason"] == "INSUFFICIENT_FUNDS" and "1000.00 is available" in body["detail"]
+    assert not Order.objects.exists() and not SimOrder.objects.exists()
+
+
+def test_a_broker_rejection_keeps_the_order_with_its_id(trader_client, paper, market):
+    market(EQUITY, "1500")
+    # Delivery sell with no holdings: our checks pass, the exchange refuses.
+    response = place(trader_client, paper, side="SELL", product="CNC")
     body = assert_error(response, 422, "ORDER_REJECTED")
-    assert "Insufficient funds" in body["detail"]
+    assert "Insufficient holdings" in body["detail"]
     order_id = body["order_id"]
     listed = trader_client.get("/api/orders").json()
     assert [(o["id"], o["status"]) for o in listed["items"]] == [(order_id, "REJECTED")]
     detail = trader_client.get(f"/api/orders/{order_id}").json()
-    assert detail["status"] == "REJECTED" and "Insufficient funds" in detail["status_message"]
+    assert detail["status"] == "REJECTED" and "Insufficient holdings" in detail["status_message"]
     assert detail["events"][-1]["to_status"] == "REJECTED"
     assert sim_order(order_id).status == "REJECTED"
     assert not Position.objects.exists() and not Trade.objects.exists()
@@ -580,7 +588,7 @@ def test_bulk_all_or_none_rolls_back_when_the_broker_rejects_a_leg(trader_client
     legs = [
         leg(paper, side="SELL", price=1510),  # rests; sent last (a sell)
         leg(paper, price=1490),  # rests; sent first
-        leg(paper, symbol=SBIN, price=800, quantity=1_000_000),  # far beyond the funds: the exchange rejects it
+        leg(paper, symbol=SBIN, price=800, quantity=1_000_000),  # far beyond the funds: the risk check refuses it
     ]
     response = trader_client.post("/api/orders/bulk", {"legs": legs, "all_or_none": True}, format="json")
     assert response.status_code == 201, response.json()
@@ -589,19 +597,20 @@ def test_bulk_all_or_none_rolls_back_when_the_broker_rejects_a_leg(trader_client
     statuses = [r["status"] for r in body["legs"]]
     assert statuses == ["not_sent", "cancelled", "failed"]
     assert body["legs"][0]["order"] is None
-    cancelled, rejected = body["legs"][1]["order"], body["legs"][2]["order"]
+    cancelled = body["legs"][1]["order"]
     assert cancelled["status"] == "CANCELLED"
     assert sim_order(cancelled["id"]).status == "CANCELLED"
-    assert body["legs"][2]["error_code"] == "ORDER_REJECTED" and "Insufficient funds" in body["legs"][2]["detail"]
-    assert rejected["status"] == "REJECTED"
-    assert Order.objects.count() == 2  # the sell leg never became an order
+    assert body["legs"][2]["error_code"] == "RISK_REJECTED" and "available" in body["legs"][2]["detail"]
+    assert body["legs"][2]["order"] is None
+    assert Order.objects.count() == 1  # neither the sell leg nor the refused one became an order
     assert not Order.objects.filter(status__in=["OPEN", "PARTIALLY_FILLED"]).exists()
 
 
 def test_bulk_without_all_or_none_keeps_the_placed_legs(trader_client, paper, market):
     market(EQUITY, "1500")
     market(SBIN, "820")
-    legs = [leg(paper, price=1490), leg(paper, symbol=SBIN, price=800, quantity=1_000_000)]
+    # The second leg is a delivery sell with no holdings: it passes our checks and the exchange refuses it.
+    legs = [leg(paper, price=1490), leg(paper, symbol=SBIN, side="SELL", product="CNC", price=820)]
     response = trader_client.post("/api/orders/bulk", {"legs": legs}, format="json")
     assert response.status_code == 201, response.json()
     body = response.json()
@@ -609,7 +618,7 @@ def test_bulk_without_all_or_none_keeps_the_placed_legs(trader_client, paper, ma
     assert [r["status"] for r in body["legs"]] == ["placed", "failed"]
     assert body["legs"][0]["order"]["status"] == "OPEN"
     assert sim_order(body["legs"][0]["order"]["id"]).status == "OPEN"
-    assert body["legs"][1]["order"]["status"] == "REJECTED"
+    assert body["legs"][1]["order"]["status"] == "REJECTED" and body["legs"][1]["error_code"] == "ORDER_REJECTED"
 
 
 @pytest.mark.parametrize("data", [{"legs": []}, {}, {"legs": [{}]}, {"legs": "x"}])

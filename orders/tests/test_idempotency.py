@@ -94,10 +94,11 @@ def test_keys_belong_to_one_user(trader_client, paper, market):
 
 
 def test_a_rejected_order_replays_its_rejection(trader, trader_client, instruments, market):
-    account = paper_account(trader, opening_balance="1000")
+    account = paper_account(trader)
     market(EQUITY, "1500")
-    first = assert_error(post(trader_client, "/api/orders", order_body(account), "key-1"), 422, "ORDER_REJECTED")
-    response = post(trader_client, "/api/orders", order_body(account), "key-1")
+    body = order_body(account, side="SELL", product="CNC")  # no holdings: the exchange refuses it
+    first = assert_error(post(trader_client, "/api/orders", body, "key-1"), 422, "ORDER_REJECTED")
+    response = post(trader_client, "/api/orders", body, "key-1")
     again = assert_error(response, 422, "ORDER_REJECTED")
     assert response[REPLAYED] == "true"
     assert again["order_id"] == first["order_id"] and again["detail"] == first["detail"]

@@ -66,6 +66,8 @@ def received(monkeypatch) -> list[tuple[dict, str]]:
 
 
 def _simulator(settings, postback_url: str) -> Iterator[KiteSimulator]:
+    # Fault injection hits the simulator's next request: keep it the placement, not the pre-trade funds read.
+    settings.RMS_FUNDS_CHECK = False
     app = KiteSimulator()
     settings.PUBLIC_BASE_URL = "http://127.0.0.1:1"
     app.register_app(

@@ -1,0 +1,20 @@
+"""Risk tasks: each parses its arguments and calls one service; all are safe to run twice."""
+
+from celery import shared_task
+
+from rms import services
+
+
+@shared_task(name="rms.tasks.sweep")
+def sweep() -> int:
+    """Beat: every user with positions today, in one pass."""
+    return len(services.sweep().breaches)
+
+
+@shared_task(name="rms.tasks.evaluate_symbols")
+def evaluate_symbols(symbols: list[str]) -> int:
+    """Tick-driven: only the users holding the symbols that just moved."""
+    user_ids = services.users_holding(symbols=symbols)
+    if not user_ids:
+        return 0
+    return len(services.sweep(user_ids=user_ids).breaches)
