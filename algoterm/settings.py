@@ -239,6 +239,7 @@ SPECTACULAR_SETTINGS = {
         "OrderRoleEnum": "orders.models.LegRole",
         "LegResultStatusEnum": ["placed", "failed", "not_sent", "cancelled"],
         "BulkStatusEnum": ["placed", "partial", "failed", "rolled_back"],
+        "ProductEnum": "brokers.adapters.base.Product",
     },
     "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
 }
@@ -387,6 +388,7 @@ ORDER_RECONCILE_DELAY_SECONDS = env.float("ORDER_RECONCILE_DELAY_SECONDS", defau
 ORDER_RECONCILE_GRACE_SECONDS = env.float("ORDER_RECONCILE_GRACE_SECONDS", default=30.0)
 IDEMPOTENCY_KEY_TTL = timedelta(hours=env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48))
 IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=15.0)
+SQUARE_OFF_LOCK_WAIT_SECONDS = env.float("SQUARE_OFF_LOCK_WAIT_SECONDS", default=30.0)
 PAPER_OPENING_BALANCE = env.str("PAPER_OPENING_BALANCE", default="1000000.00")
 
 # Market data. The demo's simulated market trades around the clock so a newcomer can try everything at any hour;

@@ -7,7 +7,9 @@ here ever sends an order to a broker twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -15,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -1089,8 +1092,31 @@ def positions_square_off(
     """Cancel the pending orders in scope, then close every open position with a market order.
 
     Idempotent: square-off orders already working are neither cancelled nor repeated; only what they do not
-    already cover is placed.
+    already cover is placed. One square-off per user runs at a time (the RMS and the user may ask together):
+    the second waits for the first and then places only what is still uncovered.
     """
+    with _square_off_lock(user_id=user.pk):
+        return _positions_square_off(user=user, account_id=account_id, symbol=symbol, product=product, source=source)
+
+
+@contextlib.contextmanager
+def _square_off_lock(*, user_id: str):
+    key = f"orders:square-off:{user_id}"
+    deadline = time.monotonic() + settings.SQUARE_OFF_LOCK_WAIT_SECONDS
+    # Expires on its own, so a worker that dies holding it blocks the next square-off for a minute at most.
+    while not cache.add(key, True, timeout=60):
+        if time.monotonic() > deadline:
+            raise InvalidState("A square-off of your positions is already running; retry shortly.")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        cache.delete(key)
+
+
+def _positions_square_off(
+    *, user: User, account_id: str | None, symbol: str | None, product: str | None, source: str
+) -> SquareOffResult:
     accounts = BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True)
     if account_id is not None:
         accounts = accounts.filter(pk=account_id)
