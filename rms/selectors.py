@@ -1,0 +1,118 @@
+"""Reads of the risk settings and of the risk state, always scoped to the user who asks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from accounts.models import User
+from algoterm.api.errors import AppError
+from brokers.gateway import adapter_for
+from brokers.models import AccountStatus, BrokerAccount
+from brokers.selectors import broker_account_get as _broker_account_get
+from marketdata.models import Instrument
+from orders.selectors import last_prices, orders_placed_on, position_list
+from rms.models import RiskProfile, RmsState, TradingState
+from rms.services import PAISE, limits_for, mtm_book, profile_get_or_create, trading_day
+
+ZERO = Decimal("0.00")
+
+
+def broker_account_get(*, user: User, account_id: str) -> BrokerAccount:
+    """One of the user's broker accounts; 404 for anyone else's."""
+    return _broker_account_get(user=user, account_id=account_id)
+
+
+def risk_config(*, user: User) -> dict[str, Any]:
+    """The user's risk profile (made with the defaults on the first read) and the overrides of their accounts."""
+    profile = profile_get_or_create(user=user)
+    overrides = (
+        RiskProfile.objects.filter(user=user, account__isnull=False, account__deleted_at__isnull=True)
+        .select_related("account")
+        .order_by("account__created_at", "account_id")
+    )
+    return {"profile": profile, "overrides": list(overrides)}
+
+
+def _money(value: float | Decimal | None) -> Decimal | None:
+    return None if value is None else Decimal(str(value)).quantize(PAISE)
+
+
+def _account_rows(*, user: User, account_mtm: dict[str, float]) -> list[dict[str, Any]]:
+    """Each account's MTM and its funds, live from the broker; a broker that cannot answer is reported in
+    `funds_error` and never fails the status."""
+    rows = []
+    for account in BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True).order_by("created_at", "id"):
+        row: dict[str, Any] = {
+            "account_id": account.pk,
+            "broker": account.broker,
+            "mtm": _money(account_mtm.get(account.pk, 0)),
+            "used_margin": None,
+            "available_cash": None,
+            "funds_error": "",
+        }
+        if account.status != AccountStatus.CONNECTED:
+            row["funds_error"] = f"The account is not connected ({account.status}); log in to read its funds."
+        else:
+            try:
+                funds = adapter_for(account).funds()
+            except AppError as error:
+                row["funds_error"] = str(error.detail)
+            else:
+                row["used_margin"] = _money(funds.used_margin)
+                row["available_cash"] = _money(funds.available_cash)
+        rows.append(row)
+    return rows
+
+
+def _exposure(positions: list) -> list[dict[str, Any]]:
+    """Open positions at their last price, summed per underlying: long and short values as positive amounts,
+    net = long - short."""
+    if not positions:
+        return []
+    symbols = sorted({position.symbol for position in positions})
+    quotes = last_prices(symbols)
+    names = {
+        symbol: underlying or tradingsymbol
+        for symbol, underlying, tradingsymbol in Instrument.objects.filter(symbol__in=symbols).values_list(
+            "symbol", "underlying", "tradingsymbol"
+        )
+    }
+    sums: dict[str, dict[str, Decimal]] = defaultdict(lambda: {"long_value": ZERO, "short_value": ZERO})
+    for position in positions:
+        quote = quotes.get(position.symbol)
+        price = quote.last_price if quote is not None else position.average_price
+        value = (price * abs(position.quantity)).quantize(PAISE)
+        underlying = names.get(position.symbol) or position.symbol.split(":", 1)[-1]
+        sums[underlying]["long_value" if position.quantity > 0 else "short_value"] += value
+    return [
+        {"underlying": name, **values, "net_value": values["long_value"] - values["short_value"]}
+        for name, values in sorted(sums.items())
+    ]
+
+
+def rms_status(*, user: User) -> dict[str, Any]:
+    """Today's risk state, MTM against the limits, funds per account and exposure per underlying."""
+    day = trading_day()
+    state = RmsState.objects.filter(user=user, trading_day=day).first()
+    limits = limits_for(user=user)
+    book = mtm_book(user_ids=[user.pk], day=day)
+    mtm = _money(book.mtm[0]) if book.user_ids else ZERO
+    positions = list(position_list(user=user, open_only=True))
+    max_loss = limits.max_daily_loss
+    return {
+        "trading_day": day,
+        "state": state.status if state else TradingState.NORMAL,
+        "reason": state.reason if state else "",
+        "mtm": mtm,
+        "locked_profit": state.locked_profit if state else None,
+        "breached_at": state.breached_at if state else None,
+        "kill_switch": limits.kill_switch,
+        "open_positions": len(positions),
+        "orders_today": orders_placed_on(user=user, day=day),
+        "limits": limits.values,
+        "loss_remaining": max_loss + mtm if max_loss is not None else None,
+        "accounts": _account_rows(user=user, account_mtm=book.account_mtm),
+        "exposure": _exposure(positions),
+    }
