@@ -219,7 +219,11 @@ class Position(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["account", "symbol", "product"], name="one_position_per_instrument"),
         ]
-        indexes = [models.Index(fields=["user", "quantity"])]
+        indexes = [
+            models.Index(fields=["user", "quantity"]),
+            # Every tick asks who holds its symbols (tick-driven RMS): only open positions matter.
+            models.Index(fields=["symbol"], condition=~models.Q(quantity=0), name="open_position_symbol"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.account_id} {self.symbol} {self.product} {self.quantity}"

@@ -1,0 +1,269 @@
+"""Operators' views of risk: profiles (edited through the profile service, so its validation and audit apply), the
+RMS event log and each user's daily risk state (read-only), with halt and resume actions that call the services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
+
+from algoterm.api.errors import AppError, ValidationFailed
+from rms import services
+from rms.models import RiskProfile, RmsEvent, RmsState, TradingState, default_limits
+
+
+class ReadOnlyMixin:
+    """No add, change or delete: rows are written by the risk engine alone."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+# --- profiles ----------------------------------------------------------------------------------------------------
+
+
+class RiskProfileForm(forms.ModelForm):
+    """Refuses what `profile_update` would refuse, field by field, judging an account override together with
+    what it inherits from the user's profile (as the service does)."""
+
+    class Meta:
+        model = RiskProfile
+        fields = ["user", "account", *services.PROFILE_FIELDS]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in ("allowed_products", "allowed_segments"):
+            if name in cleaned and cleaned[name] is None:  # an emptied box means "all", stored as []
+                cleaned[name] = []
+        if "user" in self.fields:  # a new profile
+            user, account = cleaned.get("user"), cleaned.get("account")
+        else:
+            user, account = self.instance.user, self.instance.account
+        if user is None or self.errors:
+            return cleaned
+        if account is not None and account.owner_id != user.pk:
+            self.add_error("account", "This broker account belongs to another user.")
+            return cleaned
+        merged = {name: cleaned.get(name) for name in services.PROFILE_FIELDS}
+        if account is not None:
+            base = RiskProfile.objects.filter(user=user, account__isnull=True).first()
+            inherited = {name: getattr(base, name) for name in services.PROFILE_FIELDS} if base else default_limits()
+            merged = {
+                name: value if value not in (None, []) else inherited.get(name, value) for name, value in merged.items()
+            }
+        for name, problems in services.profile_validate(merged).items():
+            for problem in problems:
+                self.add_error(name if name in self.fields else None, problem)
+        return cleaned
+
+
+@admin.register(RiskProfile)
+class RiskProfileAdmin(admin.ModelAdmin):
+    form = RiskProfileForm
+    list_display = ["user", "account", "max_daily_loss", "daily_profit_target", "kill_switch", "updated"]
+    list_filter = ["kill_switch"]
+    search_fields = ["user__email"]
+    list_select_related = ["user", "account"]
+    raw_id_fields = ["user", "account"]
+    fieldsets = [
+        (None, {"fields": ["user", "account", "updated_at"]}),
+        (
+            "Loss and profit (rupees of MTM; empty turns a rule off)",
+            {
+                "fields": [
+                    "max_daily_loss",
+                    "daily_profit_target",
+                    ("profit_lock_at", "profit_lock_amount"),
+                    ("trailing_profit_every", "trailing_profit_step"),
+                ]
+            },
+        ),
+        (
+            "Per order and per day",
+            {
+                "fields": [
+                    "max_lots_per_order",
+                    "max_order_value",
+                    "max_open_positions",
+                    "max_orders_per_day",
+                    "allowed_products",
+                    "allowed_segments",
+                ]
+            },
+        ),
+        ("Clock (IST)", {"fields": [("trading_window_start", "trading_window_end"), "auto_square_off_time"]}),
+        ("Kill switch", {"fields": ["kill_switch"]}),
+    ]
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, profile: RiskProfile):
+        return profile.updated_at
+
+    def get_readonly_fields(self, request, obj=None) -> list[str]:
+        # Whose profile it is never changes; a new one names its user (and account, for an override).
+        return ["user", "account", "updated_at"] if obj is not None else ["updated_at"]
+
+    def get_changeform_initial_data(self, request) -> dict[str, Any]:
+        # A new profile starts from what the service would create, so the form shows what will be saved.
+        return {**default_limits(), **super().get_changeform_initial_data(request)}
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Emptying a limit turns it off (or, in an override, inherits it); a deleted profile would come back with
+        # the defaults on the user's next order, unaudited.
+        return False
+
+    def save_model(self, request, obj: RiskProfile, form, change: bool) -> None:
+        """Every edit is the service's: locked, validated again, recorded as an RMS config event and audited."""
+        names = form.changed_data if change else list(services.PROFILE_FIELDS)
+        data = {name: form.cleaned_data[name] for name in names if name in services.PROFILE_FIELDS}
+        try:
+            saved = services.profile_update(actor=request.user, user=obj.user, account=obj.account, data=data)
+        except ValidationFailed as error:  # only if the profile changed between the form's check and the save
+            problems = "; ".join(f"{name}: {' '.join(texts)}" for name, texts in (error.errors or {}).items())
+            self.message_user(request, f"Nothing was saved. {error.detail} {problems}", level=messages.ERROR)
+            request._rms_profile_refused = True
+            return
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def log_addition(self, request, obj, message):
+        if not getattr(request, "_rms_profile_refused", False):
+            return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        if not getattr(request, "_rms_profile_refused", False):
+            return super().log_change(request, obj, message)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        if getattr(request, "_rms_profile_refused", False):
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_add(request, obj, post_url_continue)
+
+    def response_change(self, request, obj):
+        if getattr(request, "_rms_profile_refused", False):
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_change(request, obj)
+
+
+# --- events and states -------------------------------------------------------------------------------------------
+
+
+@admin.register(RmsEvent)
+class RmsEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["created", "user", "kind", "reason", "mtm"]
+    list_filter = ["kind", "reason"]
+    search_fields = ["user__email"]
+    list_select_related = ["user"]
+    date_hierarchy = "created_at"
+    fields = ["id", "created_at", "user", "kind", "reason", "mtm", "actor", "details"]
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, event: RmsEvent):
+        return event.created_at
+
+
+class BreachedTodayFilter(admin.SimpleListFilter):
+    title = "breached today"
+    parameter_name = "breached_today"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Yes")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(trading_day=services.trading_day()).exclude(status=TradingState.NORMAL)
+        return queryset
+
+
+@admin.register(RmsState)
+class RmsStateAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = [
+        "user",
+        "trading_day",
+        "status",
+        "reason",
+        "breach_mtm",
+        "breached_at",
+        "locked_profit",
+        "square_off_pending",
+        "updated_at",
+    ]
+    list_filter = [BreachedTodayFilter, "status", "reason", "trading_day"]
+    search_fields = ["user__email"]
+    list_select_related = ["user"]
+    ordering = ["-trading_day", "-updated_at"]
+    actions = ["halt_users", "resume_users"]
+
+    @staticmethod
+    def _users(queryset) -> list:
+        """The distinct users of the selected rows (a user may be selected on several days)."""
+        users = {}
+        for state in queryset.select_related("user"):
+            users.setdefault(state.user_id, state.user)
+        return list(users.values())
+
+    @admin.action(description="Halt trading for the selected users (cancel pending orders, square off, today)")
+    def halt_users(self, request, queryset):
+        halted, already, unsettled = 0, 0, []
+        for user in self._users(queryset):
+            try:
+                done = services.user_halt(actor=request.user, user=user)
+            except AppError as error:
+                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
+                continue
+            halted += int(done)
+            already += int(not done)
+            if RmsState.objects.filter(user=user, trading_day=services.trading_day(), square_off_pending=True).exists():
+                unsettled.append(user.email)
+        if halted:
+            self.message_user(
+                request,
+                f"{halted} user(s) halted for today: pending orders cancelled, positions squared off.",
+                level=messages.SUCCESS,
+            )
+        if already:
+            self.message_user(request, f"{already} user(s) were already halted today.", level=messages.INFO)
+        for email in unsettled:
+            self.message_user(
+                request,
+                f"{email}: the square-off did not complete; the next sweep retries it (see the RMS events).",
+                level=messages.WARNING,
+            )
+
+    @admin.action(description="Resume trading for the selected users (today's state back to NORMAL)")
+    def resume_users(self, request, queryset):
+        resumed, normal = [], 0
+        for user in self._users(queryset):
+            today = RmsState.objects.filter(user=user, trading_day=services.trading_day()).first()
+            previous = today.status if today else TradingState.NORMAL
+            if previous == TradingState.NORMAL:
+                normal += 1
+                continue
+            try:
+                services.user_resume(actor=request.user, user=user)
+            except AppError as error:
+                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
+                continue
+            resumed.append(f"{user.email} (was {previous})")
+            # The engine's own view of the user now: a limit still breached is breached again at the next sweep.
+            for breach in services.sweep(user_ids=[user.pk], act=False).breaches:
+                self.message_user(
+                    request,
+                    f"{user.email}: today's MTM {breach.mtm} still breaks a limit ({breach.reason}); the next sweep "
+                    f"will act on it again unless the profile is changed.",
+                    level=messages.WARNING,
+                )
+        if resumed:
+            self.message_user(
+                request, f"{len(resumed)} user(s) may trade again today: {', '.join(resumed)}.", level=messages.SUCCESS
+            )
+        if normal:
+            self.message_user(request, f"{normal} user(s) were not halted or reducing today.", level=messages.INFO)
