@@ -249,7 +249,14 @@ def _reduces_position(*, account: BrokerAccount, symbol: str, product: str, side
         or 0
     )
     signed = quantity if side == Side.BUY else -quantity
-    return held != 0 and (held > 0) != (signed > 0) and abs(signed) <= abs(held)
+    if held == 0 or (held > 0) == (signed > 0):
+        return False
+    # Exits already working count against what is held: two sells of a whole long would together open a short.
+    # A position's target and stop-loss legs are one exit between them (OCO), and they leave when it is closed.
+    working = Order.objects.filter(
+        account=account, symbol=symbol, product=product, side=side, status__in=LIVE_STATUSES
+    ).exclude(role__in=EXIT_ROLES)
+    return abs(signed) + sum(order.pending_quantity for order in working) <= abs(held)
 
 
 # --- transitions -------------------------------------------------------------------------------------------------

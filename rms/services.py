@@ -59,6 +59,8 @@ STATE_AFTER = {
     Reason.OPERATOR_HALT: TradingState.HALTED,
 }
 SEVERITY = {TradingState.NORMAL: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+# Longer than a square-off takes; a worker that dies holding the claim delays the resumption this long at most.
+SQUARE_OFF_CLAIM_SECONDS = 120
 
 
 def trading_day(at: datetime | None = None) -> date:
@@ -278,7 +280,7 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
         if (intent.symbol, intent.product) not in open_symbols and len(open_symbols) >= limits.max_open_positions:
             _refuse(Reason.MAX_OPEN_POSITIONS, f"You already hold {len(open_symbols)} positions, your limit.")
     if limits.max_daily_loss:
-        mtm = user_mtm(user=user)
+        mtm = user_mtm(user=user, day=trading_day(now))
         if mtm <= -limits.max_daily_loss:
             _refuse(Reason.DAILY_LOSS_LIMIT_HIT, f"Today's MTM {mtm} has reached your loss limit.")
     _check_funds(intent, value)
@@ -319,14 +321,18 @@ class MtmBook:
 
 def mtm_book(*, user_ids: list[str] | None = None, day: date | None = None) -> MtmBook:
     """One set-based computation: every position of the day (open, or closed today) of the users, the latest
-    quote of each symbol in one fetch, and per-user sums with numpy."""
-    from orders.selectors import last_prices, positions_for_mtm
+    quote of each symbol in one fetch, and per-user sums with numpy.
+
+    Only quotes a feed published count: a symbol without one adds its realized PnL alone, never a price the paper
+    exchange would make up (a square-off on an invented price is worse than one sweep's blind spot)."""
+    from marketdata.quotes import quotes_get
+    from orders.selectors import positions_for_mtm
 
     rows = positions_for_mtm(user_ids=user_ids, day=day or trading_day())
     if not rows:
         return MtmBook(user_ids=[], mtm=np.zeros(0), open_positions=np.zeros(0), mis_open=np.zeros(0))
     users, accounts, symbols, products, quantity, average, realized = zip(*rows, strict=True)
-    quotes = last_prices(list(set(symbols)))
+    quotes = quotes_get(sorted(set(symbols)))
     ltp = np.array([float(quotes[s].last_price) if s in quotes else np.nan for s in symbols])
     quantity_a = np.array(quantity, dtype=np.float64)
     average_a = np.array([float(a) for a in average])
@@ -348,8 +354,8 @@ def mtm_book(*, user_ids: list[str] | None = None, day: date | None = None) -> M
     )
 
 
-def user_mtm(*, user: User) -> Decimal:
-    book = mtm_book(user_ids=[user.pk])
+def user_mtm(*, user: User, day: date | None = None) -> Decimal:
+    book = mtm_book(user_ids=[user.pk], day=day)
     return Decimal(str(book.mtm[0])).quantize(PAISE) if book.user_ids else Decimal("0.00")
 
 
@@ -421,7 +427,7 @@ def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act
         if state.get("square_off_pending"):
             result.resumed += 1
             if act:
-                breach_square_off(user_id=user_id)
+                _guarded(breach_square_off, user_id=user_id, day=day)
             continue
         square_off_at = profile["auto_square_off_time"] if profile else default_square_off
         if (
@@ -432,7 +438,7 @@ def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act
         ):
             result.auto_squared_off += 1
             if act:
-                auto_square_off(user_id=user_id, mtm=mtm, day=day)
+                _guarded(auto_square_off, user_id=user_id, mtm=mtm, day=day)
         if SEVERITY[state.get("status", TradingState.NORMAL)] >= SEVERITY[TradingState.HALTED]:
             continue
         reason = None
@@ -450,15 +456,24 @@ def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act
             if level is not None and (locked is None or level > locked):
                 result.locks_raised += 1
                 if act:
-                    profit_lock_raise(user_id=user_id, level=level, mtm=mtm, day=day)
+                    _guarded(profit_lock_raise, user_id=user_id, level=level, mtm=mtm, day=day)
                 locked = level
             if locked is not None and mtm < locked:
                 reason = Reason.PROFIT_LOCK_HIT
         if reason:
             result.breaches.append(Breach(user_id=user_id, reason=reason, mtm=mtm))
             if act:
-                breach_handle(user_id=user_id, reason=reason, mtm=mtm, day=day)
+                _guarded(breach_handle, user_id=user_id, reason=reason, mtm=mtm, day=day)
     return result
+
+
+def _guarded(action, **kwargs) -> None:
+    """One user's trouble (a broker down, their own square-off holding the lock) must not keep the sweep from the
+    users after them; what did not finish is still pending, or still breached, for the next sweep."""
+    try:
+        action(**kwargs)
+    except Exception:
+        logger.exception("RMS %s for %s failed; the next sweep retries", action.__name__, kwargs.get("user_id"))
 
 
 @transaction.atomic
@@ -523,33 +538,48 @@ def breach_handle(
             message_type="rms_alert",
             payload={"kind": "breach", "reason": reason, "state": new_status, "mtm": mtm, "event_id": event.pk},
         )
-    breach_square_off(user_id=user_id)
+    breach_square_off(user_id=user_id, day=day)
     return True
 
 
-def breach_square_off(*, user_id: str) -> None:
-    """Cancel and square off everything of a breached user (idempotent), then mark the breach settled."""
+def breach_square_off(*, user_id: str, day: date | None = None) -> None:
+    """Cancel and square off everything of a breached user (idempotent), then mark the breach settled.
+
+    One worker at a time: a sweep or tick evaluation that finds it running elsewhere leaves it to that worker, and
+    one that arrives after it finished finds nothing pending. A worker that dies leaves the flag set and its claim
+    expires, so a later sweep finishes the job."""
+    from django.core.cache import cache
+
     from orders.models import OrderSource
     from orders.services import positions_square_off
 
-    user = User.objects.get(pk=user_id)
-    result = positions_square_off(user=user, source=OrderSource.RMS)
-    with transaction.atomic():
-        state = state_today(user_id=user_id, lock=True)
-        if not result.failed:
-            state.square_off_pending = False
-            state.square_off_done_at = timezone.now()
-            state.save()
-        RmsEvent.objects.create(
-            user_id=user_id,
-            kind=RmsEvent.Kind.SQUARE_OFF,
-            reason=state.reason,
-            details={
-                "placed": [o.pk for o in result.placed],
-                "cancelled": [o.pk for o in result.cancelled],
-                "failed": result.failed,
-            },
-        )
+    day = day or trading_day()
+    claim = f"rms:breach-square-off:{user_id}"
+    if not cache.add(claim, True, timeout=SQUARE_OFF_CLAIM_SECONDS):
+        return
+    try:
+        if not RmsState.objects.filter(user_id=user_id, trading_day=day, square_off_pending=True).exists():
+            return
+        user = User.objects.get(pk=user_id)
+        result = positions_square_off(user=user, source=OrderSource.RMS)
+        with transaction.atomic():
+            state = state_today(user_id=user_id, day=day, lock=True)
+            if not result.failed:
+                state.square_off_pending = False
+                state.square_off_done_at = timezone.now()
+                state.save()
+            RmsEvent.objects.create(
+                user_id=user_id,
+                kind=RmsEvent.Kind.SQUARE_OFF,
+                reason=state.reason,
+                details={
+                    "placed": [o.pk for o in result.placed],
+                    "cancelled": [o.pk for o in result.cancelled],
+                    "failed": result.failed,
+                },
+            )
+    finally:
+        cache.delete(claim)
 
 
 def auto_square_off(*, user_id: str, mtm: Decimal, day: date) -> None:
@@ -563,7 +593,11 @@ def auto_square_off(*, user_id: str, mtm: Decimal, day: date) -> None:
             return
         state.auto_square_off_done_at = timezone.now()
         state.save()
-    result = positions_square_off(user=User.objects.get(pk=user_id), product="MIS", source=OrderSource.RMS)
+    try:
+        result = positions_square_off(user=User.objects.get(pk=user_id), product="MIS", source=OrderSource.RMS)
+    except Exception:  # not run at all (the user's own square-off held the lock): the next sweep tries again
+        RmsState.objects.filter(user_id=user_id, trading_day=day).update(auto_square_off_done_at=None)
+        raise
     RmsEvent.objects.create(
         user_id=user_id,
         kind=RmsEvent.Kind.AUTO_SQUARE_OFF,
