@@ -655,10 +655,24 @@ def _record_fill(order: Order, update: BrokerOrder, filled: int) -> Trade:
     from orders.serializers import PositionOutput, TradeOutput
 
     realtime.push_to_user(user_id=order.user_id, message_type="trade", payload=TradeOutput(trade).data)
+    _risk_reevaluate(user_id=order.user_id)
     realtime.push_to_user(
         user_id=order.user_id, message_type="position_update", payload=PositionOutput(position, context={}).data
     )
     return trade
+
+
+def _risk_reevaluate(*, user_id: str) -> None:
+    """A fill changes the user's MTM (realized PnL, a new position): the risk engine looks again after commit."""
+    from rms.tasks import evaluate_users
+
+    def enqueue() -> None:
+        try:
+            evaluate_users.delay([user_id])
+        except Exception:  # the beat sweep evaluates everyone anyway; a fill must not fail on this
+            logger.exception("risk re-evaluation after a fill could not be queued")
+
+    transaction.on_commit(enqueue)
 
 
 def _needs_exits(order: Order) -> bool:

@@ -52,6 +52,12 @@ class RiskProfileForm(forms.ModelForm):
         if account is not None and account.owner_id != user.pk:
             self.add_error("account", "This broker account belongs to another user.")
             return cleaned
+        if account is not None:
+            for name in services.MTM_RULES:
+                if cleaned.get(name) is not None:
+                    self.add_error(name, "MTM rules watch all the user's accounts; set this on the user's profile.")
+            if self.errors:
+                return cleaned
         merged = {name: cleaned.get(name) for name in services.PROFILE_FIELDS}
         if account is not None:
             base = RiskProfile.objects.filter(user=user, account__isnull=True).first()
@@ -253,14 +259,6 @@ class RmsStateAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
                 continue
             resumed.append(f"{user.email} (was {previous})")
-            # The engine's own view of the user now: a limit still breached is breached again at the next sweep.
-            for breach in services.sweep(user_ids=[user.pk], act=False).breaches:
-                self.message_user(
-                    request,
-                    f"{user.email}: today's MTM {breach.mtm} still breaks a limit ({breach.reason}); the next sweep "
-                    f"will act on it again unless the profile is changed.",
-                    level=messages.WARNING,
-                )
         if resumed:
             self.message_user(
                 request, f"{len(resumed)} user(s) may trade again today: {', '.join(resumed)}.", level=messages.SUCCESS

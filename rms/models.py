@@ -105,6 +105,8 @@ class RmsState(models.Model):
     status = models.CharField(max_length=8, choices=TradingState.choices, default=TradingState.NORMAL)
     reason = models.CharField(max_length=40, blank=True)
     locked_profit = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    # An operator's reset starts the day's MTM rules afresh from the MTM at that moment.
+    mtm_baseline = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0"))
     breach_mtm = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
     breached_at = models.DateTimeField(null=True, blank=True)
     # Set with the breach and cleared when the square-off has run: a breach whose worker died half-way is resumed.

@@ -83,6 +83,15 @@ class Limits:
             raise AttributeError(name) from None
 
 
+# Rules on the user's MTM across accounts: on the user's profile only, never on an account's override.
+MTM_RULES = (
+    "max_daily_loss",
+    "daily_profit_target",
+    "profit_lock_at",
+    "profit_lock_amount",
+    "trailing_profit_every",
+    "trailing_profit_step",
+)
 PROFILE_FIELDS = (
     *MONEY_FIELDS,
     "max_lots_per_order",
@@ -114,7 +123,7 @@ def limits_for(*, user: User, account: BrokerAccount | None = None) -> Limits:
                 value = getattr(override, name)
                 if name == "kill_switch":
                     values[name] = values[name] or value
-                elif value not in (None, []):
+                elif name not in MTM_RULES and value not in (None, []):
                     values[name] = value
     return Limits(values)
 
@@ -169,6 +178,12 @@ def profile_update(
     """Change the user's limits (or one account's overrides); inconsistent settings are refused field by field."""
     base = profile_get_or_create(user=user)
     profile = base
+    user_wide = [name for name in MTM_RULES if data.get(name) is not None]
+    if account is not None and user_wide:
+        raise ValidationFailed(
+            "MTM rules watch all your accounts together; set them on your profile, not on one account.",
+            errors={name: ["Set this on your profile (without account_id)."] for name in user_wide},
+        )
     if account is not None:
         profile, _ = RiskProfile.objects.get_or_create(user=user, account=account)
     profile = RiskProfile.objects.select_for_update().get(pk=profile.pk)
@@ -280,7 +295,7 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
         if (intent.symbol, intent.product) not in open_symbols and len(open_symbols) >= limits.max_open_positions:
             _refuse(Reason.MAX_OPEN_POSITIONS, f"You already hold {len(open_symbols)} positions, your limit.")
     if limits.max_daily_loss:
-        mtm = user_mtm(user=user, day=trading_day(now))
+        mtm = user_mtm(user=user, day=trading_day(now)) - (state.mtm_baseline if state else Decimal("0"))
         if mtm <= -limits.max_daily_loss:
             _refuse(Reason.DAILY_LOSS_LIMIT_HIT, f"Today's MTM {mtm} has reached your loss limit.")
     _check_funds(intent, value)
@@ -415,7 +430,7 @@ def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act
     states = {
         row["user_id"]: row
         for row in RmsState.objects.filter(trading_day=day, user_id__in=book.user_ids).values(
-            "user_id", "status", "locked_profit", "square_off_pending", "auto_square_off_done_at"
+            "user_id", "status", "locked_profit", "square_off_pending", "auto_square_off_done_at", "mtm_baseline"
         )
     }
     local = timezone.localtime(now, IST).time()
@@ -423,7 +438,7 @@ def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act
     for index, user_id in enumerate(book.user_ids):
         profile = profiles.get(user_id, {})
         state = states.get(user_id, {})
-        mtm = Decimal(str(book.mtm[index])).quantize(PAISE)
+        mtm = Decimal(str(book.mtm[index])).quantize(PAISE) - state.get("mtm_baseline", Decimal("0"))
         if state.get("square_off_pending"):
             result.resumed += 1
             if act:
@@ -639,13 +654,22 @@ def user_halt(*, actor: User, user: User, reason: str = Reason.OPERATOR_HALT) ->
 
 @transaction.atomic
 def user_resume(*, actor: User, user: User) -> RmsState:
-    """An operator resets today's state to NORMAL (the profit lock is kept)."""
+    """An operator resets today's state to NORMAL. The day's MTM rules start afresh from the MTM now (otherwise
+    a loss already realized would breach again at the next sweep), and the profit lock with them."""
     state = state_today(user_id=user.pk, lock=True)
     previous = state.status
     state.status, state.reason, state.square_off_pending = TradingState.NORMAL, "", False
+    state.mtm_baseline = user_mtm(user=user, day=state.trading_day)
+    state.locked_profit = None
     state.updated_at = timezone.now()
     state.save()
-    RmsEvent.objects.create(user=user, kind=RmsEvent.Kind.RESUME, actor=actor, details={"from": previous})
+    RmsEvent.objects.create(
+        user=user,
+        kind=RmsEvent.Kind.RESUME,
+        actor=actor,
+        mtm=state.mtm_baseline,
+        details={"from": previous, "mtm_baseline": str(state.mtm_baseline)},
+    )
     audit_record(action="rms.resume", actor=actor, target=user, details={"from": previous})
     realtime.push_to_user(user_id=user.pk, message_type="rms_alert", payload={"kind": "resume", "state": "NORMAL"})
     return state

@@ -18,3 +18,9 @@ def evaluate_symbols(symbols: list[str]) -> int:
     if not user_ids:
         return 0
     return len(services.sweep(user_ids=user_ids).breaches)
+
+
+@shared_task(name="rms.tasks.evaluate_users")
+def evaluate_users(user_ids: list[str]) -> int:
+    """After a fill: the user's MTM changed without a tick."""
+    return len(services.sweep(user_ids=user_ids).breaches)

@@ -4,7 +4,7 @@ services."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import time, timedelta
 from decimal import Decimal
 
 import pytest
@@ -183,7 +183,7 @@ def test_resume_action_sets_normal(console, admin_user, trader, holding):
     state = RmsState.objects.get(pk=holding.pk)
     assert (state.status, state.reason, state.square_off_pending) == (TradingState.NORMAL, "", False)
     resume = RmsEvent.objects.get(user=trader, kind=RmsEvent.Kind.RESUME)
-    assert resume.actor == admin_user and resume.details == {"from": TradingState.HALTED}
+    assert resume.actor == admin_user and resume.details["from"] == TradingState.HALTED
     assert AuditEvent.objects.filter(action="rms.resume", actor=admin_user, target_id=trader.pk).exists()
     assert any(f"{trader.email} (was HALTED)" in text for text in texts(response)), texts(response)
 
@@ -244,7 +244,11 @@ def test_an_account_override_is_judged_with_what_it_inherits(console, trader, pa
     services.profile_update(
         actor=trader,
         user=trader,
-        data={"profit_lock_at": Decimal("3000"), "profit_lock_amount": Decimal("1000"), "max_daily_loss": None},
+        data={
+            "trading_window_start": time(9, 15),
+            "trading_window_end": time(15, 30),
+            "auto_square_off_time": time(15, 15),
+        },
     )
     form = {
         "user": trader.pk,
@@ -254,19 +258,25 @@ def test_an_account_override_is_judged_with_what_it_inherits(console, trader, pa
         "allowed_segments": "[]",
     }
 
-    # A target under the inherited profit lock is refused, and no override is created.
-    response = console.post("/admin/rms/riskprofile/add/", {**form, "daily_profit_target": "2000"})
+    # A window that closes before the inherited square-off time is refused, and no override is created.
+    response = console.post(
+        "/admin/rms/riskprofile/add/", {**form, "trading_window_start": "09:15", "trading_window_end": "15:00"}
+    )
     assert response.status_code == 200
-    assert response.context["adminform"].form.errors["profit_lock_at"] == [
-        "The profit lock must start below the daily profit target."
-    ]
+    assert response.context["adminform"].form.errors["auto_square_off_time"] == ["Must fall inside the trading window."]
     assert not RiskProfile.objects.filter(user=trader, account=paper).exists()
 
-    response = console.post("/admin/rms/riskprofile/add/", {**form, "daily_profit_target": "8000"})
+    # MTM rules belong to the user's profile, never to one account.
+    response = console.post("/admin/rms/riskprofile/add/", {**form, "max_daily_loss": "1000"})
+    assert response.status_code == 200 and "max_daily_loss" in response.context["adminform"].form.errors
+
+    response = console.post(
+        "/admin/rms/riskprofile/add/", {**form, "trading_window_start": "09:30", "trading_window_end": "15:20"}
+    )
     assert response.status_code == 302, response.context["adminform"].form.errors
     override = RiskProfile.objects.get(user=trader, account=paper)
-    assert override.daily_profit_target == Decimal("8000") and override.profit_lock_at is None  # inherits it
-    assert services.limits_for(user=trader, account=paper).profit_lock_at == Decimal("3000")
+    assert override.trading_window_end == time(15, 20) and override.auto_square_off_time is None  # inherits it
+    assert services.limits_for(user=trader, account=paper).auto_square_off_time == time(15, 15)
     assert RmsEvent.objects.filter(user=trader, kind=RmsEvent.Kind.CONFIG).count() == 2
 
 
@@ -292,20 +302,3 @@ def test_a_refusal_at_save_time_is_reported_not_logged_as_a_change(console, trad
     assert not LogEntry.objects.exists()
     profile.refresh_from_db()
     assert profile.max_daily_loss is None
-
-
-def test_resume_warns_when_a_limit_is_still_broken(console, admin_user, trader, holding, market):  # noqa: F811
-    services.profile_update(actor=admin_user, user=trader, data={"max_daily_loss": Decimal("500")})
-    market(EQUITY, "1400")  # the tick's evaluation: MTM about -1000, halted and squared off at once
-    state = RmsState.objects.get(pk=holding.pk)
-    assert (state.status, state.reason) == (TradingState.HALTED, services.Reason.DAILY_LOSS_LIMIT_HIT)
-    assert Position.objects.get(user=trader, symbol=EQUITY).quantity == 0
-
-    response = console.post(
-        "/admin/rms/rmsstate/", {"action": "resume_users", "_selected_action": [holding.pk]}, follow=True
-    )
-
-    assert RmsState.objects.get(pk=holding.pk).status == TradingState.NORMAL
-    warnings = [text for text in texts(response) if "still breaks a limit" in text]
-    assert len(warnings) == 1 and "DAILY_LOSS_LIMIT_HIT" in warnings[0], texts(response)
-    assert RmsEvent.objects.filter(user=trader, kind=RmsEvent.Kind.BREACH).count() == 1  # it only looked

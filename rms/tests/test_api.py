@@ -421,3 +421,9 @@ def test_a_view_only_user_reads_but_cannot_write(db):
     assert_error(client.post(SQUAREOFF, {}, format="json"), 403, "PERMISSION_DENIED")
     assert limits_for(user=viewer).max_daily_loss is None
     assert not RmsEvent.objects.filter(user=viewer).exists()
+
+
+def test_an_override_cannot_carry_mtm_rules(trader_client, paper):
+    response = trader_client.post("/api/rms/config", {"account_id": paper.pk, "max_daily_loss": 1000}, format="json")
+    body = assert_error(response, 400, "VALIDATION_ERROR")
+    assert "max_daily_loss" in body["errors"]

@@ -521,11 +521,46 @@ def test_an_operator_halt_and_resume(trader, trader_client, paper, market, admin
 
     state = user_resume(actor=admin_user, user=trader)
     assert (state.status, state.reason, state.square_off_pending) == (TradingState.NORMAL, "", False)
-    assert events(trader, RmsEvent.Kind.RESUME)[0].details == {"from": "HALTED"}
+    assert events(trader, RmsEvent.Kind.RESUME)[0].details["from"] == "HALTED"
     assert AuditEvent.objects.filter(action="rms.resume").count() == 1
     placed(trader_client, paper)
     assert sweep().breaches == []
     assert state_today(user_id=trader.pk).status == TradingState.NORMAL
+
+
+def test_a_resume_after_a_loss_breach_gives_a_fresh_loss_budget(trader, trader_client, paper, losing, admin_user):
+    assert [b.reason for b in sweep().breaches] == [Reason.DAILY_LOSS_LIMIT_HIT]
+    realized = user_mtm(user=trader)
+    assert realized <= D("-500")  # the square-off realized the loss
+
+    state = user_resume(actor=admin_user, user=trader)
+    assert state.mtm_baseline == realized
+    assert sweep().breaches == []  # the loss already taken does not halt again
+    assert state_today(user_id=trader.pk).status == TradingState.NORMAL
+
+    market_fill = placed(trader_client, paper, quantity=10)  # a new long at the current price
+    assert market_fill["status"] == "FILLED"
+    position = Position.objects.get(account=paper, symbol=EQUITY, product="MIS")
+    quote_publish(quote_at(EQUITY, str(D(market_fill["average_price"]) - D("60"))))  # 600 more lost
+    assert position.quantity == 10
+    assert [b.reason for b in sweep().breaches] == [Reason.DAILY_LOSS_LIMIT_HIT]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fill_triggers_an_evaluation_without_a_tick_or_a_sweep(
+    trader, trader_client, paper, market, eager_tasks, no_tick_evaluation
+):
+    set_limits(trader, daily_profit_target=100)
+    infy = hold(trader_client, paper, market)
+    market(EQUITY, str(infy.average_price + D("20")))  # +200 unrealized; ticks evaluate nobody here
+    assert state_today(user_id=trader.pk).status == TradingState.NORMAL
+
+    sold = placed(trader_client, paper, side="SELL", quantity=5)  # the fill realizes about +100
+
+    assert sold["status"] == "FILLED"
+    state = state_today(user_id=trader.pk)
+    assert (state.status, state.reason) == (TradingState.REDUCING, Reason.DAILY_PROFIT_TARGET_HIT)
+    assert Position.objects.get(account=paper, symbol=EQUITY, product="MIS").quantity == 0  # squared off
 
 
 def test_a_new_trading_day_starts_normal(trader, trader_client, paper, market, no_tick_evaluation):
