@@ -28,10 +28,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.database import LOCAL_HOSTS, clean_redis, database_recreate  # noqa: E402
+
 os.environ.setdefault("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/algoterm_bench")
 os.environ["DATABASE_URL"] = os.environ["BENCH_DATABASE_URL"]
 os.environ["DJANGO_SETTINGS_MODULE"] = "algoterm.settings"
@@ -40,7 +43,6 @@ os.environ.setdefault("REDIS_KEY_PREFIX", f"bench-orders-{os.getpid()}")
 os.environ["DJANGO_ENV"] = "test"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SERVER_START_SECONDS = 30
 FLOOR_URLCONF = "bench.floor_urls"
 PAPER_ACCOUNTS = 32  # orders go round-robin, so each account stays under the 9 orders/s pacing
@@ -105,42 +107,6 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 # --- the database: created, migrated and dropped by the run -----------------------------------------------------------
-
-
-def _maintenance_url() -> tuple[str, str]:
-    parts = urlparse(os.environ["BENCH_DATABASE_URL"])
-    name = parts.path.lstrip("/")
-    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-        raise SystemExit("BENCH_DATABASE_URL must be a PostgreSQL URL.")
-    if parts.hostname not in LOCAL_HOSTS:
-        raise SystemExit("This benchmark only talks to a PostgreSQL on 127.0.0.1.")
-    if "conn_max_age" in parts.query:
-        # Under ASGI each request runs in its own context, so persistent connections pile up until PostgreSQL
-        # refuses new clients (max_connections), which would also break anything else using the server.
-        raise SystemExit("Leave conn_max_age out of BENCH_DATABASE_URL: it leaks a connection per request under ASGI.")
-    if "bench" not in name:
-        raise SystemExit(f"Refusing to drop and recreate {name!r}: the bench database's name must contain 'bench'.")
-    return urlunparse(parts._replace(path="/postgres", scheme="postgresql", query="")), name
-
-
-def database_recreate(*, drop_only: bool = False) -> None:
-    import psycopg
-
-    url, name = _maintenance_url()
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if not drop_only:
-            connection.execute(f'CREATE DATABASE "{name}"')
-
-
-def clean_redis() -> None:
-    import redis
-
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    keys = list(client.scan_iter(match=f"{os.environ['REDIS_KEY_PREFIX']}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @dataclass
@@ -417,7 +383,7 @@ def main() -> None:
     if not (0 < args.seconds <= 60 and 0 <= args.warmup <= 30 and all(0 < c <= 64 for c in args.concurrency)):
         raise SystemExit("Keep --seconds <= 60, --warmup <= 30 and --concurrency <= 64.")
 
-    database_recreate()
+    database_recreate("BENCH_DATABASE_URL")
     server = None
     try:
         fixture = prepare()
@@ -441,7 +407,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        database_recreate(drop_only=True)
+        database_recreate("BENCH_DATABASE_URL", drop_only=True)
         clean_redis()
 
     report(args, results, fixture, facts, open_positions)

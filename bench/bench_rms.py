@@ -30,10 +30,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.database import LOCAL_HOSTS, clean_redis, database_recreate  # noqa: E402
+
 os.environ.setdefault("BENCH_RMS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/algoterm_bench_rms")
 os.environ["DATABASE_URL"] = os.environ["BENCH_RMS_DATABASE_URL"]
 os.environ["DJANGO_SETTINGS_MODULE"] = "algoterm.settings"
@@ -43,7 +46,6 @@ os.environ["DJANGO_ENV"] = "test"  # no default trading window or auto square-of
 os.environ["RMS_TICK_EVALUATION"] = "true"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SYMBOLS = 200
 POSITIONS_PER_USER = 5
 TICK_SYMBOL, FLOOR_SYMBOL = "NSE:RMSTICK", "NSE:RMSFLOOR"
@@ -51,40 +53,6 @@ ENTRY, BREACH_PRICE, HELD, LOSS_LIMIT = "100", "80", 100, "1000"
 
 
 # --- the database: created, migrated and dropped by the run -----------------------------------------------------------
-
-
-def _maintenance_url() -> tuple[str, str]:
-    parts = urlparse(os.environ["BENCH_RMS_DATABASE_URL"])
-    name = parts.path.lstrip("/")
-    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-        raise SystemExit("BENCH_RMS_DATABASE_URL must be a PostgreSQL URL.")
-    if parts.hostname not in LOCAL_HOSTS:
-        raise SystemExit("This benchmark only talks to a PostgreSQL on 127.0.0.1.")
-    if "conn_max_age" in parts.query:
-        raise SystemExit("Leave conn_max_age out of BENCH_RMS_DATABASE_URL: the bench opens no persistent connections.")
-    if "bench" not in name:
-        raise SystemExit(f"Refusing to drop and recreate {name!r}: the bench database's name must contain 'bench'.")
-    return urlunparse(parts._replace(path="/postgres", scheme="postgresql", query="")), name
-
-
-def database_recreate(*, drop_only: bool = False) -> None:
-    import psycopg
-
-    url, name = _maintenance_url()
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if not drop_only:
-            connection.execute(f'CREATE DATABASE "{name}"')
-
-
-def clean_redis() -> None:
-    import redis
-
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    keys = list(client.scan_iter(match=f"{os.environ['REDIS_KEY_PREFIX']}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 # --- (a) the population -----------------------------------------------------------------------------------------------
@@ -349,7 +317,7 @@ def measure_ticks(*, ticks: int) -> TickRuns:
     from marketdata.quotes import quotes_put
     from marketdata.ticks import ticks_publish
     from orders import services as order_services
-    from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus, Position
+    from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus
     from rms import services
     from rms.models import RmsEvent, TradingState
 
@@ -380,9 +348,9 @@ def measure_ticks(*, ticks: int) -> TickRuns:
 
     runs = TickRuns()
     for run in range(ticks + 1):  # the first is a warm-up
-        # Reset: today's state back to NORMAL, the previous run's realized loss gone, 100 shares bought at 100.
+        # Reset: today's state back to NORMAL with a fresh loss budget (a resume measures the day's MTM rules from
+        # the MTM at that moment, the previous run's realized loss included), then 100 shares bought at 100.
         services.user_resume(actor=operator, user=trader)
-        Position.objects.filter(user=trader).delete()
         quotes_put([quote_at(TICK_SYMBOL, ENTRY, depth=1_000_000)])
         entry = order_services.order_place(user=trader, spec=buy)
         assert entry.status == OrderStatus.FILLED, entry
@@ -435,7 +403,7 @@ def main() -> None:
     if not (1 <= args.ticks <= 500 and 1 <= args.loop_users <= args.users):
         raise SystemExit("Keep --ticks <= 500 and --loop-users between 1 and --users.")
 
-    database_recreate()
+    database_recreate("BENCH_RMS_DATABASE_URL")
     try:
         import django
 
@@ -456,7 +424,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        database_recreate(drop_only=True)
+        database_recreate("BENCH_RMS_DATABASE_URL", drop_only=True)
         clean_redis()
 
     report(population, sweeps, ticks, postgres)
@@ -530,8 +498,8 @@ def report(population: Population, sweeps: dict[str, Runs], ticks: TickRuns, pos
         f"p50 {percentile(ticks.to_open, 0.5) / floor50:.1f}x, p99 {percentile(ticks.to_open, 0.99) / floor99:.1f}x"
     )
     print(
-        f"note: each run resets the trader (user_resume; the previous run's position rows deleted, as their "
-        f"realized loss would stay in today's MTM; {HELD} shares bought at {ENTRY} through the order pipeline) and "
+        f"note: each run resets the trader (user_resume, which gives a fresh loss budget; {HELD} shares bought at "
+        f"{ENTRY} through the order pipeline) and "
         f"publishes {BREACH_PRICE} against a {LOSS_LIMIT}-rupee loss limit; "
         f"{ticks.filled} of {len(ticks.to_submitting)} square-offs filled, {ticks.events} breach events. With "
         f"{len(ticks.to_submitting)} samples p99 is the {p99_rank} value. A worker adds the Redis queue hop; "
