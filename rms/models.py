@@ -80,15 +80,16 @@ def default_limits() -> dict:
     }
 
 
-MONEY_FIELDS = (
+# Rules on the user's MTM across accounts: on the user's profile only, never on an account's override.
+MTM_RULES = (
     "max_daily_loss",
     "daily_profit_target",
     "profit_lock_at",
     "profit_lock_amount",
     "trailing_profit_every",
     "trailing_profit_step",
-    "max_order_value",
 )
+MONEY_FIELDS = (*MTM_RULES, "max_order_value")
 
 
 class TradingState(models.TextChoices):

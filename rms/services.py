@@ -24,7 +24,7 @@ from algoterm import realtime
 from algoterm.api.errors import AppError, NotFound, RiskRejected, ValidationFailed
 from brokers.adapters.base import BrokerError
 from brokers.models import BrokerAccount
-from rms.models import MONEY_FIELDS, RiskProfile, RmsEvent, RmsState, TradingState, default_limits
+from rms.models import MONEY_FIELDS, MTM_RULES, RiskProfile, RmsEvent, RmsState, TradingState, default_limits
 
 logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
@@ -83,15 +83,6 @@ class Limits:
             raise AttributeError(name) from None
 
 
-# Rules on the user's MTM across accounts: on the user's profile only, never on an account's override.
-MTM_RULES = (
-    "max_daily_loss",
-    "daily_profit_target",
-    "profit_lock_at",
-    "profit_lock_amount",
-    "trailing_profit_every",
-    "trailing_profit_step",
-)
 PROFILE_FIELDS = (
     *MONEY_FIELDS,
     "max_lots_per_order",
@@ -403,16 +394,7 @@ class SweepResult:
     auto_squared_off: int = 0
 
 
-_PROFILE_VALUES = (
-    "user_id",
-    "max_daily_loss",
-    "daily_profit_target",
-    "profit_lock_at",
-    "profit_lock_amount",
-    "trailing_profit_every",
-    "trailing_profit_step",
-    "auto_square_off_time",
-)
+_PROFILE_VALUES = ("user_id", *MTM_RULES, "auto_square_off_time")
 
 
 def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act: bool = True) -> SweepResult:
