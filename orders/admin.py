@@ -4,22 +4,10 @@ two actions that call those services, cancel orders and square off positions, ea
 from django.contrib import admin, messages
 
 from accounts.services import audit_record
+from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import AppError
 from orders import services
 from orders.models import Order, OrderEvent, OrderSource, OrderStatus, Position, Trade
-
-
-class ReadOnlyMixin:
-    """No add, change or delete: rows are written by the order pipeline alone."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class OrderEventInline(ReadOnlyMixin, admin.TabularInline):

@@ -9,23 +9,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 
+from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import AppError, ValidationFailed
 from rms import services
 from rms.models import RiskProfile, RmsEvent, RmsState, TradingState, default_limits
-
-
-class ReadOnlyMixin:
-    """No add, change or delete: rows are written by the risk engine alone."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 # --- profiles ----------------------------------------------------------------------------------------------------
 
