@@ -366,8 +366,6 @@ def _wait_for(condition, *, timeout: float = 20, what: str) -> None:
 def test_a_real_worker_settles_an_unknown_order_and_a_second_delivery_changes_nothing(
     trader, paper, publish_quote, monkeypatch
 ):
-    if settings.EMBEDDED:
-        pytest.skip("needs Redis")
     monkeypatch.setenv("DATABASE_URL", _test_database_url())
     monkeypatch.setattr(settings, "ORDER_RECONCILE_DELAY_SECONDS", 0.5)
     celery_app.control.purge()  # this run's queue only (its keys carry the run's prefix)
