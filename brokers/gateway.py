@@ -114,10 +114,15 @@ class GuardedAdapter:
         return guarded
 
 
-def adapter_for(account: BrokerAccount) -> GuardedAdapter:
-    """The connected account's adapter; 409 BROKER_SESSION_EXPIRED when it needs a login first."""
+def require_connected(account: BrokerAccount) -> None:
+    """409 BROKER_SESSION_EXPIRED unless the account has a live session."""
     if account.status != AccountStatus.CONNECTED:
         raise SessionExpired(f"Broker account {account.label} needs a login ({account.status}).")
+
+
+def adapter_for(account: BrokerAccount) -> GuardedAdapter:
+    """The connected account's adapter; 409 BROKER_SESSION_EXPIRED when it needs a login first."""
+    require_connected(account)
     inner = build_adapter(
         broker=account.broker,
         credentials=account.credentials,

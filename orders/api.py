@@ -150,14 +150,6 @@ class OrderDetailApi(APIView):
         )
 
 
-def _leg_status(result: services.LegResult) -> str:
-    if result.cancelled:
-        return "cancelled"
-    if result.error_code == "NOT_SENT":
-        return "not_sent"
-    return "failed" if result.error_code else "placed"
-
-
 class OrderBulkApi(APIView):
     permission_classes = [IsAuthenticated, IsTrader]
 
@@ -177,33 +169,10 @@ class OrderBulkApi(APIView):
             data = BulkInput(data=request.data)
             data.is_valid(raise_exception=True)
             specs = [services.OrderSpec(**leg) for leg in data.validated_data["legs"]]
-            results = services.orders_place_bulk(
+            result = services.orders_place_bulk(
                 user=request.user, specs=specs, all_or_none=data.validated_data["all_or_none"]
             )
-            statuses = [_leg_status(result) for result in results]
-            if all(value == "placed" for value in statuses):
-                overall = "placed"
-            elif data.validated_data["all_or_none"] and "placed" not in statuses:
-                overall = "rolled_back"
-            elif "placed" in statuses:
-                overall = "partial"
-            else:
-                overall = "failed"
-            body = {
-                "status": overall,
-                "all_or_none": data.validated_data["all_or_none"],
-                "legs": [
-                    {
-                        "index": result.index,
-                        "status": statuses[result.index],
-                        "order": result.order,
-                        "error_code": result.error_code if result.error_code != "NOT_SENT" else "",
-                        "detail": result.detail,
-                    }
-                    for result in results
-                ],
-            }
-            return Response(BulkOutput(body).data, status=status.HTTP_201_CREATED)
+            return Response(BulkOutput(result).data, status=status.HTTP_201_CREATED)
 
         return idempotent(request, scope="orders.bulk", act=act)
 

@@ -16,6 +16,7 @@ from brokers.adapters.base import BrokerError, Quote
 from brokers.gateway import adapter_for
 from brokers.models import AccountStatus, BrokerAccount
 from brokers.prices import quote_for
+from brokers.selectors import broker_account_get
 from marketdata.quotes import quotes_get
 from orders.models import LIVE_STATUSES, Order, Position, Trade
 
@@ -127,7 +128,7 @@ def _unrealized(position: Position, quotes: dict[str, Quote]) -> Decimal:
 def position_book(*, user: User, account_id: str | None = None, open_only: bool = False) -> PositionBook:
     """Positions with LTP and unrealized PnL, grouped across accounts, and the totals."""
     if account_id:
-        broker_account_exists(user=user, account_id=account_id)
+        broker_account_get(user=user, account_id=account_id)
     positions = list(position_list(user=user, account_id=account_id, open_only=open_only))
     quotes = last_prices([position.symbol for position in positions])
     groups: dict[tuple[str, str], list[Position]] = defaultdict(list)
@@ -169,13 +170,6 @@ def _totals(positions: list[Position], quotes: dict[str, Quote]) -> dict[str, An
         "day_pnl": day_realized + unrealized,
         "open_positions": sum(1 for p in positions if p.quantity),
     }
-
-
-def broker_account_exists(*, user: User, account_id: str) -> BrokerAccount:
-    account = BrokerAccount.objects.filter(owner=user, pk=account_id, deleted_at__isnull=True).first()
-    if account is None:
-        raise NotFound(f"No broker account {account_id}.")
-    return account
 
 
 def portfolio_get(*, user: User) -> dict[str, Any]:

@@ -40,10 +40,11 @@ from brokers.adapters.base import (
     Side,
     Validity,
 )
-from brokers.gateway import adapter_for
+from brokers.gateway import adapter_for, require_connected
 from brokers.models import AccountStatus, BrokerAccount
 from brokers.prices import quote_for
 from brokers.protection import CircuitOpen
+from brokers.selectors import broker_account_get
 from marketdata.instruments import instrument_get
 from marketdata.models import InstrumentType
 from orders.models import (
@@ -169,9 +170,7 @@ def _check_prices(
 def order_validate(*, user: User, spec: OrderSpec, prefix: str = "") -> ValidatedOrder:
     """Everything we can know before the broker sees the order; 400 with every problem at once."""
     errors: dict[str, list[str]] = {}
-    account = BrokerAccount.objects.filter(owner=user, pk=spec.account_id, deleted_at__isnull=True).first()
-    if account is None:
-        raise NotFound(f"No broker account {spec.account_id}.")
+    account = broker_account_get(user=user, account_id=spec.account_id)
     instrument = instrument_get(symbol=spec.symbol)
     lot_size, tick_size = 1, Decimal("0.05")
     if instrument is None:
@@ -234,11 +233,6 @@ def _check_exits(errors: dict[str, list[str]], *, spec: OrderSpec, reference: De
         )
     if spec.trailing_stop is not None and spec.stop_loss is None:
         _add(errors, "trailing_stop", "A trailing stop needs a stop_loss to trail.")
-
-
-def _require_connected(account: BrokerAccount) -> None:
-    if account.status != AccountStatus.CONNECTED:
-        raise SessionExpired(f"Broker account {account.label} needs a login ({account.status}).")
 
 
 def _reduces_position(*, account: BrokerAccount, symbol: str, product: str, side: str, quantity: int) -> bool:
@@ -316,7 +310,7 @@ def order_place(
     leaves the order UNKNOWN for reconciliation and returns it.
     """
     validated = order_validate(user=user, spec=spec)
-    _require_connected(validated.account)
+    require_connected(validated.account)
     reduces = _reduces_position(
         account=validated.account, symbol=spec.symbol, product=spec.product, side=spec.side, quantity=spec.quantity
     )
@@ -1140,9 +1134,7 @@ def _positions_square_off(
 ) -> SquareOffResult:
     accounts = BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True)
     if account_id is not None:
-        accounts = accounts.filter(pk=account_id)
-        if not accounts.exists():
-            raise NotFound(f"No broker account {account_id}.")
+        accounts = accounts.filter(pk=broker_account_get(user=user, account_id=account_id).pk)
     pending = Order.objects.filter(user=user, account__in=accounts, status__in=LIVE_STATUSES).exclude(
         role=LegRole.SQUARE_OFF
     )
@@ -1206,16 +1198,41 @@ class LegResult:
     error_code: str = ""
     detail: str = ""
     cancelled: bool = False
+    not_sent: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        if self.not_sent:
+            return "not_sent"
+        return "failed" if self.error_code else "placed"
 
 
-def orders_place_bulk(*, user: User, specs: list[OrderSpec], all_or_none: bool) -> list[LegResult]:
+@dataclass(frozen=True)
+class BulkResult:
+    legs: list[LegResult]
+    all_or_none: bool
+
+    @property
+    def status(self) -> str:
+        """placed (every leg), rolled_back (all_or_none undid them all), partial (some stand), or failed."""
+        statuses = {leg.status for leg in self.legs}
+        if statuses == {"placed"}:
+            return "placed"
+        if "placed" in statuses:
+            return "partial"
+        return "rolled_back" if self.all_or_none else "failed"
+
+
+def orders_place_bulk(*, user: User, specs: list[OrderSpec], all_or_none: bool) -> BulkResult:
     """Multi-leg: every leg is validated before any is sent; buys go first (they free margin for the hedged
     sells); with `all_or_none`, a failed leg cancels the legs already placed."""
     errors: dict[str, list[str]] = {}
     for index, spec in enumerate(specs):
         try:
             validated = order_validate(user=user, spec=spec, prefix=f"legs.{index}.")
-            _require_connected(validated.account)
+            require_connected(validated.account)
         except ValidationFailed as error:
             errors.update(error.errors or {})
         except NotFound:
@@ -1228,7 +1245,7 @@ def orders_place_bulk(*, user: User, specs: list[OrderSpec], all_or_none: bool) 
     for index in order_of_sending:
         if failed and all_or_none:
             results[index] = LegResult(
-                index=index, order=None, error_code="NOT_SENT", detail="Not sent: an earlier leg failed."
+                index=index, order=None, not_sent=True, detail="Not sent: an earlier leg failed."
             )
             continue
         try:
@@ -1269,7 +1286,7 @@ def orders_place_bulk(*, user: User, specs: list[OrderSpec], all_or_none: bool) 
                 )
             except (BrokerError, InvalidState) as error:
                 results[index] = LegResult(index=index, order=result.order, detail=f"Could not cancel: {error.detail}")
-    return [results[index] for index in range(len(specs))]
+    return BulkResult(legs=[results[index] for index in range(len(specs))], all_or_none=all_or_none)
 
 
 # --- idempotency -------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from django.utils import timezone
 from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
 from algoterm import realtime
-from algoterm.api.errors import AppError, NotFound, RiskRejected, ValidationFailed
+from algoterm.api.errors import AppError, RiskRejected, ValidationFailed
 from brokers.adapters.base import BrokerError
 from brokers.models import BrokerAccount
 from rms.models import MONEY_FIELDS, MTM_RULES, RiskProfile, RmsEvent, RmsState, TradingState, default_limits
@@ -616,8 +616,6 @@ def user_square_off(*, actor: User, user: User, account_id: str | None = None):
     from orders.models import OrderSource
     from orders.services import positions_square_off
 
-    if account_id and not BrokerAccount.objects.filter(pk=account_id, owner=user, deleted_at__isnull=True).exists():
-        raise NotFound(f"No broker account {account_id}.")
     result = positions_square_off(user=user, account_id=account_id, source=OrderSource.RMS)
     RmsEvent.objects.create(
         user=user,
