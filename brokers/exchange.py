@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from brokers.adapters.base import (
+    MARGIN_RATE,
     BrokerOrder,
     BrokerOrderStatus,
     BrokerPosition,
@@ -37,8 +38,6 @@ from brokers.prices import TICK, quote_for, to_tick
 
 logger = logging.getLogger(__name__)
 
-# Share of notional blocked as margin: intraday is leveraged, delivery and carry-forward are not.
-MARGIN_RATE = {Product.MIS: Decimal("0.20"), Product.CNC: Decimal("1"), Product.NRML: Decimal("1")}
 RESTING = (BrokerOrderStatus.OPEN, BrokerOrderStatus.TRIGGER_PENDING, BrokerOrderStatus.PARTIALLY_FILLED)
 MAX_MODIFICATIONS = 25
 

@@ -22,14 +22,13 @@ from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
 from algoterm import realtime
 from algoterm.api.errors import AppError, RiskRejected, ValidationFailed
-from brokers.adapters.base import BrokerError
+from brokers.adapters.base import MARGIN_RATE, BrokerError, Product
 from brokers.models import BrokerAccount
 from rms.models import MONEY_FIELDS, MTM_RULES, RiskProfile, RmsEvent, RmsState, TradingState, default_limits
 
 logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
 PAISE = Decimal("0.01")
-MARGIN_RATE = {"MIS": Decimal("0.20"), "CNC": Decimal("1"), "NRML": Decimal("1")}
 
 
 class Reason:
@@ -300,7 +299,7 @@ def _check_funds(intent: OrderIntent, value: Decimal) -> None:
     if not settings.RMS_FUNDS_CHECK:
         return
 
-    required = (value * MARGIN_RATE.get(intent.product, Decimal("1"))).quantize(PAISE)
+    required = (value * MARGIN_RATE[Product(intent.product)]).quantize(PAISE)
     try:
         funds = adapter_for(intent.account).funds()
     except (BrokerError, AppError) as error:

@@ -29,6 +29,11 @@ class Product(StrEnum):
     NRML = "NRML"  # carry-forward F&O
 
 
+# The share of an order's value a broker blocks as margin, by product: intraday is leveraged (about 5x for equity),
+# delivery and carry-forward are not. The simulated exchange charges it; the pre-trade funds check estimates with it.
+MARGIN_RATE = {Product.MIS: Decimal("0.20"), Product.CNC: Decimal("1"), Product.NRML: Decimal("1")}
+
+
 class OrderType(StrEnum):
     MARKET = "MARKET"
     LIMIT = "LIMIT"
