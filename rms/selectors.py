@@ -12,7 +12,8 @@ from brokers.gateway import adapter_for
 from brokers.models import AccountStatus, BrokerAccount
 from brokers.selectors import broker_account_get as _broker_account_get
 from marketdata.models import Instrument
-from orders.selectors import last_prices, orders_placed_on, position_list
+from marketdata.quotes import quotes_get
+from orders.selectors import orders_placed_on, position_list
 from rms.models import RiskProfile, RmsState, TradingState
 from rms.services import PAISE, limits_for, mtm_book, profile_get_or_create, trading_day
 
@@ -67,12 +68,12 @@ def _account_rows(*, user: User, account_mtm: dict[str, float]) -> list[dict[str
 
 
 def _exposure(positions: list) -> list[dict[str, Any]]:
-    """Open positions at their last price, summed per underlying: long and short values as positive amounts,
-    net = long - short."""
+    """Open positions at the feed's last price (the average price where the feed has none, as MTM does), summed per
+    underlying: long and short values as positive amounts, net = long - short."""
     if not positions:
         return []
     symbols = sorted({position.symbol for position in positions})
-    quotes = last_prices(symbols)
+    quotes = quotes_get(symbols)
     names = {
         symbol: underlying or tradingsymbol
         for symbol, underlying, tradingsymbol in Instrument.objects.filter(symbol__in=symbols).values_list(
