@@ -240,6 +240,12 @@ SPECTACULAR_SETTINGS = {
         "LegResultStatusEnum": ["placed", "failed", "not_sent", "cancelled"],
         "BulkStatusEnum": ["placed", "partial", "failed", "rolled_back"],
         "ProductEnum": "brokers.adapters.base.Product",
+        "StrategyStatusEnum": "strategies.models.StrategyStatus",
+        "StrategyRunStatusEnum": "strategies.models.RunStatus",
+        "BacktestStatusEnum": "strategies.models.BacktestStatus",
+        "SignalStatusEnum": "strategies.models.SignalStatus",
+        "StrategyKindEnum": "strategies.models.KIND_CHOICES",
+        "ExitUnitEnum": ["points", "percent"],
     },
     "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
 }
@@ -270,6 +276,10 @@ RMS_DEFAULT_AUTO_SQUARE_OFF = env.str("RMS_DEFAULT_AUTO_SQUARE_OFF", default="" 
 RMS_FUNDS_CHECK = env.bool("RMS_FUNDS_CHECK", default=True)
 RMS_DEFAULT_MAX_ORDERS_PER_DAY = env.int("RMS_DEFAULT_MAX_ORDERS_PER_DAY", default=1000)
 RMS_DEFAULT_MAX_OPEN_POSITIONS = env.int("RMS_DEFAULT_MAX_OPEN_POSITIONS", default=100)
+# Strategies: how often rule strategies are evaluated, how old a webhook's own timestamp may be, backtest span.
+STRATEGY_RULE_SECONDS = env.float("STRATEGY_RULE_SECONDS", default=15.0)
+STRATEGY_WEBHOOK_MAX_AGE_SECONDS = env.int("STRATEGY_WEBHOOK_MAX_AGE_SECONDS", default=300)
+STRATEGY_BACKTEST_MAX_DAYS = env.int("STRATEGY_BACKTEST_MAX_DAYS", default=1100)
 CELERY_BEAT_SCHEDULE = {
     "system.heartbeat": {"task": "algoterm.tasks.heartbeat", "schedule": timedelta(seconds=10)},
     "accounts.purge_expired_tokens": {
@@ -287,6 +297,11 @@ CELERY_BEAT_SCHEDULE = {
     "orders.purge_idempotency_keys": {
         "task": "orders.tasks.purge_idempotency_keys",
         "schedule": timedelta(hours=6),
+    },
+    # Rule strategies read the last closed candle; each bar is acted on once, so a short interval is harmless.
+    "strategies.evaluate_rules": {
+        "task": "strategies.tasks.evaluate_rules",
+        "schedule": timedelta(seconds=STRATEGY_RULE_SECONDS),
     },
     "accounts.purge_old_notifications": {
         "task": "accounts.tasks.purge_old_notifications",

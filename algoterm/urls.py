@@ -10,6 +10,7 @@ api_patterns = [
     path("", include("marketdata.urls")),
     path("", include("orders.urls")),
     path("", include("rms.urls")),
+    path("", include("strategies.urls")),
     path("health", views.HealthApi.as_view(), name="health"),
     path("version", views.VersionApi.as_view(), name="version"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),

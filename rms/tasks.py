@@ -7,8 +7,13 @@ from rms import services
 
 @shared_task(name="rms.tasks.sweep")
 def sweep() -> int:
-    """Beat: every user with positions today, in one pass."""
-    return len(services.sweep().breaches)
+    """Beat: every user with positions today, in one pass; then the running strategies' own MTM limits and
+    re-entries, on the same clock."""
+    from strategies.services import strategies_monitor
+
+    breaches = len(services.sweep().breaches)
+    strategies_monitor()
+    return breaches
 
 
 @shared_task(name="rms.tasks.evaluate_symbols")

@@ -1,0 +1,78 @@
+"""Reads of the strategies app, always scoped to the user: another user's ids read as missing (404)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import QuerySet
+
+from accounts.models import User
+from algoterm.api.errors import NotFound
+
+from .models import Backtest, RunStatus, Signal, Strategy, StrategyRun
+from .services import RunPnl, run_pnl
+
+
+def strategy_list(*, user: User, status: str | None = None, kind: str | None = None) -> QuerySet[Strategy]:
+    strategies = Strategy.objects.filter(user=user).prefetch_related("legs", "accounts")
+    if status:
+        strategies = strategies.filter(status=status)
+    if kind:
+        strategies = strategies.filter(kind=kind)
+    return strategies
+
+
+def strategy_get(*, user: User, strategy_id: str) -> Strategy:
+    strategy = Strategy.objects.filter(user=user, pk=strategy_id).prefetch_related("legs", "accounts").first()
+    if strategy is None:
+        raise NotFound()
+    return strategy
+
+
+@dataclass
+class StrategyDetail:
+    strategy: Strategy
+    current_run: StrategyRun | None
+    pnl: RunPnl | None
+
+    def __getattr__(self, name: str):
+        return getattr(self.strategy, name)
+
+
+def strategy_detail(*, user: User, strategy_id: str) -> StrategyDetail:
+    """The strategy with its running (or last) run and that run's PnL at the last prices."""
+    strategy = strategy_get(user=user, strategy_id=strategy_id)
+    run = strategy.runs.filter(status=RunStatus.RUNNING).first() or strategy.runs.first()
+    return StrategyDetail(strategy=strategy, current_run=run, pnl=run_pnl(run=run) if run is not None else None)
+
+
+def run_list(*, user: User, strategy_id: str) -> QuerySet[StrategyRun]:
+    return strategy_get(user=user, strategy_id=strategy_id).runs.all()
+
+
+def backtest_list(*, user: User, strategy_id: str) -> QuerySet[Backtest]:
+    strategy = strategy_get(user=user, strategy_id=strategy_id)
+    return Backtest.objects.filter(user=user, strategy=strategy).defer("result", "chart_png")
+
+
+def backtest_get(*, user: User, strategy_id: str, backtest_id: str) -> Backtest:
+    backtest = Backtest.objects.filter(user=user, strategy__pk=strategy_id, pk=backtest_id).first()
+    if backtest is None:
+        raise NotFound()
+    return backtest
+
+
+def signal_list(*, user: User, strategy_id: str | None = None, status: str | None = None) -> QuerySet[Signal]:
+    signals = Signal.objects.filter(user=user)
+    if strategy_id:
+        signals = signals.filter(strategy__pk=strategy_id)
+    if status:
+        signals = signals.filter(status=status)
+    return signals
+
+
+def signal_get(*, user: User, signal_id: str) -> Signal:
+    signal = Signal.objects.filter(user=user, pk=signal_id).first()
+    if signal is None:
+        raise NotFound()
+    return signal
