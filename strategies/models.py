@@ -125,7 +125,13 @@ class StrategyRun(models.Model):
     status_message = models.CharField(max_length=300, blank=True)
     started_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
-    realized_pnl = models.DecimalField(max_digits=16, decimal_places=2, null=True, blank=True)
+    final_pnl = models.DecimalField(
+        max_digits=16,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="PnL of its own fills when it ended: realized, plus any position left open at the last price",
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]

@@ -261,11 +261,11 @@ class WebhookSecretOutput(serializers.Serializer):
 
 
 class RunOutput(serializers.ModelSerializer):
-    realized_pnl = _money(allow_null=True)
+    final_pnl = _money(allow_null=True)
 
     class Meta:
         model = StrategyRun
-        fields = ["id", "mode", "status", "status_message", "started_at", "ended_at", "realized_pnl"]
+        fields = ["id", "mode", "status", "status_message", "started_at", "ended_at", "final_pnl"]
         read_only_fields = fields
 
 

@@ -483,8 +483,8 @@ def _run_end(*, strategy: Strategy, run: StrategyRun, status: str, message: str 
     run.status = status
     run.status_message = message[:300]
     run.ended_at = timezone.now()
-    run.realized_pnl = run_pnl(run=run).total
-    run.save(update_fields=["status", "status_message", "ended_at", "realized_pnl"])
+    run.final_pnl = run_pnl(run=run).total
+    run.save(update_fields=["status", "status_message", "ended_at", "final_pnl"])
     _schedules_remove(strategy=strategy)
     strategy.status = {
         RunStatus.STOPPED: StrategyStatus.STOPPED,
@@ -509,6 +509,8 @@ def strategy_stop(*, user: User, strategy_id: str, exit_positions: bool) -> Stra
         )
     if exit_positions:
         run_exit(run=run, reason="stopped")
+        # The PnL recorded by _run_end marked the open positions at the last price; the exits have now filled.
+        StrategyRun.objects.filter(pk=run.pk).update(final_pnl=run_pnl(run=run).total)
     run.refresh_from_db()
     return run
 
@@ -1416,9 +1418,9 @@ def _signal_order(*, action: str, quantity: int | None, multiplier: int, held: i
     if action == "SHORT":
         return Side.SELL, (quantity or 0) * multiplier
     wanted = quantity * multiplier if quantity else None
-    if action == "SELL":
-        return Side.SELL, min(held, wanted) if wanted else max(held, 0)
-    return Side.BUY, min(-held, wanted) if wanted else max(-held, 0)
+    # What there is to close: a short is no long to SELL, a long no short to COVER (never a negative quantity).
+    closable = max(held, 0) if action == "SELL" else max(-held, 0)
+    return (Side.SELL if action == "SELL" else Side.BUY), min(closable, wanted) if wanted else closable
 
 
 # --- backtests ---------------------------------------------------------------------------------------------------
