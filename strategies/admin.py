@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 
 from django.contrib import admin, messages
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from accounts.services import audit_record
 from algoterm.admin_mixins import ReadOnlyMixin
@@ -138,8 +138,7 @@ class BacktestAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def metrics(self, backtest: Backtest) -> str:
         result = backtest.result or {}
         names = ["total_pnl", "win_rate", "max_drawdown", "max_drawdown_pct", "sharpe", "days", "bars"]
-        rows = format_html("").join(
-            format_html("<tr><th>{}</th><td>{}</td></tr>", name.replace("_", " "), result.get(name, "-"))
-            for name in names
+        rows = format_html_join(
+            "", "<tr><th>{}</th><td>{}</td></tr>", ((name.replace("_", " "), result.get(name, "-")) for name in names)
         )
         return format_html("<table>{}</table><p>{} trades</p>", rows, len(result.get("trades", [])))
