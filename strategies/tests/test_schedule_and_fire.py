@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, time
 from decimal import Decimal
+from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -223,3 +225,34 @@ def test_mtm_stop_loss_exits_the_strategy_on_the_rms_sweep(trader_client, paper,
         assert (
             Position.objects.get(account=paper, symbol=option_symbol(expiry, Decimal(24500), option_type)).quantity == 0
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_runs_the_beat_entrys_task_once_though_it_arrives_twice(trader_client, paper, nifty, monkeypatch):
+    import time as clock
+
+    from django.db import connection
+
+    from algoterm.celery import app as celery_app
+    from algoterm.testing import celery_worker_process
+
+    parts = urlparse(os.environ["DATABASE_URL"])
+    monkeypatch.setenv("DATABASE_URL", parts._replace(path=f"/{connection.settings_dict['NAME']}").geturl())
+    monkeypatch.setenv("MARKET_ALWAYS_OPEN", "true")  # the worker fires on the real clock, whatever the day
+    celery_app.control.purge()
+    strategy = create(trader_client, straddle_body(paper))
+    start(trader_client, strategy["id"])
+    entry = PeriodicTask.objects.get(name=f"strategy {strategy['id']} entry")
+
+    with celery_worker_process():
+        for _ in range(2):  # what beat sends, delivered twice
+            celery_app.send_task(entry.task, kwargs=json.loads(entry.kwargs))
+        deadline = clock.monotonic() + 30
+        while StrategyFire.objects.filter(strategy_id=strategy["id"]).exclude(status="claimed").count() < 2:
+            assert clock.monotonic() < deadline, "the worker never fired the entry"
+            clock.sleep(0.1)
+        clock.sleep(1)  # the second delivery has had its turn on the solo worker
+
+    orders = Order.objects.filter(strategy_ref=strategy["id"], role=LegRole.ENTRY)
+    assert orders.count() == 2 and {order.side for order in orders} == {"SELL"}
+    assert StrategyFire.objects.filter(strategy_id=strategy["id"], action=FireAction.ENTRY).count() == 2

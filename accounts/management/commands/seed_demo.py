@@ -43,6 +43,7 @@ class Command(BaseCommand):
         self._seed_paper_account(User.objects.get(email="trader@example.com"))
         self._seed_instruments()
         self._seed_strategy(User.objects.get(email="trader@example.com"))
+        self._seed_history()
 
     def _seed_instruments(self) -> None:
         from marketdata.instruments import instruments_load_demo
@@ -103,3 +104,58 @@ class Command(BaseCommand):
             ),
         )
         self.stdout.write("  demo strategy: a draft NIFTY short straddle (created)")
+
+    def _seed_history(self, *, days: int = 30) -> None:
+        """Synthetic 1-minute NIFTY 50 candles for the trading days before today, so a backtest has data at once
+        (a seeded random walk: the same history on every machine)."""
+        from datetime import datetime, timedelta
+        from decimal import Decimal
+        from zoneinfo import ZoneInfo
+
+        import numpy as np
+        from django.utils import timezone
+
+        from marketdata import calendar
+        from marketdata.models import Candle
+
+        symbol, ist = "NSE:NIFTY 50", ZoneInfo("Asia/Kolkata")
+        today = timezone.localdate(timezone=ist)
+        if Candle.objects.filter(
+            symbol=symbol, interval="1m", start__lt=datetime.combine(today, datetime.min.time(), ist)
+        ).exists():
+            self.stdout.write(f"  {symbol} history (kept)")
+            return
+        trading_days, day = [], today
+        while len(trading_days) < days:
+            day = calendar.previous_trading_day(day)
+            trading_days.append(day)
+        rng = np.random.default_rng(20260101)
+        level, rows = 24000.0, []
+        for day in sorted(trading_days):
+            moves = rng.normal(0.0, 0.00045, size=375)
+            closes = level * np.exp(np.cumsum(moves))
+            opens = np.concatenate([[level], closes[:-1]])
+            session = datetime.combine(day, datetime.min.time(), ist).replace(hour=9, minute=15)
+            for minute in range(375):
+                high = max(opens[minute], closes[minute]) * (1 + abs(rng.normal(0, 0.0002)))
+                low = min(opens[minute], closes[minute]) * (1 - abs(rng.normal(0, 0.0002)))
+                rows.append(
+                    Candle(
+                        symbol=symbol,
+                        interval="1m",
+                        start=session + timedelta(minutes=minute),
+                        **{
+                            name: Decimal(f"{value:.2f}")
+                            for name, value in (
+                                ("open", opens[minute]),
+                                ("high", high),
+                                ("low", low),
+                                ("close", closes[minute]),
+                            )
+                        },
+                        volume=0,
+                    )
+                )
+            level = float(closes[-1])
+        Candle.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+        self.stdout.write(f"  {symbol} history: {len(rows)} one-minute candles over {days} trading days (created)")
