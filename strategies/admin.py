@@ -14,30 +14,23 @@ from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import AppError
 
 from . import services
-from .models import Backtest, Leg, Signal, Strategy, StrategyAccount, StrategyFire, StrategyRun, StrategyStatus
+from .models import (
+    LEG_FIELDS,
+    Backtest,
+    Leg,
+    Signal,
+    Strategy,
+    StrategyAccount,
+    StrategyFire,
+    StrategyRun,
+    StrategyStatus,
+)
 
 
 class LegInline(ReadOnlyMixin, admin.TabularInline):
     model = Leg
     extra = 0
-    fields = [
-        "position",
-        "underlying",
-        "instrument",
-        "option_type",
-        "side",
-        "lots",
-        "expiry",
-        "expiry_date",
-        "strike",
-        "strike_offset",
-        "premium",
-        "strike_price",
-        "stop_loss_unit",
-        "stop_loss",
-        "target_unit",
-        "target",
-    ]
+    fields = LEG_FIELDS
 
 
 class StrategyAccountInline(ReadOnlyMixin, admin.TabularInline):

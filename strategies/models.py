@@ -80,6 +80,26 @@ class StrategyAccount(models.Model):
         return f"{self.account_id} x{self.multiplier}"
 
 
+LEG_FIELDS = [
+    "position",
+    "underlying",
+    "instrument",
+    "option_type",
+    "side",
+    "lots",
+    "expiry",
+    "expiry_date",
+    "strike",
+    "strike_offset",
+    "premium",
+    "strike_price",
+    "stop_loss_unit",
+    "stop_loss",
+    "target_unit",
+    "target",
+]
+
+
 class Leg(models.Model):
     strategy = models.ForeignKey(Strategy, on_delete=models.CASCADE, related_name="legs")
     position = models.PositiveSmallIntegerField(help_text="0-based order of the legs")

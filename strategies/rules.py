@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -86,27 +86,21 @@ _KEYWORDS = frozenset({"and", "or", "not", *_CROSSING_OPERATORS})
 
 @dataclass(frozen=True)
 class Node:
-    @property
-    def kind(self) -> ValueKind:
-        raise NotImplementedError
+    kind: ClassVar[ValueKind]  # what the node evaluates to, for the parser's type checks
 
 
 @dataclass(frozen=True)
 class Number(Node):
     value: float
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.NUMBER
+    kind: ClassVar[ValueKind] = ValueKind.NUMBER
 
 
 @dataclass(frozen=True)
 class TimeOfDay(Node):
     minutes: int  # since midnight
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.TIME
+    kind: ClassVar[ValueKind] = ValueKind.TIME
 
 
 @dataclass(frozen=True)
@@ -124,25 +118,19 @@ class Indicator(Node):
     source: Node
     period: int
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.NUMBER
+    kind: ClassVar[ValueKind] = ValueKind.NUMBER
 
 
 @dataclass(frozen=True)
 class Vwap(Node):
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.NUMBER
+    kind: ClassVar[ValueKind] = ValueKind.NUMBER
 
 
 @dataclass(frozen=True)
 class Negate(Node):
     operand: Node
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.NUMBER
+    kind: ClassVar[ValueKind] = ValueKind.NUMBER
 
 
 @dataclass(frozen=True)
@@ -151,9 +139,7 @@ class Arithmetic(Node):
     left: Node
     right: Node
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.NUMBER
+    kind: ClassVar[ValueKind] = ValueKind.NUMBER
 
 
 @dataclass(frozen=True)
@@ -162,9 +148,7 @@ class Comparison(Node):
     left: Node
     right: Node
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.CONDITION
+    kind: ClassVar[ValueKind] = ValueKind.CONDITION
 
 
 @dataclass(frozen=True)
@@ -173,18 +157,14 @@ class Crossing(Node):
     left: Node
     right: Node
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.CONDITION
+    kind: ClassVar[ValueKind] = ValueKind.CONDITION
 
 
 @dataclass(frozen=True)
 class Not(Node):
     operand: Node
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.CONDITION
+    kind: ClassVar[ValueKind] = ValueKind.CONDITION
 
 
 @dataclass(frozen=True)
@@ -193,9 +173,7 @@ class Logical(Node):
     left: Node
     right: Node
 
-    @property
-    def kind(self) -> ValueKind:
-        return ValueKind.CONDITION
+    kind: ClassVar[ValueKind] = ValueKind.CONDITION
 
 
 _N = TypeVar("_N", bound=Node)

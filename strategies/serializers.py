@@ -12,6 +12,7 @@ from brokers.adapters.base import Product, Side
 from .definitions import ExitUnit, ExpiryChoice, LegInstrument, StrikeChoice
 from .models import (
     KIND_CHOICES,
+    LEG_FIELDS,
     Backtest,
     Leg,
     Signal,
@@ -176,24 +177,7 @@ class LegOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Leg
-        fields = [
-            "position",
-            "underlying",
-            "instrument",
-            "option_type",
-            "side",
-            "lots",
-            "expiry",
-            "expiry_date",
-            "strike",
-            "strike_offset",
-            "premium",
-            "strike_price",
-            "stop_loss_unit",
-            "stop_loss",
-            "target_unit",
-            "target",
-        ]
+        fields = LEG_FIELDS
         read_only_fields = fields
 
 
