@@ -85,7 +85,7 @@ class StrategyInputSerializer(InputSerializer):
     reentries = serializers.IntegerField(min_value=0, max_value=10, default=0)
     trailing_stop = _optional_money(default=None)
     rule_symbol = serializers.CharField(max_length=64, required=False, default="")
-    timeframe_minutes = serializers.ChoiceField(choices=[1, 3, 5, 10, 15, 30, 60], default=1)
+    timeframe_minutes = serializers.ChoiceField(choices=[1, 3, 5, 15, 30, 60], default=1)
     entry_rule = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
     exit_rule = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
     accounts = AccountInputSerializer(many=True, max_length=20)

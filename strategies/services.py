@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from algoterm.api.errors import AppError, ErrorCode, InvalidState, NotFound, Val
 from brokers.adapters.base import OrderType, Side
 from brokers.models import AccountStatus, Broker, BrokerAccount
 from marketdata import calendar
-from marketdata.candles import candles_get
+from marketdata.candles import INTERVAL_MINUTES, candles_get
 from marketdata.instruments import instrument_get, monthly_expiry
 from marketdata.models import Instrument, InstrumentType
 from marketdata.quotes import quotes_get
@@ -68,6 +69,8 @@ logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
 FIRE_TASK = "strategies.tasks.fire"
 SCHEDULE_DESCRIPTION = "[strategy] created by start, removed by stop"
+SESSION_MINUTES = 375
+INTERVAL_OF_MINUTES = {minutes: interval for interval, minutes in INTERVAL_MINUTES.items()}
 STRATEGY_LEVEL = -1  # the `leg` of fires acting on the whole strategy
 WEBHOOK_ACTIONS = ("BUY", "SELL", "SHORT", "COVER", "EXIT")
 CANCELLABLE_OWN = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_MODIFY})
@@ -1048,11 +1051,13 @@ def rules_evaluate(*, now: datetime | None = None) -> int:
         exit_rule = rule_parse(strategy.exit_rule) if strategy.exit_rule else None
         lookback = max(entry_rule.lookback, exit_rule.lookback if exit_rule else 0) + 2
         frame = timedelta(minutes=strategy.timeframe_minutes)
-        interval = "1m" if strategy.timeframe_minutes == 1 else f"{strategy.timeframe_minutes}m"
+        interval = INTERVAL_OF_MINUTES[strategy.timeframe_minutes]
+        # Enough trading sessions (375 minutes each) for the indicators, plus weekends and holidays between them.
+        sessions = math.ceil(lookback * strategy.timeframe_minutes / SESSION_MINUTES) + 1
         bars = candles_get(
             symbol=strategy.rule_symbol,
             interval=interval,
-            start=now - frame * (lookback + 400),
+            start=now - timedelta(days=sessions + 5),
             end=now,
         )
         bars = [bar for bar in bars if bar.start + frame <= now]  # only closed bars
