@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import Notification, Role, User
 from algoterm.api.serializers import InputSerializer
+from billing.selectors import entitlements_for, subscription_current
+from billing.serializers import CurrentSubscriptionOutput, EntitlementsOutput
 
 
 class UserOutput(serializers.ModelSerializer):
@@ -59,18 +62,21 @@ class UserUpdateInput(InputSerializer):
 
 class MeOutput(UserOutput):
     unread_notifications = serializers.IntegerField(read_only=True)
-    subscription = serializers.SerializerMethodField(help_text="the active subscription; billing fills it in")
-    entitlements = serializers.SerializerMethodField(help_text="the plan's limits; billing fills them in")
+    subscription = serializers.SerializerMethodField(help_text="the subscription that entitles you now, if any")
+    entitlements = serializers.SerializerMethodField(help_text="what your plan lets you do now, and on what basis")
 
     class Meta(UserOutput.Meta):
         fields = UserOutput.Meta.fields + ["unread_notifications", "subscription", "entitlements"]
         read_only_fields = fields
 
+    @extend_schema_field(CurrentSubscriptionOutput(allow_null=True))
     def get_subscription(self, user) -> dict | None:
-        return None
+        current = subscription_current(user=user)
+        return CurrentSubscriptionOutput(current).data if current is not None else None
 
+    @extend_schema_field(EntitlementsOutput)
     def get_entitlements(self, user) -> dict:
-        return {}
+        return entitlements_for(user=user).as_dict()
 
 
 class NotificationOutput(serializers.ModelSerializer):

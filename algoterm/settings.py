@@ -192,6 +192,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "algoterm.api.schema.AutoSchema",
     "EXCEPTION_HANDLER": "algoterm.api.errors.exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
+    "DEFAULT_THROTTLE_CLASSES": ["billing.throttles.PlanRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"register": env.str("REGISTER_THROTTLE_RATE", default="20/hour")},
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -244,6 +245,8 @@ SPECTACULAR_SETTINGS = {
         "StrategyRunStatusEnum": "strategies.models.RunStatus",
         "BacktestStatusEnum": "strategies.models.BacktestStatus",
         "SignalStatusEnum": "strategies.models.SignalStatus",
+        "SubscriptionStatusEnum": "billing.models.SubscriptionStatus",
+        "PaymentStatusEnum": "billing.models.PaymentStatus",
         "StrategyKindEnum": "strategies.models.KIND_CHOICES",
         "ExitUnitEnum": ["points", "percent"],
     },
@@ -303,6 +306,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "strategies.tasks.evaluate_rules",
         "schedule": timedelta(seconds=STRATEGY_RULE_SECONDS),
     },
+    "billing.expire_trials": {"task": "billing.tasks.expire_trials", "schedule": timedelta(minutes=10)},
     "accounts.purge_old_notifications": {
         "task": "accounts.tasks.purge_old_notifications",
         "schedule": timedelta(hours=24),
@@ -424,6 +428,23 @@ DHAN_FEED_URL = env.str(
     default=f"ws://127.0.0.1:{SIMULATOR_PORTS['dhan'] + 10}" if BROKER_SIMULATORS else "wss://api-feed.dhan.co",
 )
 
+# Billing through Razorpay. With BROKER_SIMULATORS the SDK talks to the local Razorpay simulator `serve` starts, with
+# these demo keys; production needs the real keys and webhook secret (refused otherwise, see below).
+SIMULATOR_PORTS["razorpay"] = env.int("RAZORPAY_SIMULATOR_PORT", default=8104)
+DEV_RAZORPAY_KEY_SECRET = "demo-razorpay-secret"  # noqa: S105 - the simulator's, refused in production
+DEV_RAZORPAY_WEBHOOK_SECRET = "demo-razorpay-webhook-secret"  # noqa: S105 - the simulator's, refused in production
+RAZORPAY_KEY_ID = env.str("RAZORPAY_KEY_ID", default="rzp_test_demo")
+RAZORPAY_KEY_SECRET = env.str("RAZORPAY_KEY_SECRET", default=DEV_RAZORPAY_KEY_SECRET)
+RAZORPAY_WEBHOOK_SECRET = env.str("RAZORPAY_WEBHOOK_SECRET", default=DEV_RAZORPAY_WEBHOOK_SECRET)
+RAZORPAY_BASE_URL = env.str(
+    "RAZORPAY_BASE_URL",
+    default=f"http://127.0.0.1:{SIMULATOR_PORTS['razorpay']}" if BROKER_SIMULATORS else "https://api.razorpay.com",
+)
+RAZORPAY_TIMEOUT_SECONDS = env.float("RAZORPAY_TIMEOUT_SECONDS", default=10.0)
+# A user who never subscribed gets the trial plan's limits; once every subscription has ended, no live trading and
+# no running strategies (see billing.selectors.Entitlements).
+BILLING_PLAN_THROTTLE = env.bool("BILLING_PLAN_THROTTLE", default=True)
+
 VERSION = "0.1.0"
 GIT_COMMIT = env.str("GIT_COMMIT", default="")
 
@@ -442,6 +463,8 @@ def _refuse_unsafe_production_settings() -> None:
         problems.append("ENCRYPTION_KEYS must not contain the development key")
     if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
         problems.append("ALLOWED_HOSTS must name the served hosts")
+    if RAZORPAY_KEY_SECRET == DEV_RAZORPAY_KEY_SECRET or RAZORPAY_WEBHOOK_SECRET == DEV_RAZORPAY_WEBHOOK_SECRET:
+        problems.append("RAZORPAY_KEY_SECRET and RAZORPAY_WEBHOOK_SECRET must be the account's own")
     if problems:
         raise ImproperlyConfigured("Refusing to start in production: " + "; ".join(problems) + ".")
 

@@ -11,6 +11,7 @@ api_patterns = [
     path("", include("orders.urls")),
     path("", include("rms.urls")),
     path("", include("strategies.urls")),
+    path("", include("billing.urls")),
     path("health", views.HealthApi.as_view(), name="health"),
     path("version", views.VersionApi.as_view(), name="version"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),

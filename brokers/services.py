@@ -19,6 +19,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import InvalidState, NotFound, ValidationFailed
+from billing.services import require_broker_account_slot
 from brokers.adapters.base import BrokerError, BrokerSession
 from brokers.gateway import build_adapter
 from brokers.models import AccountStatus, Broker, BrokerAccount
@@ -178,6 +179,9 @@ def broker_account_connect(
     signed, expiring state binds the callback to this user and account."""
     if broker not in Broker.values:
         raise ValidationFailed(errors={"broker": [f"One of {', '.join(Broker.values)}."]})
+    require_broker_account_slot(
+        user=user, current=BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True).count()
+    )
     credentials = _clean_credentials(broker, credentials)
     proxy_url = _validated_proxy(proxy_url)
     adapter = build_adapter(broker=broker, credentials=credentials, session=None, account_ref="", proxy_url=proxy_url)

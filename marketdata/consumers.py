@@ -19,8 +19,9 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from algoterm.api.errors import ErrorCode, ValidationFailed
+from algoterm.api.errors import AppError, ErrorCode, ValidationFailed
 from algoterm.api.ws import ProtocolConsumer
+from billing.selectors import entitlements_for
 from marketdata import selectors
 from marketdata.quotes import _encode, quotes_get
 from marketdata.ticks import symbol_group
@@ -44,7 +45,11 @@ def _symbols_unknown(symbols: list[str], quoted: set[str]) -> list[str]:
 class MarketDataConsumer(ProtocolConsumer):
     async def on_authenticated(self) -> None:
         self.modes: dict[str, str] = {}
-        self.max_symbols = getattr(settings, "WS_MAX_SYMBOLS", DEFAULT_MAX_SYMBOLS)
+        server_limit = getattr(settings, "WS_MAX_SYMBOLS", DEFAULT_MAX_SYMBOLS)
+        entitlements = await database_sync_to_async(entitlements_for)(user=self.user)
+        plan_limit = entitlements.websocket_symbols
+        self.max_symbols = server_limit if plan_limit is None else min(server_limit, plan_limit)
+        self.plan_limits_symbols = plan_limit is not None and plan_limit < server_limit
         self.outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=getattr(settings, "WS_SEND_QUEUE", DEFAULT_SEND_QUEUE))
         self.dropping = False
         self.writer = asyncio.create_task(self._drain_outbox())
@@ -103,7 +108,7 @@ class MarketDataConsumer(ProtocolConsumer):
         if not isinstance(symbols, list) or not symbols or not all(isinstance(symbol, str) for symbol in symbols):
             raise ValidationFailed('"symbols" must be a non-empty list of symbols like "NSE:INFY".')
         if len(symbols) > self.max_symbols:
-            raise ValidationFailed(f"At most {self.max_symbols} symbols per connection.")
+            self._refuse_over_limit(f"At most {self.max_symbols} symbols per connection.")
         symbols = list(dict.fromkeys(selectors.symbol_normalize(symbol)[:64] for symbol in symbols))
         if action == "unsubscribe":
             gone = [symbol for symbol in symbols if symbol in self.modes]
@@ -113,10 +118,15 @@ class MarketDataConsumer(ProtocolConsumer):
             return
         await self._subscribe(symbols, mode)
 
+    def _refuse_over_limit(self, message: str) -> None:
+        if self.plan_limits_symbols:
+            raise AppError(f"{message} (your plan's limit)", code=ErrorCode.PLAN_REQUIRED)
+        raise ValidationFailed(message)
+
     async def _subscribe(self, symbols: list[str], mode: str) -> None:
         new = [symbol for symbol in symbols if symbol not in self.modes]
         if len(self.modes) + len(new) > self.max_symbols:
-            raise ValidationFailed(
+            self._refuse_over_limit(
                 f"At most {self.max_symbols} symbols per connection; {len(self.modes)} subscribed already."
             )
         quotes = await database_sync_to_async(quotes_get)(symbols)

@@ -25,6 +25,7 @@ from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
 from algoterm import realtime
 from algoterm.api.errors import AppError, InvalidState, NotFound, ValidationFailed
+from billing.services import require_live_trading
 from brokers.adapters.base import (
     BrokerError,
     BrokerOrder,
@@ -41,7 +42,7 @@ from brokers.adapters.base import (
     Validity,
 )
 from brokers.gateway import adapter_for, require_connected
-from brokers.models import AccountStatus, BrokerAccount
+from brokers.models import AccountStatus, Broker, BrokerAccount
 from brokers.prices import quote_for
 from brokers.protection import CircuitOpen
 from brokers.selectors import broker_account_get
@@ -314,6 +315,9 @@ def order_place(
     reduces = _reduces_position(
         account=validated.account, symbol=spec.symbol, product=spec.product, side=spec.side, quantity=spec.quantity
     )
+    if validated.account.broker != Broker.PAPER and role == LegRole.ENTRY and not reduces:
+        # Only new exposure needs the plan: exits (the user's, a strategy's, the RMS's) always go out.
+        require_live_trading(user=user)
     check_order(
         user=user,
         intent=OrderIntent(

@@ -25,6 +25,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
+from billing.services import require_live_trading, require_running_strategy_slot
 from algoterm.api.errors import AppError, ErrorCode, InvalidState, NotFound, ValidationFailed
 from brokers.adapters.base import OrderType, Side
 from brokers.models import AccountStatus, Broker, BrokerAccount
@@ -473,6 +474,11 @@ def strategy_start(*, user: User, strategy_id: str, mode: str) -> StrategyRun:
     if strategy.status == StrategyStatus.RUNNING:
         raise InvalidState("The strategy is already running.")
     _require_startable(strategy=strategy, mode=mode)
+    if mode == RunMode.LIVE:
+        require_live_trading(user=user)
+    require_running_strategy_slot(
+        user=user, running=Strategy.objects.filter(user=user, status=StrategyStatus.RUNNING).count()
+    )
     run = StrategyRun.objects.create(strategy=strategy, mode=mode)
     _schedules_create(strategy=strategy, run=run)
     strategy.status = StrategyStatus.RUNNING

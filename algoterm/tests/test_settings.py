@@ -11,6 +11,9 @@ PRODUCTION = {
     "ALLOWED_HOSTS": "api.algoterm.example",
     "DATABASE_URL": "sqlite:////tmp/algoterm-deploy-check.sqlite3",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "RAZORPAY_KEY_ID": "rzp_live_example",
+    "RAZORPAY_KEY_SECRET": "a-live-key-secret",
+    "RAZORPAY_WEBHOOK_SECRET": "a-webhook-secret",
 }
 
 
@@ -31,6 +34,8 @@ def test_production_refuses_unsafe_settings():
         "SECRET_KEY": {"SECRET_KEY": ""},
         "ENCRYPTION_KEYS": {"ENCRYPTION_KEYS": ""},
         "ALLOWED_HOSTS": {"ALLOWED_HOSTS": "*"},
+        "RAZORPAY_KEY_SECRET": {"RAZORPAY_KEY_SECRET": ""},  # unset: the simulator's demo secret
+        "RAZORPAY_WEBHOOK_SECRET": {"RAZORPAY_WEBHOOK_SECRET": ""},
     }
     for problem, override in cases.items():
         env = {**PRODUCTION, **override}

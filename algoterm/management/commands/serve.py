@@ -77,6 +77,10 @@ class Command(BaseCommand):
         lines.append(
             "    (Zerodha's and Dhan's live-feed sockets listen at their port + 10: `manage.py runfeed --source kite`)"
         )
+        lines.append(
+            f"  Razorpay (simulated) http://127.0.0.1:{settings.SIMULATOR_PORTS['razorpay']}: "
+            "POST /api/subscriptions/start, then open the checkout's short_url and press Pay"
+        )
         return lines
 
     def _serve_embedded(self, host: str, port: int) -> None:
@@ -91,6 +95,9 @@ class Command(BaseCommand):
 
             for name in available_simulators():
                 demo_simulators_start(name, port=settings.SIMULATOR_PORTS[name])
+            from billing.demo import razorpay_simulator_start
+
+            razorpay_simulator_start(port=settings.SIMULATOR_PORTS["razorpay"])
         if settings.MARKET_FEED == "simulated":
             self._start_embedded_feed()
         config = uvicorn.Config(
@@ -177,6 +184,13 @@ class Command(BaseCommand):
                     "--port",
                     port_arg,
                 ]
+            commands["razorpay-simulator"] = [
+                python,
+                "manage.py",
+                "razorpay_simulator",
+                "--port",
+                str(settings.SIMULATOR_PORTS["razorpay"]),
+            ]
         children = {name: subprocess.Popen(command) for name, command in commands.items()}
         self.stdout.write(f"started {', '.join(f'{name} (pid {child.pid})' for name, child in children.items())}")
         stopping = False

@@ -1,0 +1,164 @@
+"""Billing routes: plans (public), start, verify, history, cancel, and Razorpay's webhook."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from algoterm.api.pagination import PagePagination, paginate
+from algoterm.api.serializers import ErrorSerializer
+
+from . import selectors, services
+from .serializers import (
+    CurrentSubscriptionOutput,
+    PlanOutput,
+    SubscriptionOutput,
+    SubscriptionStartInput,
+    SubscriptionStartOutput,
+    VerifyInput,
+    WebhookOutput,
+)
+
+TAGS = ["billing"]
+PROVIDER_DOWN = OpenApiResponse(ErrorSerializer, description="SERVICE_UNAVAILABLE: Razorpay did not answer")
+
+
+class PlanListApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(tags=TAGS, responses={200: PlanOutput(many=True)}, summary="The plans (public)", auth=[])
+    def get(self, request: Request) -> Response:
+        return Response({"items": PlanOutput(selectors.plan_list(), many=True).data})
+
+
+class SubscriptionStartApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        tags=TAGS,
+        request=SubscriptionStartInput,
+        responses={
+            201: SubscriptionStartOutput,
+            404: OpenApiResponse(ErrorSerializer, description="no such plan"),
+            409: OpenApiResponse(ErrorSerializer, description="INVALID_STATE: trial taken, or already subscribed"),
+            503: PROVIDER_DOWN,
+        },
+        summary="Start the trial, or a paid plan's Razorpay subscription",
+        description="The trial (once per user) is active at once. A paid plan answers with `checkout`: open "
+        "Razorpay Checkout with it; its success handler's three fields go to POST /api/subscriptions/verify. Asked "
+        "again before paying, the same checkout comes back.",
+    )
+    def post(self, request: Request) -> Response:
+        data = SubscriptionStartInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = services.subscription_start(user=request.user, plan_code=data.validated_data["plan"])
+        body = SubscriptionStartOutput({"subscription": result.subscription, "checkout": result.checkout}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class SubscriptionVerifyApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        tags=TAGS,
+        request=VerifyInput,
+        responses={
+            200: CurrentSubscriptionOutput,
+            400: OpenApiResponse(ErrorSerializer, description="the signature does not match"),
+            404: OpenApiResponse(ErrorSerializer, description="not your subscription"),
+            503: PROVIDER_DOWN,
+        },
+        summary="Verify Checkout's payment signature",
+        description="HMAC-SHA256 of `payment_id|subscription_id` with the key secret; the subscription's state is "
+        "then read from Razorpay.",
+    )
+    def post(self, request: Request) -> Response:
+        data = VerifyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        subscription = services.subscription_verify(
+            user=request.user,
+            payment_id=data.validated_data["razorpay_payment_id"],
+            subscription_id=data.validated_data["razorpay_subscription_id"],
+            signature=data.validated_data["razorpay_signature"],
+        )
+        return Response(CurrentSubscriptionOutput(subscription).data)
+
+
+class SubscriptionHistoryApi(APIView):
+    permission_classes = [IsAuthenticated]
+    pagination_class = PagePagination
+
+    @extend_schema(
+        tags=TAGS,
+        responses={200: SubscriptionOutput(many=True)},
+        summary="Your subscriptions with their payments, newest first",
+    )
+    def get(self, request: Request) -> Response:
+        subscriptions = selectors.subscription_list(user=request.user)
+        return paginate(request=request, queryset=subscriptions, serializer_class=SubscriptionOutput, view=self)
+
+
+class SubscriptionCancelApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        tags=TAGS,
+        request=None,
+        responses={
+            200: CurrentSubscriptionOutput,
+            409: OpenApiResponse(ErrorSerializer, description="nothing to cancel, or already cancelling"),
+            503: PROVIDER_DOWN,
+        },
+        summary="Cancel: a paid plan at the end of the cycle already paid, the trial now",
+    )
+    def post(self, request: Request) -> Response:
+        return Response(CurrentSubscriptionOutput(services.subscription_cancel(user=request.user)).data)
+
+
+class _RawBodyParser(BaseParser):
+    """Razorpay signs the exact bytes it sends: the webhook must see them unparsed."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return stream.read() if stream is not None else b""
+
+
+class BillingWebhookApi(APIView):
+    """Called by Razorpay, not a user: the signature over the raw body authenticates it."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    parser_classes = [_RawBodyParser]
+
+    @extend_schema(
+        tags=TAGS,
+        auth=[],
+        request={"application/json": OpenApiTypes.OBJECT},
+        parameters=[
+            OpenApiParameter("X-Razorpay-Signature", str, OpenApiParameter.HEADER, required=True),
+            OpenApiParameter("X-Razorpay-Event-Id", str, OpenApiParameter.HEADER),
+        ],
+        responses={
+            200: WebhookOutput,
+            400: OpenApiResponse(ErrorSerializer, description="the signature does not match; nothing changed"),
+        },
+        summary="Razorpay webhook",
+        description="HMAC-SHA256 of the raw body with the webhook secret. Each event id is processed once (a "
+        "repeat answers 200 with the first outcome); an event older than the subscription's newest applied one "
+        "records its payment but does not move the state back (`stale`).",
+    )
+    def post(self, request: Request) -> Response:
+        event = services.webhook_receive(
+            body=request.data if isinstance(request.data, bytes) else b"",
+            signature=request.headers.get("X-Razorpay-Signature", ""),
+            event_id=request.headers.get("X-Razorpay-Event-Id", ""),
+        )
+        return Response({"event_id": event.event_id, "outcome": event.outcome})

@@ -1,0 +1,131 @@
+"""Reads of billing: plans, a user's subscriptions and payments, and what the user's plan entitles them to."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from django.core.cache import cache
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from accounts.models import Role, User
+from algoterm.api.errors import NotFound
+
+from .models import ENTITLED_STATUSES, Payment, Plan, Subscription
+
+ENTITLEMENTS_CACHE_SECONDS = 60
+
+
+def plan_list() -> QuerySet[Plan]:
+    return Plan.objects.filter(is_active=True)
+
+
+def plan_get(*, code: str) -> Plan:
+    plan = Plan.objects.filter(code=code, is_active=True).first()
+    if plan is None:
+        raise NotFound(f"No plan {code!r}.")
+    return plan
+
+
+def trial_plan() -> Plan | None:
+    return Plan.objects.filter(is_trial=True).first()
+
+
+def subscription_current(*, user: User) -> Subscription | None:
+    """The subscription that entitles the user now: a paid one before a trial, the newest first."""
+    now = timezone.now()
+    live = (
+        Subscription.objects.filter(user=user, status__in=ENTITLED_STATUSES)
+        .filter(Q(plan__is_trial=False) | Q(current_end__gt=now))
+        .select_related("plan")
+        .order_by("plan__is_trial", "-created_at")
+    )
+    return live.first()
+
+
+def subscription_list(*, user: User) -> QuerySet[Subscription]:
+    return Subscription.objects.filter(user=user).select_related("plan").prefetch_related("payments")
+
+
+def subscription_get(*, user: User, subscription_id: str) -> Subscription:
+    subscription = Subscription.objects.filter(user=user, pk=subscription_id).select_related("plan").first()
+    if subscription is None:
+        raise NotFound()
+    return subscription
+
+
+def payment_list(*, user: User) -> QuerySet[Payment]:
+    return Payment.objects.filter(user=user).select_related("subscription__plan")
+
+
+@dataclass(frozen=True)
+class Entitlements:
+    """What the user may do now, and why: `basis` is `subscription`, `trial` (never subscribed: the trial's
+    limits), `lapsed` (every subscription ended: no live trading, no running strategies) or `operator`."""
+
+    plan: str
+    basis: str
+    max_broker_accounts: int | None
+    max_running_strategies: int | None
+    live_trading: bool
+    api_requests_per_minute: int | None
+    websocket_symbols: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+UNLIMITED = Entitlements(
+    plan="",
+    basis="operator",
+    max_broker_accounts=None,
+    max_running_strategies=None,
+    live_trading=True,
+    api_requests_per_minute=None,
+    websocket_symbols=None,
+)
+
+
+def _of_plan(plan: Plan, *, basis: str) -> Entitlements:
+    return Entitlements(
+        plan=plan.code,
+        basis=basis,
+        max_broker_accounts=plan.max_broker_accounts,
+        max_running_strategies=plan.max_running_strategies,
+        live_trading=plan.live_trading,
+        api_requests_per_minute=plan.api_requests_per_minute,
+        websocket_symbols=plan.websocket_symbols,
+    )
+
+
+def _cache_key(user_id: str) -> str:
+    return f"billing:entitlements:{user_id}"
+
+
+def entitlements_forget(*, user_id: str) -> None:
+    cache.delete(_cache_key(user_id))
+
+
+def entitlements_for(*, user: User) -> Entitlements:
+    """Cached for a minute (and forgotten whenever the user's subscription changes): every request reads it."""
+    if user.role == Role.ADMIN:
+        return UNLIMITED
+    cached = cache.get(_cache_key(user.pk))
+    if cached is not None:
+        return Entitlements(**cached)
+    entitlements = _entitlements_compute(user)
+    cache.set(_cache_key(user.pk), entitlements.as_dict(), ENTITLEMENTS_CACHE_SECONDS)
+    return entitlements
+
+
+def _entitlements_compute(user: User) -> Entitlements:
+    current = subscription_current(user=user)
+    if current is not None:
+        return _of_plan(current.plan, basis="trial" if current.plan.is_trial else "subscription")
+    trial = trial_plan()
+    if trial is None:
+        return UNLIMITED
+    if not Subscription.objects.filter(user=user).exclude(status="created").exists():
+        return _of_plan(trial, basis="trial")
+    lapsed = _of_plan(trial, basis="lapsed")
+    return Entitlements(**{**lapsed.as_dict(), "live_trading": False, "max_running_strategies": 0, "plan": ""})

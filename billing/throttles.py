@@ -1,0 +1,43 @@
+"""Requests per minute by the user's plan, counted in Redis (the cache) so every web process shares the count."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework.throttling import BaseThrottle
+
+from billing.selectors import entitlements_for
+
+
+class PlanRateThrottle(BaseThrottle):
+    """A fixed one-minute window per user: the plan's `api_requests_per_minute`, then 429 RATE_LIMITED with
+    Retry-After until the next minute. Unauthenticated calls (login, webhooks, plans) are not counted here."""
+
+    def __init__(self) -> None:
+        self._wait = 0.0
+
+    def allow_request(self, request, view) -> bool:
+        user = getattr(request, "user", None)
+        if not settings.BILLING_PLAN_THROTTLE or user is None or not user.is_authenticated:
+            return True
+        limit = entitlements_for(user=user).api_requests_per_minute
+        if limit is None:
+            return True
+        now = time.time()
+        window = int(now // 60)
+        key = f"throttle:plan:{user.pk}:{window}"
+        cache.add(key, 0, timeout=90)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # expired between add and incr: this request starts the window
+            cache.set(key, 1, timeout=90)
+            count = 1
+        if count <= limit:
+            return True
+        self._wait = (window + 1) * 60 - now
+        return False
+
+    def wait(self) -> float:
+        return self._wait
