@@ -13,6 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "algoterm.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# A load test would spend the plan's requests-per-minute budget in a second and measure 429s instead.
+os.environ["BILLING_PLAN_THROTTLE"] = "false"
 if "DATABASE_URL" not in os.environ:
     os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp()}/bench.sqlite3"
 

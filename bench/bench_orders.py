@@ -42,6 +42,8 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("REDIS_KEY_PREFIX", f"bench-orders-{os.getpid()}")
 os.environ["DJANGO_ENV"] = "test"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# A load test would spend the plan's requests-per-minute budget in a second and measure 429s instead.
+os.environ["BILLING_PLAN_THROTTLE"] = "false"
 
 SERVER_START_SECONDS = 30
 FLOOR_URLCONF = "bench.floor_urls"
