@@ -5,13 +5,13 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.parsers import BaseParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from algoterm.api.pagination import PagePagination, paginate
+from algoterm.api.parsers import RawBodyParser
 from algoterm.api.serializers import ErrorSerializer
 
 from . import selectors, services
@@ -122,21 +122,12 @@ class SubscriptionCancelApi(APIView):
         return Response(CurrentSubscriptionOutput(services.subscription_cancel(user=request.user)).data)
 
 
-class _RawBodyParser(BaseParser):
-    """Razorpay signs the exact bytes it sends: the webhook must see them unparsed."""
-
-    media_type = "*/*"
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        return stream.read() if stream is not None else b""
-
-
 class BillingWebhookApi(APIView):
     """Called by Razorpay, not a user: the signature over the raw body authenticates it."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    parser_classes = [_RawBodyParser]
+    parser_classes = [RawBodyParser]
 
     @extend_schema(
         tags=TAGS,

@@ -6,7 +6,6 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.parsers import BaseParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +13,7 @@ from rest_framework.views import APIView
 
 from algoterm.api.errors import AppError, ErrorCode, NotFound
 from algoterm.api.pagination import PagePagination, paginate
+from algoterm.api.parsers import RawBodyParser
 from algoterm.api.permissions import IsTrader
 from algoterm.api.serializers import ErrorSerializer
 
@@ -243,21 +243,12 @@ class WebhookSecretRotateApi(APIView):
         return Response({"webhook_secret": secret, "webhook_url": f"/api/strategies/{strategy_id}/webhook"})
 
 
-class _RawBodyParser(BaseParser):
-    """The webhook reads its body itself: TradingView may send JSON as text/plain."""
-
-    media_type = "*/*"
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        return stream.read() if stream is not None else b""
-
-
 class StrategyWebhookApi(APIView):
     """Called by TradingView or ChartInk, not a user: no JWT; the strategy's own secret authenticates it."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    parser_classes = [_RawBodyParser]
+    parser_classes = [RawBodyParser]
 
     @extend_schema(
         tags=TAGS,
