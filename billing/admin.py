@@ -9,10 +9,12 @@ from django.contrib import admin
 from django.template.response import TemplateResponse
 from django.urls import path
 
+from accounts.services import audit_record
 from algoterm.admin_mixins import ReadOnlyMixin
 
 from .models import Payment, Plan, Subscription, WebhookEvent
 from .reports import revenue_by_plan_and_month, revenue_chart_png
+from .selectors import plans_changed
 
 
 @admin.register(Plan)
@@ -36,6 +38,11 @@ class PlanAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # subscriptions point at plans; retire one with is_active instead
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        audit_record(action="admin.plan_change", actor=request.user, target=obj, details={"fields": form.changed_data})
+        plans_changed()  # new limits apply to every user's next request
 
 
 class PaymentInline(ReadOnlyMixin, admin.TabularInline):

@@ -80,7 +80,7 @@ class Subscription(models.Model):
     paid_count = models.PositiveSmallIntegerField(default=0)
     cancel_at_cycle_end = models.BooleanField(default=False)
     ended_at = models.DateTimeField(null=True, blank=True)
-    short_url = models.URLField(blank=True)
+    short_url = models.CharField(max_length=300, blank=True, help_text="Razorpay's hosted checkout page")
     last_event_at = models.DateTimeField(
         null=True, blank=True, help_text="Razorpay's time of the newest event applied: older ones never undo it"
     )

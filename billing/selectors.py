@@ -98,8 +98,16 @@ def _of_plan(plan: Plan, *, basis: str) -> Entitlements:
     )
 
 
+PLANS_VERSION_KEY = "billing:plans-version"
+
+
 def _cache_key(user_id: str) -> str:
-    return f"billing:entitlements:{user_id}"
+    # The plans' version is part of the key: editing a plan retires every cached entitlement at once.
+    return f"billing:entitlements:{cache.get(PLANS_VERSION_KEY, 0)}:{user_id}"
+
+
+def plans_changed() -> None:
+    cache.set(PLANS_VERSION_KEY, cache.get(PLANS_VERSION_KEY, 0) + 1, timeout=None)
 
 
 def entitlements_forget(*, user_id: str) -> None:

@@ -107,7 +107,10 @@ def _provider_call(action, *args, **kwargs) -> Any:
 
 
 def _moment(epoch: Any) -> datetime | None:
-    return datetime.fromtimestamp(int(epoch), tz=UTC) if epoch else None
+    try:
+        return datetime.fromtimestamp(int(epoch), tz=UTC) if epoch else None
+    except (TypeError, ValueError, OverflowError, OSError):  # not an epoch: no time rather than a 500
+        return None
 
 
 def _forget_entitlements(user_id: str) -> None:
@@ -157,7 +160,9 @@ def subscription_start(*, user: User, plan_code: str) -> StartResult:
         if plan.is_trial:
             return StartResult(subscription=_trial_start(user=user, plan=plan), checkout=None)
         if Subscription.objects.filter(
-            user=user, plan__is_trial=False, status__in=ENTITLED_STATUSES | {SubscriptionStatus.HALTED}
+            user=user,
+            plan__is_trial=False,
+            status__in=ENTITLED_STATUSES | {SubscriptionStatus.HALTED, SubscriptionStatus.PAUSED},
         ).exists():
             raise InvalidState("You already have a subscription; cancel it before starting another.")
         if not plan.razorpay_plan_id:
@@ -246,10 +251,25 @@ def subscription_verify(*, user: User, payment_id: str, subscription_id: str, si
 
 
 def subscription_cancel(*, user: User) -> Subscription:
-    """Cancel the current subscription: a paid one at the end of the cycle already paid for, a trial now."""
+    """Cancel the current subscription: a paid one at the end of the cycle already paid for, a trial now; a halted
+    one (no cycle left to wait out) now, so that another plan can be started."""
     current = selectors.subscription_current(user=user)
     if current is None:
-        raise InvalidState("You have no subscription to cancel.")
+        halted = (
+            Subscription.objects.filter(user=user, plan__is_trial=False, status=SubscriptionStatus.HALTED)
+            .order_by("-created_at")
+            .first()
+        )
+        if halted is None:
+            raise InvalidState("You have no subscription to cancel.")
+        remote = _provider_call(
+            razorpay_client().subscription.cancel, halted.razorpay_subscription_id, {"cancel_at_cycle_end": 0}
+        )
+        with transaction.atomic():
+            locked = Subscription.objects.select_for_update().select_related("plan", "user").get(pk=halted.pk)
+            _mirror(locked, remote, at=None)
+            audit_record(action="billing.subscription_cancel", actor=user, target=locked, details={"halted": True})
+        return locked
     if current.plan.is_trial:
         with transaction.atomic():
             current.status = SubscriptionStatus.CANCELLED
@@ -376,14 +396,19 @@ def webhook_receive(*, body: bytes, signature: str, event_id: str) -> WebhookEve
     try:
         text = body.decode("utf-8")
         razorpay_client().utility.verify_webhook_signature(text, signature, settings.RAZORPAY_WEBHOOK_SECRET)
-        payload = json.loads(text)
-        if not isinstance(payload, dict):
-            raise ValueError("not an object")
     except (razorpay.errors.SignatureVerificationError, UnicodeDecodeError, ValueError, TypeError):
         raise ValidationFailed(
             "The webhook signature does not match its body.", errors={"signature": ["Does not match the body."]}
         ) from None
-    event_id = event_id or hashlib.sha256(body).hexdigest()
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        # Signed, so Razorpay's: say what is wrong with it rather than blame the signature.
+        raise ValidationFailed("The webhook body is not a JSON object.", errors={"body": ["Not a JSON object."]})
+    if not event_id or len(event_id) > 64:  # kept as sent when it fits the column, else by its digest
+        event_id = hashlib.sha256((event_id or "").encode() + body).hexdigest()
     event_name = str(payload.get("event") or "")
     try:
         with transaction.atomic():
@@ -403,8 +428,10 @@ def webhook_receive(*, body: bytes, signature: str, event_id: str) -> WebhookEve
 
 
 def _entity(payload: dict[str, Any], name: str) -> dict[str, Any] | None:
-    entity = ((payload.get("payload") or {}).get(name) or {}).get("entity")
-    return entity if isinstance(entity, dict) and entity.get("id") else None
+    entities = payload.get("payload")
+    wrapper = entities.get(name) if isinstance(entities, dict) else None
+    entity = wrapper.get("entity") if isinstance(wrapper, dict) else None
+    return entity if isinstance(entity, dict) and isinstance(entity.get("id"), str) and entity["id"] else None
 
 
 def _subscription_of_event(*, remote: dict | None, payment: dict | None) -> Subscription | None:
@@ -426,7 +453,7 @@ def _subscription_of_event(*, remote: dict | None, payment: dict | None) -> Subs
 
 
 def _webhook_apply(payload: dict[str, Any]) -> tuple[str, str]:
-    event_name = payload.get("event") or ""
+    event_name = str(payload.get("event") or "")
     if event_name not in HANDLED_EVENTS:
         return WebhookOutcome.IGNORED, f"{event_name} is not acted on"
     remote = _entity(payload, "subscription")
@@ -502,7 +529,10 @@ def plans_sync(*, progress=None) -> list[PlanSync]:
     remote_plans = _provider_call(client.plan.all, {"count": 100}).get("items", [])
     results = []
     for plan in Plan.objects.filter(is_active=True, is_trial=False):
-        if plan.razorpay_plan_id and any(item["id"] == plan.razorpay_plan_id for item in remote_plans):
+        # Razorpay's plans cannot change: a linked plan whose price or period was changed here needs a new one.
+        if plan.razorpay_plan_id and any(
+            item["id"] == plan.razorpay_plan_id and _same_plan(item, plan) for item in remote_plans
+        ):
             results.append(PlanSync(plan.code, plan.razorpay_plan_id, "kept"))
         else:
             match = next((item for item in remote_plans if _same_plan(item, plan)), None)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from django.conf import settings
 from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
+from algoterm.api.errors import RateLimited
 from billing.selectors import entitlements_for
 
 
@@ -37,7 +39,11 @@ class PlanRateThrottle(BaseThrottle):
         if count <= limit:
             return True
         self._wait = (window + 1) * 60 - now
-        return False
+        # Raised here rather than left to DRF's Throttled, so the body carries `retry_after` as the contract says.
+        raise RateLimited(
+            f"Your plan allows {limit} requests a minute; retry after the minute ends.",
+            retry_after=math.ceil(self._wait),
+        )
 
     def wait(self) -> float:
         return self._wait

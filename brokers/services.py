@@ -194,6 +194,11 @@ def broker_account_connect(
                 f"The broker refused these credentials: {error.detail}", errors={"credentials": [str(error.detail)]}
             ) from None
     with transaction.atomic():
+        # Counted again under the user's row lock: two connects at once cannot both take the last slot.
+        type(user).objects.select_for_update().filter(pk=user.pk).first()
+        require_broker_account_slot(
+            user=user, current=BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True).count()
+        )
         account = BrokerAccount(
             owner=user,
             broker=broker,

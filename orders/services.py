@@ -784,6 +784,13 @@ def order_modify(
         )
         if errors:
             raise ValidationFailed("The modification is invalid.", errors=errors)
+        if (
+            new_quantity > locked.quantity
+            and locked.account.broker != Broker.PAPER
+            and locked.role == LegRole.ENTRY
+            and user is not None
+        ):
+            require_live_trading(user=user)  # more exposure at a real broker is live trading like a new order
         previous = locked.status
         _transition(locked, OrderStatus.PENDING_MODIFY, source=source)
         locked.save()
