@@ -1,0 +1,3 @@
+"""Runtime configuration routes (admin)."""
+
+urlpatterns: list = []

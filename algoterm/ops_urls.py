@@ -1,0 +1,3 @@
+"""Operations routes: component health and Prometheus metrics."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""System control and runtime configuration routes (admin)."""
+
+urlpatterns: list = []
