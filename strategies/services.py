@@ -25,8 +25,8 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
-from billing.services import require_live_trading, require_running_strategy_slot
 from algoterm.api.errors import AppError, ErrorCode, InvalidState, NotFound, ValidationFailed
+from billing.services import require_live_trading, require_running_strategy_slot
 from brokers.adapters.base import OrderType, Side
 from brokers.models import AccountStatus, Broker, BrokerAccount
 from marketdata import calendar
