@@ -1,4 +1,5 @@
-"""Operators' views of users, the audit log and notifications. Actions call services."""
+"""Operators' views of users, the audit log and notifications. Actions call services: deactivate and reactivate
+(accounts), and square off, halt and resume trading (rms), each audited as `admin.<verb>`."""
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -7,6 +8,8 @@ from accounts import services
 from accounts.forms import UserChangeAdminForm, UserCreationAdminForm
 from accounts.models import AuditEvent, Notification, User
 from algoterm.api.errors import AppError
+from rms import services as rms_services
+from rms.models import RmsState, TradingState
 
 
 @admin.register(User)
@@ -28,7 +31,7 @@ class UserAdmin(DjangoUserAdmin):
         (None, {"classes": ["wide"], "fields": ["email", "name", "phone", "role", "password1", "password2"]})
     ]
     filter_horizontal: list = []
-    actions = ["deactivate_users", "reactivate_users"]
+    actions = ["deactivate_users", "reactivate_users", "square_off_users", "halt_users", "resume_users"]
 
     @admin.action(description="Deactivate selected users (tokens stop working at once)")
     def deactivate_users(self, request, queryset):
@@ -44,6 +47,113 @@ class UserAdmin(DjangoUserAdmin):
         self._apply(
             request, queryset, lambda user: services.user_reactivate(actor=request.user, user=user), "reactivated"
         )
+
+    @admin.action(description="Square off the selected users (cancel pending orders, close every position)")
+    def square_off_users(self, request, queryset):
+        placed, cancelled, untouched = 0, 0, 0
+        for user in queryset:
+            try:
+                result = rms_services.user_square_off(actor=request.user, user=user)
+            except AppError as error:
+                services.audit_record(
+                    action="admin.user_square_off",
+                    actor=request.user,
+                    target=user,
+                    details={"outcome": "failed", "detail": str(error.detail)},
+                )
+                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
+                continue
+            services.audit_record(
+                action="admin.user_square_off",
+                actor=request.user,
+                target=user,
+                details={
+                    "outcome": "failed" if result.failed else "done",
+                    "placed": [order.pk for order in result.placed],
+                    "cancelled": [order.pk for order in result.cancelled],
+                    "failed": result.failed,
+                },
+            )
+            for failure in result.failed:
+                label = failure.get("order_id") or failure.get("symbol")
+                self.message_user(request, f"{user.email} {label}: {failure['detail']}", level=messages.WARNING)
+            placed += len(result.placed)
+            cancelled += len(result.cancelled)
+            untouched += int(not result.placed and not result.cancelled and not result.failed)
+        if placed or cancelled:
+            self.message_user(
+                request,
+                f"Square-off: {placed} closing order(s) placed, {cancelled} pending order(s) cancelled.",
+                level=messages.SUCCESS,
+            )
+        if untouched:
+            self.message_user(request, f"{untouched} user(s) had nothing to close or cancel.", level=messages.INFO)
+
+    @admin.action(description="Halt trading for the selected users today (cancel pending orders, square off)")
+    def halt_users(self, request, queryset):
+        halted, already, unsettled = 0, 0, []
+        for user in queryset:
+            try:
+                done = rms_services.user_halt(actor=request.user, user=user)
+            except AppError as error:
+                services.audit_record(
+                    action="admin.user_halt",
+                    actor=request.user,
+                    target=user,
+                    details={"outcome": "failed", "detail": str(error.detail)},
+                )
+                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
+                continue
+            services.audit_record(
+                action="admin.user_halt",
+                actor=request.user,
+                target=user,
+                details={"outcome": "done" if done else "already halted"},
+            )
+            halted += int(done)
+            already += int(not done)
+            today = RmsState.objects.filter(user=user, trading_day=rms_services.trading_day()).first()
+            if today is not None and today.square_off_pending:
+                unsettled.append(user.email)
+        if halted:
+            self.message_user(
+                request,
+                f"{halted} user(s) halted for today: pending orders cancelled, positions squared off.",
+                level=messages.SUCCESS,
+            )
+        if already:
+            self.message_user(request, f"{already} user(s) were already halted today.", level=messages.INFO)
+        for email in unsettled:
+            self.message_user(
+                request,
+                f"{email}: the square-off did not complete; the next sweep retries it (see the RMS events).",
+                level=messages.WARNING,
+            )
+
+    @admin.action(description="Resume trading for the selected users (today's risk state back to NORMAL)")
+    def resume_users(self, request, queryset):
+        resumed, normal = [], 0
+        for user in queryset:
+            today = RmsState.objects.filter(user=user, trading_day=rms_services.trading_day()).first()
+            previous = today.status if today else TradingState.NORMAL
+            if previous == TradingState.NORMAL:
+                normal += 1
+                continue
+            try:
+                rms_services.user_resume(actor=request.user, user=user)
+            except AppError as error:
+                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
+                continue
+            services.audit_record(
+                action="admin.user_resume", actor=request.user, target=user, details={"from": previous}
+            )
+            resumed.append(f"{user.email} (was {previous})")
+        if resumed:
+            self.message_user(
+                request, f"{len(resumed)} user(s) may trade again today: {', '.join(resumed)}.", level=messages.SUCCESS
+            )
+        if normal:
+            self.message_user(request, f"{normal} user(s) were not halted or reducing today.", level=messages.INFO)
 
     def _apply(self, request, queryset, action, verb: str) -> None:
         done = 0

@@ -83,6 +83,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "algoterm.metrics.RequestMetricsMiddleware",
     "algoterm.api.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -249,6 +250,8 @@ SPECTACULAR_SETTINGS = {
         "PaymentStatusEnum": "billing.models.PaymentStatus",
         "StrategyKindEnum": "strategies.models.KIND_CHOICES",
         "ExitUnitEnum": ["points", "percent"],
+        "AuditEventKindEnum": "accounts.models.AuditEvent.Kind",
+        "PlatformModeEnum": ["live", "paper"],  # values only: RunMode has the same choices with labels
     },
     "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
 }
@@ -444,6 +447,13 @@ RAZORPAY_TIMEOUT_SECONDS = env.float("RAZORPAY_TIMEOUT_SECONDS", default=10.0)
 # A user who never subscribed gets the trial plan's limits; once every subscription has ended, no live trading and
 # no running strategies (see billing.selectors.Entitlements).
 BILLING_PLAN_THROTTLE = env.bool("BILLING_PLAN_THROTTLE", default=True)
+
+# Who may read GET /api/metrics and GET /api/health/components besides admins: a scraper sending
+# `Authorization: Bearer <METRICS_TOKEN>` (off while empty), and with METRICS_ALLOW_LOCAL any client whose address
+# (after NUM_PROXIES) is loopback, e.g. a Prometheus on the same host. Never turn that on behind a local proxy
+# without setting NUM_PROXIES, or every request through the proxy looks local.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOW_LOCAL = env.bool("METRICS_ALLOW_LOCAL", default=False)
 
 VERSION = "0.1.0"
 GIT_COMMIT = env.str("GIT_COMMIT", default="")

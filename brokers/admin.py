@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.utils.html import format_html_join
 
 from brokers import services
-from brokers.models import BrokerAccount, SimAccount, SimOrder, SimPosition
+from brokers.models import BrokerAccount, SimAccount, SimHolding, SimOrder, SimPosition, SimTrade
 from brokers.services import masked_proxy
 
 
@@ -73,3 +73,20 @@ class SimOrderAdmin(ReadOnlyAdmin):
 class SimPositionAdmin(ReadOnlyAdmin):
     list_display = ["account", "symbol", "product", "quantity", "average_price", "realized_pnl"]
     search_fields = ["symbol"]
+
+
+@admin.register(SimTrade)
+class SimTradeAdmin(ReadOnlyAdmin):
+    list_display = ["id", "account", "order", "quantity", "price", "traded_at"]
+    list_filter = ["account__venue"]
+    search_fields = ["order__symbol", "order__tag"]
+    list_select_related = ["account", "order"]
+    date_hierarchy = "traded_at"
+
+
+@admin.register(SimHolding)
+class SimHoldingAdmin(ReadOnlyAdmin):
+    list_display = ["account", "symbol", "quantity", "average_price"]
+    list_filter = ["account__venue"]
+    search_fields = ["symbol", "account__client_id"]
+    list_select_related = ["account"]

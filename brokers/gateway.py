@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 
+from algoterm.models import PlatformMode
 from brokers.adapters.base import (
     AdapterConfig,
     BrokerAdapter,
@@ -17,7 +18,7 @@ from brokers.adapters.base import (
     BrokerUnavailable,
     SessionExpired,
 )
-from brokers.models import AccountStatus, BrokerAccount
+from brokers.models import AccountStatus, Broker, BrokerAccount
 from brokers.protection import CircuitBreaker, pace_order
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class GuardedAdapter:
         }
     )
 
-    def __init__(self, account: BrokerAccount, inner: BrokerAdapter) -> None:
+    def __init__(self, account: BrokerAccount, inner: BrokerAdapter | PaperRouted) -> None:
         self.account = account
         self.inner = inner
         self.breaker = CircuitBreaker(account.pk)
@@ -120,8 +121,44 @@ def require_connected(account: BrokerAccount) -> None:
         raise SessionExpired(f"Broker account {account.label} needs a login ({account.status}).")
 
 
+class PaperRouted:
+    """Platform paper mode (`algoterm.system`) for a real account: its trading book (orders, trades, positions,
+    holdings, funds) is the paper broker's, on an exchange account of its own bound to our account id, so
+    placing, cancelling and reconciling that account stay consistent while paper mode lasts. Market data, the
+    instrument dump and the session still come from the real broker."""
+
+    TRADING_BOOK = frozenset(
+        {
+            "place_order",
+            "modify_order",
+            "cancel_order",
+            "orders",
+            "order",
+            "orders_by_tag",
+            "trades",
+            "positions",
+            "holdings",
+            "funds",
+        }
+    )
+
+    def __init__(self, *, real: BrokerAdapter, paper: BrokerAdapter) -> None:
+        self.real = real
+        self.paper = paper
+
+    def __repr__(self) -> str:
+        return f"PaperRouted({self.paper!r}, instead of {self.real!r})"
+
+    def __getattr__(self, name: str):
+        return getattr(self.paper if name in self.TRADING_BOOK else self.real, name)
+
+
 def adapter_for(account: BrokerAccount) -> GuardedAdapter:
-    """The connected account's adapter; 409 BROKER_SESSION_EXPIRED when it needs a login first."""
+    """The connected account's adapter; 409 BROKER_SESSION_EXPIRED when it needs a login first.
+
+    In platform paper mode a real account trades on the paper broker instead (see `PaperRouted`)."""
+    from algoterm.system import platform_state  # imported here: the gateway sits below the services it uses
+
     require_connected(account)
     inner = build_adapter(
         broker=account.broker,
@@ -130,4 +167,13 @@ def adapter_for(account: BrokerAccount) -> GuardedAdapter:
         account_ref=account.pk,
         proxy_url=account.proxy_url,
     )
+    if account.broker != Broker.PAPER and platform_state().mode == PlatformMode.PAPER:
+        # The paper adapter funds the account's exchange account with PAPER_OPENING_BALANCE on first use.
+        paper = build_adapter(
+            broker=Broker.PAPER,
+            credentials={"opening_balance": settings.PAPER_OPENING_BALANCE},
+            session=None,
+            account_ref=account.pk,
+        )
+        inner = PaperRouted(real=inner, paper=paper)
     return GuardedAdapter(account, inner)

@@ -6,6 +6,9 @@ Maharashtra municipal elections. Exchanges add and move holidays during the year
 against https://www.nseindia.com/resources/exchange-communication-holidays when a year starts and whenever NSE
 issues a circular. Years without a list here know only weekends.
 
+Operators may replace the holiday list and the session times at runtime (`algoterm.config` sections `holidays` and
+`market_hours`); the constants here are the built-ins used until they do, or whenever the store cannot be read.
+
 `MARKET_ALWAYS_OPEN` (a setting, off unless configured) lets the simulated market trade around the clock for demos;
 real brokers always follow the calendar, so callers say which market they ask about (`simulated=True`).
 """
@@ -47,7 +50,7 @@ NSE_TRADING_HOLIDAYS: dict[date, str] = {
 HOLIDAY_YEARS: frozenset[int] = frozenset(day.year for day in NSE_TRADING_HOLIDAYS)
 
 # Enough to cross any real run of closed days; a longer one means the data is wrong.
-_MAX_CLOSED_RUN = 31
+MAX_CLOSED_RUN = 31
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,33 @@ def market_always_open() -> bool:
     return bool(getattr(settings, "MARKET_ALWAYS_OPEN", False))
 
 
+def _holidays() -> dict[date, str]:
+    from algoterm.config import HOLIDAYS, config_stored_or_builtin
+
+    stored = config_stored_or_builtin(name=HOLIDAYS)
+    if stored is None:
+        return NSE_TRADING_HOLIDAYS
+    return {date.fromisoformat(entry["date"]): entry["name"] for entry in stored["NSE"]}
+
+
+def _session_times() -> tuple[time, time, time, time]:
+    """Pre-open start and end, open, close."""
+    from algoterm.config import MARKET_HOURS, PRE_OPEN_ENTRY, config_stored_or_builtin
+
+    stored = config_stored_or_builtin(name=MARKET_HOURS)
+    if stored is None:
+        return PRE_OPEN_START, PRE_OPEN_END, NORMAL_OPEN, NORMAL_CLOSE
+    pre_open = time.fromisoformat(stored["pre_open"])
+    pre_open_end = (datetime.combine(date.min, pre_open) + PRE_OPEN_ENTRY).time()
+    return pre_open, pre_open_end, time.fromisoformat(stored["open"]), time.fromisoformat(stored["close"])
+
+
 def holiday_name(day: date) -> str | None:
-    return NSE_TRADING_HOLIDAYS.get(day)
+    return _holidays().get(day)
 
 
 def is_trading_day(day: date) -> bool:
-    return day.weekday() < 5 and day not in NSE_TRADING_HOLIDAYS
+    return day.weekday() < 5 and day not in _holidays()
 
 
 def next_trading_day(day: date) -> date:
@@ -91,11 +115,11 @@ def trading_day_on_or_before(day: date) -> date:
 
 def _step_to_trading_day(day: date, *, step: int) -> date:
     candidate = day
-    for _ in range(_MAX_CLOSED_RUN):
+    for _ in range(MAX_CLOSED_RUN):
         candidate += timedelta(days=step)
         if is_trading_day(candidate):
             return candidate
-    raise ValueError(f"No trading day within {_MAX_CLOSED_RUN} days of {day}; check the holiday list.")
+    raise ValueError(f"No trading day within {MAX_CLOSED_RUN} days of {day}; check the holiday list.")
 
 
 def session_bounds(day: date) -> SessionBounds | None:
@@ -106,12 +130,13 @@ def session_bounds(day: date) -> SessionBounds | None:
     def at(moment: time) -> datetime:
         return datetime.combine(day, moment, tzinfo=IST)
 
+    pre_open_start, pre_open_end, opens, closes = _session_times()
     return SessionBounds(
         day=day,
-        pre_open_start=at(PRE_OPEN_START),
-        pre_open_end=at(PRE_OPEN_END),
-        open=at(NORMAL_OPEN),
-        close=at(NORMAL_CLOSE),
+        pre_open_start=at(pre_open_start),
+        pre_open_end=at(pre_open_end),
+        open=at(opens),
+        close=at(closes),
     )
 
 
@@ -122,8 +147,8 @@ def _local(at: datetime) -> datetime:
 
 
 def is_open(at: datetime, *, simulated: bool = False) -> bool:
-    """Whether the normal session (09:15 to 15:30 IST, close exclusive) is on at `at`. With `simulated=True`
-    the simulated market also answers True whenever MARKET_ALWAYS_OPEN is set."""
+    """Whether the normal session (09:15 to 15:30 IST unless configured, close exclusive) is on at `at`. With
+    `simulated=True` the simulated market also answers True whenever MARKET_ALWAYS_OPEN is set."""
     local = _local(at)
     if simulated and market_always_open():
         return True
@@ -132,7 +157,7 @@ def is_open(at: datetime, *, simulated: bool = False) -> bool:
 
 
 def is_pre_open(at: datetime) -> bool:
-    """Whether the pre-open order entry window (09:00 to 09:08 IST) is on at `at`."""
+    """Whether the pre-open order entry window (09:00 to 09:08 IST unless configured) is on at `at`."""
     local = _local(at)
     bounds = session_bounds(local.date())
     return bounds is not None and bounds.pre_open_start <= local < bounds.pre_open_end

@@ -497,3 +497,23 @@ def candles_span_check(*, interval: str, start: datetime, end: datetime) -> None
 
 def ist_day_start(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=IST)
+
+
+def candles_purge(*, before: datetime, batch_size: int = 5000, progress: Callable[[int], None] | None = None) -> int:
+    """Delete the 1-minute candles that started before `before`, `batch_size` rows a statement (daily candles are
+    kept); `progress` hears each batch's count. Audited; returns how many went."""
+    from accounts.services import audit_record
+
+    old = Candle.objects.filter(interval=MINUTE, start__lt=before).order_by()
+    deleted = 0
+    while batch := list(old.values_list("pk", flat=True)[:batch_size]):
+        count, _ = Candle.objects.filter(pk__in=batch).delete()
+        deleted += count
+        if progress is not None:
+            progress(count)
+    audit_record(
+        action="system.market_data_purge",
+        target_type="candle",
+        details={"interval": MINUTE, "before": before.isoformat(), "deleted": deleted},
+    )
+    return deleted

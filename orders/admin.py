@@ -7,7 +7,7 @@ from accounts.services import audit_record
 from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import AppError
 from orders import services
-from orders.models import Order, OrderEvent, OrderSource, OrderStatus, Position, Trade
+from orders.models import IdempotencyRecord, Order, OrderEvent, OrderSource, OrderStatus, Position, Trade
 
 
 class OrderEventInline(ReadOnlyMixin, admin.TabularInline):
@@ -180,3 +180,22 @@ class PositionAdmin(ReadOnlyMixin, admin.ModelAdmin):
             )
         if untouched:
             self.message_user(request, f"{untouched} position(s) had nothing to close or cancel.", level=messages.INFO)
+
+
+@admin.register(OrderEvent)
+class OrderEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["created_at", "order", "from_status", "to_status", "source", "filled_quantity", "message"]
+    list_filter = ["to_status", "source"]
+    search_fields = ["order__id", "order__broker_order_id", "order__user__email", "message"]
+    list_select_related = ["order"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["created_at", "user", "scope", "key", "response_status", "completed_at"]
+    list_filter = ["scope", "response_status"]
+    search_fields = ["key", "user__email"]
+    list_select_related = ["user"]
+    date_hierarchy = "created_at"
+    exclude = ["response_body"]

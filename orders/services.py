@@ -24,7 +24,9 @@ from django.utils import timezone
 from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
 from algoterm import realtime
-from algoterm.api.errors import AppError, InvalidState, NotFound, ValidationFailed
+from algoterm.api.errors import AppError, InvalidState, NotFound, RiskRejected, ValidationFailed
+from algoterm.config import freeze_quantity
+from algoterm.system import platform_state
 from billing.services import require_live_trading
 from brokers.adapters.base import (
     BrokerError,
@@ -173,7 +175,7 @@ def order_validate(*, user: User, spec: OrderSpec, prefix: str = "") -> Validate
     errors: dict[str, list[str]] = {}
     account = broker_account_get(user=user, account_id=spec.account_id)
     instrument = instrument_get(symbol=spec.symbol)
-    lot_size, tick_size = 1, Decimal("0.05")
+    lot_size, tick_size, freeze = 1, Decimal("0.05"), None
     if instrument is None:
         _add(errors, "symbol", f"Unknown instrument {spec.symbol}.")
     elif not instrument.is_active or instrument.instrument_type == InstrumentType.INDEX:
@@ -182,6 +184,8 @@ def order_validate(*, user: User, spec: OrderSpec, prefix: str = "") -> Validate
         _add(errors, "symbol", f"{spec.symbol} expired on {instrument.expiry.isoformat()}.")
     else:
         lot_size, tick_size = instrument.lot_size, Decimal(instrument.tick_size)
+        if instrument.instrument_type != InstrumentType.EQ:
+            freeze = freeze_quantity(underlying=instrument.underlying)
         if spec.product == Product.CNC and instrument.instrument_type != InstrumentType.EQ:
             _add(errors, "product", "CNC (delivery) is for equity; use NRML or MIS for derivatives.")
         if spec.product == Product.NRML and instrument.instrument_type == InstrumentType.EQ:
@@ -190,6 +194,13 @@ def order_validate(*, user: User, spec: OrderSpec, prefix: str = "") -> Validate
         _add(errors, "quantity", "Must be positive.")
     elif spec.quantity % lot_size:
         _add(errors, "quantity", f"Must be a multiple of the lot size {lot_size}.")
+    elif freeze is not None and spec.quantity > freeze:
+        _add(
+            errors,
+            "quantity",
+            f"Above the exchange's freeze quantity of {freeze} units per order for {instrument.underlying}; "
+            "split it into orders of at most that many.",
+        )
     _check_prices(
         errors,
         side=spec.side,
@@ -774,6 +785,9 @@ def order_modify(
             _add(errors, "quantity", f"Must be more than the {locked.filled_quantity} already filled.")
         elif new_quantity % lot_size:
             _add(errors, "quantity", f"Must be a multiple of the lot size {lot_size}.")
+        freeze = freeze_quantity(underlying=instrument.underlying) if instrument is not None else None
+        if freeze is not None and new_quantity > freeze:
+            _add(errors, "quantity", f"Above the exchange's freeze quantity of {freeze} units per order.")
         _check_prices(
             errors,
             side=locked.side,
@@ -791,6 +805,8 @@ def order_modify(
             and user is not None
         ):
             require_live_trading(user=user)  # more exposure at a real broker is live trading like a new order
+        if new_quantity > locked.quantity and locked.role == LegRole.ENTRY and platform_state().trading_halted:
+            raise RiskRejected("Trading is stopped platform-wide; an order cannot grow.", reason="PLATFORM_HALTED")
         previous = locked.status
         _transition(locked, OrderStatus.PENDING_MODIFY, source=source)
         locked.save()
@@ -1140,6 +1156,21 @@ def _square_off_lock(*, user_id: str):
         cache.delete(key)
 
 
+def quantities_within_freeze(*, symbol: str, quantity: int) -> list[int]:
+    """`quantity` of `symbol` as orders the exchange accepts: slices of at most the underlying's freeze quantity,
+    each a whole number of lots (an exit larger than the limit goes out as several orders, never not at all)."""
+    instrument = instrument_get(symbol=symbol)
+    freeze = freeze_quantity(underlying=instrument.underlying) if instrument is not None else None
+    if not freeze or quantity <= freeze:
+        return [quantity]
+    lot = max(instrument.lot_size, 1)
+    slice_size = max(lot, freeze // lot * lot)
+    slices = [slice_size] * (quantity // slice_size)
+    if quantity % slice_size:
+        slices.append(quantity % slice_size)
+    return slices
+
+
 def _positions_square_off(
     *, user: User, account_id: str | None, symbol: str | None, product: str | None, source: str
 ) -> SquareOffResult:
@@ -1177,19 +1208,21 @@ def _positions_square_off(
         to_close = position.quantity - covering
         if to_close == 0:
             continue
-        spec = OrderSpec(
-            account_id=position.account_id,
-            symbol=position.symbol,
-            side=Side.SELL if to_close > 0 else Side.BUY,
-            quantity=abs(to_close),
-            order_type=OrderType.MARKET,
-            product=position.product,
-            tag="squareoff",
-        )
-        try:
-            placed.append(order_place(user=user, spec=spec, source=source, role=LegRole.SQUARE_OFF))
-        except AppError as error:  # one position's failure (broker, risk, validation) must not stop the others
-            failed.append({"symbol": position.symbol, "account_id": position.account_id, "detail": error.detail})
+        for quantity in quantities_within_freeze(symbol=position.symbol, quantity=abs(to_close)):
+            spec = OrderSpec(
+                account_id=position.account_id,
+                symbol=position.symbol,
+                side=Side.SELL if to_close > 0 else Side.BUY,
+                quantity=quantity,
+                order_type=OrderType.MARKET,
+                product=position.product,
+                tag="squareoff",
+            )
+            try:
+                placed.append(order_place(user=user, spec=spec, source=source, role=LegRole.SQUARE_OFF))
+            except AppError as error:  # one position's failure (broker, risk, validation) must not stop the others
+                failed.append({"symbol": position.symbol, "account_id": position.account_id, "detail": error.detail})
+                break
     audit_record(
         action="order.square_off",
         actor=user if source == OrderSource.API else None,

@@ -64,19 +64,22 @@ class RiskProfile(models.Model):
 
 
 def default_limits() -> dict:
-    """What a new user's profile starts with (settings `RMS_DEFAULT_*`): loss and profit rules are the user's
-    choice and start off; the counts sit well inside the brokers' own daily limits."""
+    """What a new user's profile starts with (the `rms_defaults` configuration section, by default the settings
+    `RMS_DEFAULT_*`): loss and profit rules are the user's choice and start off; the counts sit well inside the
+    brokers' own daily limits."""
+    from algoterm.config import RMS_DEFAULTS, config_get
 
     def clock(value: str) -> time | None:
         return time.fromisoformat(value) if value else None
 
-    start, _, end = settings.RMS_DEFAULT_TRADING_WINDOW.partition("-")
+    defaults = config_get(name=RMS_DEFAULTS)
+    start, _, end = defaults["trading_window"].partition("-")
     return {
-        "max_orders_per_day": settings.RMS_DEFAULT_MAX_ORDERS_PER_DAY or None,
-        "max_open_positions": settings.RMS_DEFAULT_MAX_OPEN_POSITIONS or None,
+        "max_orders_per_day": defaults["max_orders_per_day"] or None,
+        "max_open_positions": defaults["max_open_positions"] or None,
         "trading_window_start": clock(start.strip()),
         "trading_window_end": clock(end.strip()),
-        "auto_square_off_time": clock(settings.RMS_DEFAULT_AUTO_SQUARE_OFF),
+        "auto_square_off_time": clock(defaults["auto_square_off"]),
     }
 
 

@@ -32,6 +32,7 @@ PAISE = Decimal("0.01")
 
 
 class Reason:
+    PLATFORM_HALTED = "PLATFORM_HALTED"  # an operator stopped trading platform-wide (algoterm.system)
     TRADING_HALTED = "TRADING_HALTED"
     OUTSIDE_TRADING_WINDOW = "OUTSIDE_TRADING_WINDOW"
     MAX_LOTS_EXCEEDED = "MAX_LOTS_EXCEEDED"
@@ -247,6 +248,15 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
     status = state.status if state else TradingState.NORMAL
     if intent.reduces_position:
         return
+    from algoterm.system import platform_state
+
+    platform = platform_state()
+    if platform.trading_halted:
+        _refuse(
+            Reason.PLATFORM_HALTED,
+            f"Trading is stopped platform-wide ({platform.halt_reason}); new orders are refused. Exits are still "
+            "allowed.",
+        )
     if limits.kill_switch or status == TradingState.HALTED:
         why = "your kill switch is on" if limits.kill_switch else f"trading is halted today ({state.reason})"
         _refuse(Reason.TRADING_HALTED, f"New orders are refused: {why}. Exits are still allowed.")

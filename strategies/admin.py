@@ -135,3 +135,38 @@ class BacktestAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "", "<tr><th>{}</th><td>{}</td></tr>", ((name.replace("_", " "), result.get(name, "-")) for name in names)
         )
         return format_html("<table>{}</table><p>{} trades</p>", rows, len(result.get("trades", [])))
+
+
+@admin.register(Leg)
+class LegAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = [
+        "strategy",
+        "position",
+        "underlying",
+        "instrument",
+        "option_type",
+        "side",
+        "lots",
+        "expiry",
+        "strike",
+    ]
+    list_filter = ["instrument", "side", "expiry"]
+    search_fields = ["strategy__name", "strategy__id", "underlying"]
+    list_select_related = ["strategy"]
+
+
+@admin.register(StrategyAccount)
+class StrategyAccountAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["strategy", "account", "multiplier"]
+    list_filter = ["account__broker"]
+    search_fields = ["strategy__name", "strategy__id", "account__id", "account__label"]
+    list_select_related = ["strategy", "account"]
+
+
+@admin.register(StrategyFire)
+class StrategyFireAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["created_at", "strategy", "trading_day", "leg", "action", "attempt", "status", "detail"]
+    list_filter = ["status", "action", "trading_day"]
+    search_fields = ["strategy__name", "strategy__id", "detail"]
+    list_select_related = ["strategy"]
+    date_hierarchy = "created_at"

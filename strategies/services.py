@@ -35,7 +35,7 @@ from marketdata.instruments import instrument_get, monthly_expiry
 from marketdata.models import Instrument, InstrumentType
 from marketdata.quotes import quotes_get
 from orders.models import LegRole, Order, OrderSource, OrderStatus, Position, Trade
-from orders.services import OrderSpec, order_cancel, order_place
+from orders.services import OrderSpec, order_cancel, order_place, quantities_within_freeze
 
 from . import legs as leg_choice
 from .definitions import (
@@ -618,34 +618,36 @@ def run_exit(*, run: StrategyRun, reason: str, symbol: str | None = None) -> lis
         closable = min(abs(quantity), abs(account_net)) if account_net * quantity > 0 else 0
         if not closable:
             continue
-        spec = OrderSpec(
-            account_id=account_id,
-            symbol=held_symbol,
-            side=Side.SELL if quantity > 0 else Side.BUY,
-            quantity=closable,
-            order_type=OrderType.MARKET,
-            product=product,
-            tag=strategy.pk,
-        )
-        try:
-            order = order_place(
-                user=strategy.user,
-                spec=spec,
-                source=OrderSource.STRATEGY,
-                role=LegRole.SQUARE_OFF,
-                strategy_ref=strategy.pk,
+        for slice_quantity in quantities_within_freeze(symbol=held_symbol, quantity=closable):
+            spec = OrderSpec(
+                account_id=account_id,
+                symbol=held_symbol,
+                side=Side.SELL if quantity > 0 else Side.BUY,
+                quantity=slice_quantity,
+                order_type=OrderType.MARKET,
+                product=product,
+                tag=strategy.pk,
             )
-            placed.append(order.pk)
-        except AppError as error:
-            logger.warning("strategy %s exit of %s failed: %s", strategy.pk, held_symbol, error.detail)
-            notification_create(
-                user=strategy.user,
-                kind="strategy",
-                title=f"{strategy.name}: exit of {held_symbol} failed",
-                body=error.detail,
-                level=Notification.Level.ERROR,
-                data={"strategy_id": strategy.pk},
-            )
+            try:
+                order = order_place(
+                    user=strategy.user,
+                    spec=spec,
+                    source=OrderSource.STRATEGY,
+                    role=LegRole.SQUARE_OFF,
+                    strategy_ref=strategy.pk,
+                )
+                placed.append(order.pk)
+            except AppError as error:
+                logger.warning("strategy %s exit of %s failed: %s", strategy.pk, held_symbol, error.detail)
+                notification_create(
+                    user=strategy.user,
+                    kind="strategy",
+                    title=f"{strategy.name}: exit of {held_symbol} failed",
+                    body=error.detail,
+                    level=Notification.Level.ERROR,
+                    data={"strategy_id": strategy.pk},
+                )
+                break
     audit_record(
         action="strategy.exit",
         actor=None,

@@ -99,6 +99,7 @@ def test_deactivating_twice_is_an_invalid_state(admin_client, trader):
     assert getattr(raised.value, "code", None) == "INVALID_STATE"
 
 
+@pytest.mark.django_db(transaction=True)  # the second process commits its user: flushed after the test
 def test_createsuperuser_noinput_reads_the_environment(tmp_path):
     env = {
         **os.environ,

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from rest_framework.utils.encoders import JSONEncoder
 
+from algoterm import metrics
 from algoterm.api.errors import AppError, ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -91,9 +92,17 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
         self._window_started = time.monotonic()
         self._window_count = 0
         await self.on_authenticated()
+        self._counted_endpoint = metrics.ws_endpoint(self.scope.get("path", ""))
+        await metrics.ws_connection_opened(self._counted_endpoint)
         await self.send_message(
             "server_ready", {"connection_id": self.connection_id, "protocol_version": settings.WS_PROTOCOL_VERSION}
         )
+
+    async def websocket_disconnect(self, message) -> None:
+        endpoint, self._counted_endpoint = getattr(self, "_counted_endpoint", None), None
+        if endpoint is not None:
+            await metrics.ws_connection_closed(endpoint)
+        await super().websocket_disconnect(message)
 
     async def on_authenticated(self) -> None:
         """Join groups and set up state; the user is in self.user."""

@@ -18,6 +18,17 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 
+def market_feed_choice() -> tuple[str, float]:
+    """The feed `serve` runs and its interval: the `feed` configuration section when an operator stored one, else
+    (or when the store cannot be read yet) the settings MARKET_FEED and MARKET_FEED_INTERVAL_SECONDS. "" runs none."""
+    from algoterm.config import FEED, config_stored_or_builtin
+
+    stored = config_stored_or_builtin(name=FEED)
+    if stored is None:
+        return settings.MARKET_FEED, float(settings.MARKET_FEED_INTERVAL_SECONDS)
+    return stored["source"], float(stored["interval_seconds"])
+
+
 class Command(BaseCommand):
     help = "Serve AlgoTerm: web, worker and beat (in one process when embedded)."
 
@@ -98,8 +109,11 @@ class Command(BaseCommand):
             from billing.demo import razorpay_simulator_start
 
             razorpay_simulator_start(port=settings.SIMULATOR_PORTS["razorpay"])
-        if settings.MARKET_FEED == "simulated":
-            self._start_embedded_feed()
+        source, interval = market_feed_choice()
+        if source == "simulated":
+            self._start_embedded_feed(interval)
+        elif source:
+            self._broker_feed_note(source)
         config = uvicorn.Config(
             "algoterm.asgi:application", host=host, port=port, log_config=None, access_log=False, lifespan="off"
         )
@@ -115,14 +129,18 @@ class Command(BaseCommand):
             self._feed_stop.set()
             embedded.stop()
 
-    def _start_embedded_feed(self) -> None:
+    def _broker_feed_note(self, source: str) -> None:
+        # A broker feed rides a connected account's session, which serve does not choose.
+        self.stdout.write(f"feed source {source}: run `manage.py runfeed --source {source} --account ACC_ID`")
+
+    def _start_embedded_feed(self, interval: float) -> None:
         import threading
 
         from marketdata.candles import MinuteCandleBuilder
         from marketdata.feeds.runner import PublishAndRecord, feed_build, feed_supervise
 
         recorder = PublishAndRecord(builder=MinuteCandleBuilder())
-        feed = feed_build(source="simulated", recorder=recorder, interval=settings.MARKET_FEED_INTERVAL_SECONDS)
+        feed = feed_build(source="simulated", recorder=recorder, interval=interval)
         threading.Thread(
             target=feed_supervise,
             kwargs={"feed": feed, "recorder": recorder, "stop": self._feed_stop, "name": "simulated"},
@@ -160,16 +178,11 @@ class Command(BaseCommand):
                 "django_celery_beat.schedulers:DatabaseScheduler",
             ],
         }
-        if settings.MARKET_FEED == "simulated":
-            commands["feed"] = [
-                python,
-                "manage.py",
-                "runfeed",
-                "--source",
-                "simulated",
-                "--interval",
-                str(settings.MARKET_FEED_INTERVAL_SECONDS),
-            ]
+        source, interval = market_feed_choice()
+        if source == "simulated":
+            commands["feed"] = [python, "manage.py", "runfeed", "--source", "simulated", "--interval", str(interval)]
+        elif source:
+            self._broker_feed_note(source)
         if settings.BROKER_SIMULATORS:
             from brokers.simulators.demo import available_simulators
 

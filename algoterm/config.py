@@ -1,0 +1,569 @@
+"""Runtime configuration: sections operators change without a deploy (market hours, holidays, a new user's risk
+defaults, order freeze quantities, the market feed `serve` runs), each validated before it is stored and audited.
+
+A section that was never stored answers its default, which is today's behaviour: the calendar's built-in session
+times and holiday list, the `RMS_DEFAULT_*` and `MARKET_FEED*` settings, NSE's freeze limits below. Defaults are
+computed on every read (settings may change under tests); only stored rows are cached, briefly, in the shared Django
+cache, and forgotten when a section changes, so every process sees a change at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from time import monotonic
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.services import audit_record
+from algoterm.api.errors import AppError, ErrorCode, NotFound, ValidationFailed
+from algoterm.models import ConfigSection
+from marketdata import calendar as market_calendar
+
+logger = logging.getLogger(__name__)
+
+MARKET_HOURS = "market_hours"
+HOLIDAYS = "holidays"
+RMS_DEFAULTS = "rms_defaults"
+FREEZE_QUANTITIES = "freeze_quantities"
+FEED = "feed"
+
+EXPORT_FORMAT_VERSION = 1
+CACHE_SECONDS = 30  # a bound on staleness should an invalidation be missed (a row edited outside these services)
+_CACHE_PREFIX = "config:section:"
+_NOT_STORED = "-"  # cached marker: no row, the default applies
+
+# NSE's quantity freeze limits for index derivatives, in units per order (circular of 30 January 2026, effective
+# 1 February 2026; NSE revises them with the index levels, so check https://www.nseindia.com circulars
+# "Quantity freeze limits for indices"). Stock derivatives have limits too; add them by underlying as needed.
+NSE_FREEZE_QUANTITIES: dict[str, int] = {
+    "NIFTY": 1800,
+    "BANKNIFTY": 600,
+    "FINNIFTY": 1800,
+    "MIDCPNIFTY": 2800,
+    "NIFTYNXT50": 600,
+}
+
+PRE_OPEN_ENTRY = timedelta(minutes=8)  # NSE's pre-open order entry window, from the pre-open start
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_UNDERLYING = re.compile(r"^[A-Z0-9][A-Z0-9&_-]{0,31}$")
+_MAX_HOLIDAYS = 500
+_MAX_HOLIDAY_NAME = 120
+_HOLIDAY_YEARS = (2000, 2100)
+_MAX_COUNT = 2_147_483_647  # the limits' database columns
+_MAX_FREEZE = 10_000_000
+_MAX_FEED_INTERVAL = 60.0
+
+Errors = dict[str, list[str]]
+
+
+def _add(errors: Errors, field: str, message: str) -> None:
+    errors.setdefault(field, []).append(message)
+
+
+def _clock(value: Any) -> time | None:
+    """A strict 24-hour "HH:MM", else None."""
+    return time.fromisoformat(value) if isinstance(value, str) and _CLOCK.match(value) else None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _object(data: Any, *, known: tuple[str, ...], errors: Errors, prefix: str = "") -> bool:
+    """`data` is a JSON object with exactly the `known` keys; records what is wrong, answers whether to go on."""
+    if not isinstance(data, dict):
+        _add(errors, prefix.rstrip("."), "Must be an object.")
+        return False
+    for key in sorted(set(data) - set(known), key=str):
+        _add(errors, f"{prefix}{key}", "Unknown field.")
+    for key in known:
+        if key not in data:
+            _add(errors, f"{prefix}{key}", "This field is required.")
+    return True
+
+
+# --- the sections ---------------------------------------------------------------------------------------------------
+
+
+def _market_hours_default() -> dict:
+    return {
+        "open": f"{market_calendar.NORMAL_OPEN:%H:%M}",
+        "close": f"{market_calendar.NORMAL_CLOSE:%H:%M}",
+        "pre_open": f"{market_calendar.PRE_OPEN_START:%H:%M}",
+    }
+
+
+def _market_hours_validate(data: Any) -> Errors:
+    errors: Errors = {}
+    if not _object(data, known=("open", "close", "pre_open"), errors=errors):
+        return errors
+    clocks = {}
+    for key in ("open", "close", "pre_open"):
+        if key in data:
+            clocks[key] = _clock(data[key])
+            if clocks[key] is None:
+                _add(errors, key, "Must be a time as HH:MM (24-hour, IST).")
+    opens, closes, pre_open = clocks.get("open"), clocks.get("close"), clocks.get("pre_open")
+    if opens is not None and closes is not None and closes <= opens:
+        _add(errors, "close", "Must be after open.")
+    if (
+        opens is not None
+        and pre_open is not None
+        and datetime.combine(date.min, pre_open) + PRE_OPEN_ENTRY > datetime.combine(date.min, opens)
+    ):
+        _add(errors, "pre_open", "Must be at least 8 minutes before open (the pre-open order entry window).")
+    return errors
+
+
+def _holidays_default() -> dict:
+    return {
+        "NSE": [
+            {"date": day.isoformat(), "name": name}
+            for day, name in sorted(market_calendar.NSE_TRADING_HOLIDAYS.items())
+        ]
+    }
+
+
+def _holidays_validate(data: Any) -> Errors:
+    errors: Errors = {}
+    if not _object(data, known=("NSE",), errors=errors):
+        return errors
+    entries = data.get("NSE")
+    if "NSE" not in data:
+        return errors
+    if not isinstance(entries, list):
+        _add(errors, "NSE", "Must be a list of {date, name}.")
+        return errors
+    if len(entries) > _MAX_HOLIDAYS:
+        _add(errors, "NSE", f"At most {_MAX_HOLIDAYS} holidays.")
+        return errors
+    seen: dict[date, int] = {}
+    for index, entry in enumerate(entries):
+        prefix = f"NSE.{index}."
+        if not _object(entry, known=("date", "name"), errors=errors, prefix=prefix):
+            continue
+        raw, name = entry.get("date"), entry.get("name")
+        day = None
+        if "date" in entry:
+            try:
+                day = date.fromisoformat(raw) if isinstance(raw, str) and _DAY.match(raw) else None
+            except ValueError:
+                day = None
+            if day is None:
+                _add(errors, f"{prefix}date", "Must be a valid date as YYYY-MM-DD.")
+            elif not _HOLIDAY_YEARS[0] <= day.year <= _HOLIDAY_YEARS[1]:
+                _add(errors, f"{prefix}date", f"Must fall in the years {_HOLIDAY_YEARS[0]} to {_HOLIDAY_YEARS[1]}.")
+            elif day.weekday() >= 5:
+                _add(errors, f"{prefix}date", f"{raw} is a {day:%A}; the market is closed then anyway.")
+            elif day in seen:
+                _add(errors, f"{prefix}date", f"{raw} is listed twice (also NSE.{seen[day]}).")
+            else:
+                seen[day] = index
+        if "name" in entry and (not isinstance(name, str) or not name.strip() or len(name) > _MAX_HOLIDAY_NAME):
+            _add(errors, f"{prefix}name", f"Must be a non-empty name of at most {_MAX_HOLIDAY_NAME} characters.")
+    if not errors:
+        run = _longest_closed_run(set(seen))
+        if run >= market_calendar.MAX_CLOSED_RUN:
+            _add(
+                errors,
+                "NSE",
+                f"Closes the market {run} days in a row; the calendar allows fewer than "
+                f"{market_calendar.MAX_CLOSED_RUN}.",
+            )
+    return errors
+
+
+def _longest_closed_run(holidays: set[date]) -> int:
+    """The most consecutive days (weekends included) the market would be closed around any holiday."""
+
+    def closed(day: date) -> bool:
+        return day.weekday() >= 5 or day in holidays
+
+    longest, one = 0, timedelta(days=1)
+    for day in holidays:
+        start, end = day, day
+        while closed(start - one) and day - start < timedelta(days=market_calendar.MAX_CLOSED_RUN):
+            start -= one
+        while closed(end + one) and end - day < timedelta(days=market_calendar.MAX_CLOSED_RUN):
+            end += one
+        longest = max(longest, (end - start).days + 1)
+    return longest
+
+
+def _rms_defaults_default() -> dict:
+    start, _, end = settings.RMS_DEFAULT_TRADING_WINDOW.partition("-")
+    return {
+        "max_orders_per_day": settings.RMS_DEFAULT_MAX_ORDERS_PER_DAY or None,
+        "max_open_positions": settings.RMS_DEFAULT_MAX_OPEN_POSITIONS or None,
+        "trading_window": f"{start.strip()}-{end.strip()}" if start.strip() else "",
+        "auto_square_off": settings.RMS_DEFAULT_AUTO_SQUARE_OFF.strip(),
+    }
+
+
+def _rms_defaults_validate(data: Any) -> Errors:
+    errors: Errors = {}
+    known = ("max_orders_per_day", "max_open_positions", "trading_window", "auto_square_off")
+    if not _object(data, known=known, errors=errors):
+        return errors
+    for key in ("max_orders_per_day", "max_open_positions"):
+        value = data.get(key)
+        if key in data and value is not None and not (_whole(value) and 0 < value <= _MAX_COUNT):
+            _add(errors, key, "Must be a positive whole number, or null for no limit.")
+    window = data.get("trading_window")
+    start = end = None
+    if "trading_window" in data:
+        if not isinstance(window, str):
+            _add(errors, "trading_window", 'Must be "HH:MM-HH:MM" (IST), or "" for none.')
+        elif window:
+            first, _, last = window.partition("-")
+            start, end = _clock(first), _clock(last)
+            if start is None or end is None:
+                _add(errors, "trading_window", 'Must be "HH:MM-HH:MM" (IST), or "" for none.')
+            elif end <= start:
+                _add(errors, "trading_window", "The window must end after it starts.")
+    if "auto_square_off" in data:
+        raw = data.get("auto_square_off")
+        square_off = _clock(raw)
+        if raw != "" and square_off is None:
+            _add(errors, "auto_square_off", 'Must be a time as HH:MM (IST), or "" for none.')
+        elif (
+            square_off is not None
+            and start is not None
+            and end is not None
+            and end > start
+            and not start <= square_off <= end
+        ):
+            _add(errors, "auto_square_off", "Must fall inside the trading window.")
+    return errors
+
+
+def _freeze_quantities_default() -> dict:
+    return dict(NSE_FREEZE_QUANTITIES)
+
+
+def _freeze_quantities_validate(data: Any) -> Errors:
+    errors: Errors = {}
+    if not isinstance(data, dict):
+        return {"": ['Must be an object of underlying: units, e.g. {"NIFTY": 1800}.']}
+    for key, value in data.items():
+        if not isinstance(key, str) or not _UNDERLYING.match(key):
+            _add(errors, str(key), "Must be an underlying as instruments list it (upper case, e.g. NIFTY).")
+        if not (_whole(value) and 0 < value <= _MAX_FREEZE):
+            _add(errors, str(key), f"Must be a positive whole number of units, at most {_MAX_FREEZE}.")
+    return errors
+
+
+def _feed_default() -> dict:
+    return {"source": settings.MARKET_FEED, "interval_seconds": float(settings.MARKET_FEED_INTERVAL_SECONDS)}
+
+
+def feed_sources() -> list[str]:
+    from marketdata.feeds.runner import FEED_SOURCES  # the feeds bring the broker SDKs: only when asked
+
+    return ["", *sorted(FEED_SOURCES)]
+
+
+def _feed_validate(data: Any) -> Errors:
+    errors: Errors = {}
+    if not _object(data, known=("source", "interval_seconds"), errors=errors):
+        return errors
+    sources = feed_sources()
+    if "source" in data and data["source"] not in sources:
+        _add(errors, "source", f"Must be one of {', '.join(repr(source) for source in sources)} ('' runs none).")
+    interval = data.get("interval_seconds")
+    if "interval_seconds" in data and not (
+        isinstance(interval, (int, float))
+        and not isinstance(interval, bool)
+        and math.isfinite(interval)
+        and 0 < interval <= _MAX_FEED_INTERVAL
+    ):
+        _add(errors, "interval_seconds", f"Must be a number of seconds above 0, at most {_MAX_FEED_INTERVAL:g}.")
+    return errors
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    description: str
+    default: Callable[[], dict]
+    validate: Callable[[Any], Errors]
+
+
+SECTIONS: dict[str, Section] = {
+    section.name: section
+    for section in (
+        Section(
+            MARKET_HOURS,
+            'NSE session times, IST: {"open": "09:15", "close": "15:30", "pre_open": "09:00"}; pre-open order '
+            "entry lasts 8 minutes from pre_open.",
+            _market_hours_default,
+            _market_hours_validate,
+        ),
+        Section(
+            HOLIDAYS,
+            'Trading holidays: {"NSE": [{"date": "YYYY-MM-DD", "name": "..."}]}, weekdays only, each date once.',
+            _holidays_default,
+            _holidays_validate,
+        ),
+        Section(
+            RMS_DEFAULTS,
+            'A new user\'s risk limits: {"max_orders_per_day": 1000, "max_open_positions": 100, '
+            '"trading_window": "09:15-15:30", "auto_square_off": "15:15"}; null or "" turns one off.',
+            _rms_defaults_default,
+            _rms_defaults_validate,
+        ),
+        Section(
+            FREEZE_QUANTITIES,
+            'Most units one derivatives order may carry, per underlying: {"NIFTY": 1800, ...}.',
+            _freeze_quantities_default,
+            _freeze_quantities_validate,
+        ),
+        Section(
+            FEED,
+            'The market feed `serve` runs: {"source": "simulated"|"kite"|"dhan"|"", "interval_seconds": 1.0}.',
+            _feed_default,
+            _feed_validate,
+        ),
+    )
+}
+
+
+def section_of(name: str) -> Section:
+    """The section called `name`; 404 NOT_FOUND for another name."""
+    section = SECTIONS.get(name)
+    if section is None:
+        raise NotFound(f"No configuration section {name!r}; the sections are {', '.join(SECTIONS)}.")
+    return section
+
+
+def config_validate(*, name: str, data: Any) -> Errors:
+    """What is wrong with `data` as section `name`, by field (dotted inside lists: NSE.2.date); empty when valid."""
+    return section_of(name).validate(data)
+
+
+def _prefixed(errors: Errors, prefix: str) -> Errors:
+    return {f"{prefix}.{field}" if field else prefix: messages for field, messages in errors.items()}
+
+
+# --- reads ----------------------------------------------------------------------------------------------------------
+
+
+def _cache_key(name: str) -> str:
+    return f"{_CACHE_PREFIX}{name}"
+
+
+def config_stored(*, name: str) -> dict | None:
+    """The section's stored data, None when it was never stored (the default applies); cached briefly."""
+    section_of(name)
+    cached = cache.get(_cache_key(name))
+    if cached is None:
+        row = ConfigSection.objects.filter(name=name).values_list("data", flat=True).first()
+        cached = _NOT_STORED if row is None else row
+        cache.set(_cache_key(name), cached, CACHE_SECONDS)
+    return None if cached == _NOT_STORED else cached
+
+
+_unreadable_logged_at: dict[str, float] = {}
+
+
+def config_stored_or_builtin(*, name: str) -> dict | None:
+    """`config_stored` for hot paths that must answer even when the store cannot be read (no database in this
+    thread, a database or cache outage): None then, so the caller uses its built-ins; logged once a minute."""
+    try:
+        return config_stored(name=name)
+    except Exception:  # noqa: BLE001 - the market calendar must keep answering
+        now = monotonic()
+        if now - _unreadable_logged_at.get(name, -math.inf) >= 60:
+            _unreadable_logged_at[name] = now
+            logger.warning("configuration section %s unreadable; using the built-in values", name, exc_info=True)
+        return None
+
+
+def config_get(*, name: str) -> dict:
+    """A section's data: as stored, else its default."""
+    stored = config_stored(name=name)
+    return stored if stored is not None else section_of(name).default()
+
+
+def freeze_quantity(*, underlying: str) -> int | None:
+    """The most units one order in `underlying`'s derivatives may carry, None when no limit is configured."""
+    return config_get(name=FREEZE_QUANTITIES).get(underlying) if underlying else None
+
+
+def _state(name: str, row: ConfigSection | None) -> dict:
+    return {
+        "name": name,
+        "description": SECTIONS[name].description,
+        "data": row.data if row is not None else SECTIONS[name].default(),
+        "version": row.version if row is not None else 0,
+        "stored": row is not None,
+        "updated_by": row.updated_by_id if row is not None else None,
+        "updated_at": row.updated_at if row is not None else None,
+    }
+
+
+def config_section_get(*, name: str) -> dict:
+    """One section with its version (0: never stored, the default applies), who changed it last and when."""
+    section_of(name)
+    return _state(name, ConfigSection.objects.filter(name=name).first())
+
+
+def config_all() -> dict:
+    """Every section as `config_section_get` describes it, by name."""
+    rows = {row.name: row for row in ConfigSection.objects.filter(name__in=list(SECTIONS))}
+    return {name: _state(name, rows.get(name)) for name in SECTIONS}
+
+
+def config_export() -> dict:
+    """A document of every section's effective data that `config_import` takes back."""
+    return {
+        "version": EXPORT_FORMAT_VERSION,
+        "exported_at": timezone.now().isoformat(),
+        "sections": {name: state["data"] for name, state in config_all().items()},
+    }
+
+
+# --- writes ---------------------------------------------------------------------------------------------------------
+
+
+def _forget(name: str) -> None:
+    # Now, for this transaction's own reads; and after commit, in case another process cached the old row meanwhile.
+    cache.delete(_cache_key(name))
+    transaction.on_commit(lambda: cache.delete(_cache_key(name)))
+
+
+def _changes(name: str, before: dict, after: dict) -> dict:
+    """A short account of what changed, for the audit log."""
+    if name == HOLIDAYS:
+        old = {entry["date"]: entry["name"] for entry in before.get("NSE", [])}
+        new = {entry["date"]: entry["name"] for entry in after.get("NSE", [])}
+        summary = {
+            "added": sorted(set(new) - set(old)),
+            "removed": sorted(set(old) - set(new)),
+            "renamed": sorted(day for day in set(old) & set(new) if old[day] != new[day]),
+        }
+        return {key: value for key, value in summary.items() if value}
+    return {
+        key: {"from": before.get(key), "to": after.get(key)}
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    }
+
+
+def _conflict(name: str, current: int) -> AppError:
+    return AppError(
+        f"The {name} section changed meanwhile (it is at version {current}); reload it and apply your change again.",
+        code=ErrorCode.CONFLICT,
+        extra={"current_version": current},
+    )
+
+
+def _write(*, actor: User | None, name: str, row: ConfigSection | None, data: dict) -> ConfigSection:
+    now = timezone.now()
+    if row is None:
+        try:
+            with transaction.atomic():
+                row = ConfigSection.objects.create(name=name, data=data, version=1, updated_by=actor, updated_at=now)
+        except IntegrityError as error:  # another writer stored the section first
+            raise _conflict(name, 1) from error
+    else:
+        row.data, row.version, row.updated_by, row.updated_at = data, row.version + 1, actor, now
+        row.save(update_fields=["data", "version", "updated_by", "updated_at"])
+    _forget(name)
+    return row
+
+
+def config_put(*, actor: User | None, name: str, data: Any, expected_version: int | None = None) -> ConfigSection:
+    """Replace a section's data. 400 naming the fields (`data.<field>`) when invalid; 409 CONFLICT when
+    `expected_version` is given and the section is no longer at it (0: never stored)."""
+    section = section_of(name)
+    errors = section.validate(data)
+    if errors:
+        raise ValidationFailed(f"The {name} section is invalid.", errors=_prefixed(errors, "data"))
+    with transaction.atomic():
+        row = ConfigSection.objects.select_for_update().filter(name=name).first()
+        current = row.version if row is not None else 0
+        if expected_version is not None and expected_version != current:
+            raise _conflict(name, current)
+        before = row.data if row is not None else section.default()
+        row = _write(actor=actor, name=name, row=row, data=data)
+        audit_record(
+            action="config.update",
+            actor=actor,
+            target_type="config",
+            target_id=name,
+            details={"section": name, "version": row.version, "changes": _changes(name, before, data)},
+        )
+    return row
+
+
+def _document_errors(document: Any) -> Errors:
+    errors: Errors = {}
+    if not isinstance(document, dict):
+        return {"": ["Must be an object as POST /api/config/export answers."]}
+    for key in sorted(set(document) - {"version", "exported_at", "sections"}, key=str):
+        _add(errors, str(key), "Unknown field.")
+    if document.get("version") != EXPORT_FORMAT_VERSION or isinstance(document.get("version"), bool):
+        _add(errors, "version", f"Must be {EXPORT_FORMAT_VERSION}, the export format this server reads.")
+    if "exported_at" in document and not isinstance(document["exported_at"], str):
+        _add(errors, "exported_at", "Must be a timestamp string.")
+    sections = document.get("sections")
+    if not isinstance(sections, dict) or not sections:
+        _add(errors, "sections", "Must be an object with at least one section by name.")
+        return errors
+    for name, data in sections.items():
+        if name not in SECTIONS:
+            _add(errors, f"sections.{name}", f"Unknown section; the sections are {', '.join(SECTIONS)}.")
+            continue
+        errors.update(_prefixed(SECTIONS[name].validate(data), f"sections.{name}"))
+    return errors
+
+
+def config_import(*, actor: User | None, document: Any, dry_run: bool = False) -> dict:
+    """Apply an exported document's sections, all or nothing: every section is validated first (400 naming
+    `document.sections.<name>.<field>`), then each one that differs is stored. Sections the document leaves out
+    stay as they are. `dry_run` answers what would change and changes nothing."""
+    errors = _document_errors(document)
+    if errors:
+        raise ValidationFailed("The configuration document is invalid.", errors=_prefixed(errors, "document"))
+    sections: dict[str, dict] = document["sections"]
+    with transaction.atomic():
+        rows = {
+            row.name: row
+            for row in ConfigSection.objects.select_for_update().filter(name__in=list(sections)).order_by("name")
+        }
+        changes: dict[str, dict] = {}
+        for name in SECTIONS:
+            if name not in sections:
+                continue
+            row = rows.get(name)
+            before = row.data if row is not None else SECTIONS[name].default()
+            if sections[name] != before:
+                changes[name] = _changes(name, before, sections[name])
+                if not dry_run:
+                    _write(actor=actor, name=name, row=row, data=sections[name])
+        if changes and not dry_run:
+            audit_record(
+                action="config.import",
+                actor=actor,
+                target_type="config",
+                target_id=",".join(changes),
+                details={"changed": list(changes), "changes": changes},
+            )
+    return {
+        "dry_run": dry_run,
+        "changed": list(changes),
+        "unchanged": [name for name in SECTIONS if name in sections and name not in changes],
+        "changes": changes,
+    }

@@ -1,0 +1,215 @@
+"""Platform-wide control: the trading mode (live or paper) and the platform kill switch.
+
+Every order reads the platform state (the pre-trade check reads the kill switch, the broker gateway the mode), so it
+is cached for a moment; a change forgets the cached copy at once and again when it commits, so no reader keeps the
+old state for longer than the commit takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Notification, Role, User
+from accounts.services import audit_record, notification_create
+from algoterm.api.errors import InvalidState, ValidationFailed
+from algoterm.health import platform_health
+from algoterm.models import PlatformMode, PlatformState
+
+STATE_CACHE_KEY = "system:platform_state"
+STATE_CACHE_SECONDS = 2
+HALT_REASON_MAX_LENGTH = 300
+# How many order ids a refused mode switch names (the count is always complete).
+ORDERS_NAMED = 10
+
+
+# --- selectors ---------------------------------------------------------------------------------------------------
+
+
+def platform_state() -> PlatformState:
+    """The one platform state row (created live and trading on first use), cached for ~2 seconds."""
+    state = cache.get(STATE_CACHE_KEY)
+    if state is None:
+        state, _ = PlatformState.objects.get_or_create(pk=1)
+        cache.set(STATE_CACHE_KEY, state, timeout=STATE_CACHE_SECONDS)
+    return state
+
+
+def _state_forget() -> None:
+    cache.delete(STATE_CACHE_KEY)
+    # A reader between the delete and the commit could cache the old row again; forget it once more on commit.
+    transaction.on_commit(lambda: cache.delete(STATE_CACHE_KEY))
+
+
+def _locked_state() -> PlatformState:
+    PlatformState.objects.get_or_create(pk=1)
+    return PlatformState.objects.select_for_update().get(pk=1)
+
+
+def _real_account_live_orders() -> tuple[list[str], list[str]]:
+    """Live orders of real (non-paper) broker accounts: (those at their real brokers, those on the paper exchange).
+
+    An order is on the paper exchange when the exchange's paper venue holds its tag (platform paper mode sent it
+    there); anything else of a real account went to, or may have reached, its real broker."""
+    from brokers.models import Broker, SimOrder, Venue
+    from orders.models import LIVE_STATUSES, Order
+
+    live = list(
+        Order.objects.filter(status__in=LIVE_STATUSES)
+        .exclude(account__broker=Broker.PAPER)
+        .order_by("created_at")
+        .only("id")
+    )
+    tags = {order.broker_tag: order.pk for order in live}
+    on_paper = set(
+        SimOrder.objects.filter(account__venue=Venue.PAPER, tag__in=list(tags)).values_list("tag", flat=True)
+    )
+    at_brokers = [order.pk for order in live if order.broker_tag not in on_paper]
+    paper_routed = [order.pk for order in live if order.broker_tag in on_paper]
+    return at_brokers, paper_routed
+
+
+def _named(order_ids: list[str]) -> str:
+    shown = ", ".join(order_ids[:ORDERS_NAMED])
+    return shown + (f" and {len(order_ids) - ORDERS_NAMED} more" if len(order_ids) > ORDERS_NAMED else "")
+
+
+def state_summary(state: PlatformState) -> dict[str, Any]:
+    return {
+        "mode": state.mode,
+        "trading_halted": state.trading_halted,
+        "halt_reason": state.halt_reason,
+        "changed_by": state.changed_by_id,
+        "changed_at": state.changed_at,
+    }
+
+
+def system_status() -> dict[str, Any]:
+    """What operators see: the mode, the kill switch, who changed them last, the live orders a mode switch would
+    strand, and the health of each platform component."""
+    at_brokers, paper_routed = _real_account_live_orders()
+    return {
+        **state_summary(platform_state()),
+        "live_orders_at_brokers": len(at_brokers),
+        "paper_routed_live_orders": len(paper_routed),
+        "components": {name: asdict(component) for name, component in platform_health().items()},
+    }
+
+
+# --- services ----------------------------------------------------------------------------------------------------
+
+
+def _admins_notify(*, actor: User, title: str, body: str, level: str, data: dict[str, Any]) -> None:
+    """The other operators hear of a platform change (the actor made it)."""
+    for admin in User.objects.filter(role=Role.ADMIN, is_active=True).exclude(pk=actor.pk):
+        notification_create(user=admin, kind="system.control", title=title, body=body, level=level, data=data)
+
+
+def _save(state: PlatformState, *, actor: User) -> PlatformState:
+    state.changed_by = actor
+    state.changed_at = timezone.now()
+    state.save()
+    _state_forget()
+    return state
+
+
+@transaction.atomic
+def trading_stop(*, actor: User, reason: str) -> PlatformState:
+    """The platform kill switch: every new order that does not reduce a position is refused (PLATFORM_HALTED),
+    whichever path it comes by; exits, protective legs and the RMS's own orders still go out. Pending orders are
+    left working. Stopping a halted platform changes nothing."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed("Say why trading is stopped.", errors={"reason": ["This field may not be blank."]})
+    if len(reason) > HALT_REASON_MAX_LENGTH:
+        raise ValidationFailed(errors={"reason": [f"At most {HALT_REASON_MAX_LENGTH} characters."]})
+    state = _locked_state()
+    if state.trading_halted:
+        return state
+    state.trading_halted, state.halt_reason = True, reason
+    _save(state, actor=actor)
+    audit_record(action="system.trading_stop", actor=actor, target=state, details={"reason": reason})
+    _admins_notify(
+        actor=actor,
+        title="Trading stopped platform-wide",
+        body=f"{actor.email} stopped trading: {reason}. Only exits go out until trading is started again.",
+        level=Notification.Level.WARNING,
+        data={"trading_halted": True, "reason": reason},
+    )
+    return state
+
+
+@transaction.atomic
+def trading_start(*, actor: User) -> PlatformState:
+    """Lift the platform kill switch. Starting a running platform changes nothing."""
+    state = _locked_state()
+    if not state.trading_halted:
+        return state
+    previous_reason = state.halt_reason
+    state.trading_halted, state.halt_reason = False, ""
+    _save(state, actor=actor)
+    audit_record(action="system.trading_start", actor=actor, target=state, details={"halted_for": previous_reason})
+    _admins_notify(
+        actor=actor,
+        title="Trading started platform-wide",
+        body=f"{actor.email} started trading again.",
+        level=Notification.Level.INFO,
+        data={"trading_halted": False},
+    )
+    return state
+
+
+@transaction.atomic
+def platform_mode_set(*, actor: User, mode: str, force: bool = False) -> PlatformState:
+    """Switch the platform between live and paper. In paper mode every real account's orders, positions and
+    reconciliation go to the paper broker (its own funded account on the simulated exchange).
+
+    A switch that would strand live orders is refused (409 INVALID_STATE) unless `force`: to paper while orders of
+    real accounts are still live at their brokers, to live while orders of real accounts are still open on the paper
+    exchange. Setting the current mode changes nothing."""
+    if mode not in PlatformMode.values:
+        raise ValidationFailed(errors={"mode": [f'"{mode}" is not a valid choice.']})
+    state = _locked_state()
+    if state.mode == mode:
+        return state
+    at_brokers, paper_routed = _real_account_live_orders()
+    if mode == PlatformMode.PAPER and at_brokers and not force:
+        raise InvalidState(
+            f"{len(at_brokers)} orders of real broker accounts are still live at their brokers ({_named(at_brokers)}). "
+            "In paper mode those accounts' orders, cancels and reconciliation go to the paper broker, so these "
+            "orders could no longer be cancelled, modified or tracked here until live mode returns (any still "
+            "unconfirmed would be rejected as missing). Cancel them or let them complete first, or switch with "
+            "force=true.",
+            extra={"order_ids": at_brokers},
+        )
+    if mode == PlatformMode.LIVE and paper_routed and not force:
+        raise InvalidState(
+            f"{len(paper_routed)} orders of real broker accounts are still open on the paper exchange "
+            f"({_named(paper_routed)}). In live mode those accounts go to their real brokers again, which never saw "
+            "these orders: they could no longer be cancelled or filled here. Cancel them or let them fill first, "
+            "or switch with force=true.",
+            extra={"order_ids": paper_routed},
+        )
+    previous = state.mode
+    state.mode = mode
+    _save(state, actor=actor)
+    stranded = at_brokers if mode == PlatformMode.PAPER else paper_routed
+    audit_record(
+        action="system.mode_set",
+        actor=actor,
+        target=state,
+        details={"from": previous, "to": mode, "forced": bool(force and stranded), "stranded_orders": stranded},
+    )
+    _admins_notify(
+        actor=actor,
+        title=f"Platform switched to {mode} mode",
+        body=f"{actor.email} switched the platform from {previous} to {mode}."
+        + (" Every order now goes to the paper broker." if mode == PlatformMode.PAPER else ""),
+        level=Notification.Level.WARNING,
+        data={"mode": mode, "previous": previous, "stranded_orders": len(stranded)},
+    )
+    return state
