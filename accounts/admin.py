@@ -9,7 +9,7 @@ from accounts.forms import UserChangeAdminForm, UserCreationAdminForm
 from accounts.models import AuditEvent, Notification, User
 from algoterm.api.errors import AppError
 from rms import services as rms_services
-from rms.models import RmsState, TradingState
+from rms.admin_actions import halt_selected, resume_selected
 
 
 @admin.register(User)
@@ -91,69 +91,11 @@ class UserAdmin(DjangoUserAdmin):
 
     @admin.action(description="Halt trading for the selected users today (cancel pending orders, square off)")
     def halt_users(self, request, queryset):
-        halted, already, unsettled = 0, 0, []
-        for user in queryset:
-            try:
-                done = rms_services.user_halt(actor=request.user, user=user)
-            except AppError as error:
-                services.audit_record(
-                    action="admin.user_halt",
-                    actor=request.user,
-                    target=user,
-                    details={"outcome": "failed", "detail": str(error.detail)},
-                )
-                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
-                continue
-            services.audit_record(
-                action="admin.user_halt",
-                actor=request.user,
-                target=user,
-                details={"outcome": "done" if done else "already halted"},
-            )
-            halted += int(done)
-            already += int(not done)
-            today = RmsState.objects.filter(user=user, trading_day=rms_services.trading_day()).first()
-            if today is not None and today.square_off_pending:
-                unsettled.append(user.email)
-        if halted:
-            self.message_user(
-                request,
-                f"{halted} user(s) halted for today: pending orders cancelled, positions squared off.",
-                level=messages.SUCCESS,
-            )
-        if already:
-            self.message_user(request, f"{already} user(s) were already halted today.", level=messages.INFO)
-        for email in unsettled:
-            self.message_user(
-                request,
-                f"{email}: the square-off did not complete; the next sweep retries it (see the RMS events).",
-                level=messages.WARNING,
-            )
+        halt_selected(self, request, queryset, audit_action="admin.user_halt")
 
     @admin.action(description="Resume trading for the selected users (today's risk state back to NORMAL)")
     def resume_users(self, request, queryset):
-        resumed, normal = [], 0
-        for user in queryset:
-            today = RmsState.objects.filter(user=user, trading_day=rms_services.trading_day()).first()
-            previous = today.status if today else TradingState.NORMAL
-            if previous == TradingState.NORMAL:
-                normal += 1
-                continue
-            try:
-                rms_services.user_resume(actor=request.user, user=user)
-            except AppError as error:
-                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
-                continue
-            services.audit_record(
-                action="admin.user_resume", actor=request.user, target=user, details={"from": previous}
-            )
-            resumed.append(f"{user.email} (was {previous})")
-        if resumed:
-            self.message_user(
-                request, f"{len(resumed)} user(s) may trade again today: {', '.join(resumed)}.", level=messages.SUCCESS
-            )
-        if normal:
-            self.message_user(request, f"{normal} user(s) were not halted or reducing today.", level=messages.INFO)
+        resume_selected(self, request, queryset, audit_action="admin.user_resume")
 
     def _apply(self, request, queryset, action, verb: str) -> None:
         done = 0

@@ -10,8 +10,9 @@ from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 
 from algoterm.admin_mixins import ReadOnlyMixin
-from algoterm.api.errors import AppError, ValidationFailed
+from algoterm.api.errors import ValidationFailed
 from rms import services
+from rms.admin_actions import halt_selected, resume_selected
 from rms.models import RiskProfile, RmsEvent, RmsState, TradingState, default_limits
 
 # --- profiles ----------------------------------------------------------------------------------------------------
@@ -205,50 +206,8 @@ class RmsStateAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description="Halt trading for the selected users (cancel pending orders, square off, today)")
     def halt_users(self, request, queryset):
-        halted, already, unsettled = 0, 0, []
-        for user in self._users(queryset):
-            try:
-                done = services.user_halt(actor=request.user, user=user)
-            except AppError as error:
-                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
-                continue
-            halted += int(done)
-            already += int(not done)
-            if RmsState.objects.filter(user=user, trading_day=services.trading_day(), square_off_pending=True).exists():
-                unsettled.append(user.email)
-        if halted:
-            self.message_user(
-                request,
-                f"{halted} user(s) halted for today: pending orders cancelled, positions squared off.",
-                level=messages.SUCCESS,
-            )
-        if already:
-            self.message_user(request, f"{already} user(s) were already halted today.", level=messages.INFO)
-        for email in unsettled:
-            self.message_user(
-                request,
-                f"{email}: the square-off did not complete; the next sweep retries it (see the RMS events).",
-                level=messages.WARNING,
-            )
+        halt_selected(self, request, self._users(queryset))
 
     @admin.action(description="Resume trading for the selected users (today's state back to NORMAL)")
     def resume_users(self, request, queryset):
-        resumed, normal = [], 0
-        for user in self._users(queryset):
-            today = RmsState.objects.filter(user=user, trading_day=services.trading_day()).first()
-            previous = today.status if today else TradingState.NORMAL
-            if previous == TradingState.NORMAL:
-                normal += 1
-                continue
-            try:
-                services.user_resume(actor=request.user, user=user)
-            except AppError as error:
-                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
-                continue
-            resumed.append(f"{user.email} (was {previous})")
-        if resumed:
-            self.message_user(
-                request, f"{len(resumed)} user(s) may trade again today: {', '.join(resumed)}.", level=messages.SUCCESS
-            )
-        if normal:
-            self.message_user(request, f"{normal} user(s) were not halted or reducing today.", level=messages.INFO)
+        resume_selected(self, request, self._users(queryset))
