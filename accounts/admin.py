@@ -8,6 +8,7 @@ from accounts import services
 from accounts.forms import UserChangeAdminForm, UserCreationAdminForm
 from accounts.models import AuditEvent, Notification, User
 from algoterm.api.errors import AppError
+from orders.admin_actions import SquareOffJob, square_off_selected
 from rms import services as rms_services
 from rms.admin_actions import halt_selected, resume_selected
 
@@ -50,44 +51,15 @@ class UserAdmin(DjangoUserAdmin):
 
     @admin.action(description="Square off the selected users (cancel pending orders, close every position)")
     def square_off_users(self, request, queryset):
-        placed, cancelled, untouched = 0, 0, 0
-        for user in queryset:
-            try:
-                result = rms_services.user_square_off(actor=request.user, user=user)
-            except AppError as error:
-                services.audit_record(
-                    action="admin.user_square_off",
-                    actor=request.user,
-                    target=user,
-                    details={"outcome": "failed", "detail": str(error.detail)},
-                )
-                self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
-                continue
-            services.audit_record(
-                action="admin.user_square_off",
-                actor=request.user,
+        jobs = [
+            SquareOffJob(
                 target=user,
-                details={
-                    "outcome": "failed" if result.failed else "done",
-                    "placed": [order.pk for order in result.placed],
-                    "cancelled": [order.pk for order in result.cancelled],
-                    "failed": result.failed,
-                },
+                label=user.email,
+                run=lambda user=user: rms_services.user_square_off(actor=request.user, user=user),
             )
-            for failure in result.failed:
-                label = failure.get("order_id") or failure.get("symbol")
-                self.message_user(request, f"{user.email} {label}: {failure['detail']}", level=messages.WARNING)
-            placed += len(result.placed)
-            cancelled += len(result.cancelled)
-            untouched += int(not result.placed and not result.cancelled and not result.failed)
-        if placed or cancelled:
-            self.message_user(
-                request,
-                f"Square-off: {placed} closing order(s) placed, {cancelled} pending order(s) cancelled.",
-                level=messages.SUCCESS,
-            )
-        if untouched:
-            self.message_user(request, f"{untouched} user(s) had nothing to close or cancel.", level=messages.INFO)
+            for user in queryset
+        ]
+        square_off_selected(self, request, jobs, audit_action="admin.user_square_off", noun="user")
 
     @admin.action(description="Halt trading for the selected users today (cancel pending orders, square off)")
     def halt_users(self, request, queryset):

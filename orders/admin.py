@@ -7,6 +7,7 @@ from accounts.services import audit_record
 from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import AppError
 from orders import services
+from orders.admin_actions import SquareOffJob, square_off_selected
 from orders.models import IdempotencyRecord, Order, OrderEvent, OrderSource, OrderStatus, Position, Trade
 
 
@@ -136,50 +137,21 @@ class PositionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         scopes: dict[tuple[str, str], Position] = {}
         for position in queryset.select_related("user", "account"):
             scopes.setdefault((position.account_id, position.symbol), position)
-        placed, cancelled, untouched = 0, 0, 0
-        for position in scopes.values():
-            try:
-                result = services.positions_square_off(
+        jobs = [
+            SquareOffJob(
+                target=position,
+                label="",
+                details={"symbol": position.symbol},
+                run=lambda position=position: services.positions_square_off(
                     user=position.user,
                     account_id=position.account_id,
                     symbol=position.symbol,
                     source=OrderSource.SYSTEM,
-                )
-            except AppError as error:
-                audit_record(
-                    action="admin.position_square_off",
-                    actor=request.user,
-                    target=position,
-                    details={"symbol": position.symbol, "outcome": "failed", "detail": str(error.detail)},
-                )
-                self.message_user(request, f"{position}: {error.detail}", level=messages.WARNING)
-                continue
-            audit_record(
-                action="admin.position_square_off",
-                actor=request.user,
-                target=position,
-                details={
-                    "symbol": position.symbol,
-                    "outcome": "failed" if result.failed else "done",
-                    "placed": [order.pk for order in result.placed],
-                    "cancelled": [order.pk for order in result.cancelled],
-                    "failed": result.failed,
-                },
+                ),
             )
-            for failure in result.failed:
-                label = failure.get("order_id") or failure.get("symbol")
-                self.message_user(request, f"{label}: {failure['detail']}", level=messages.WARNING)
-            placed += len(result.placed)
-            cancelled += len(result.cancelled)
-            untouched += int(not result.placed and not result.cancelled and not result.failed)
-        if placed or cancelled:
-            self.message_user(
-                request,
-                f"Square-off: {placed} closing order(s) placed, {cancelled} pending order(s) cancelled.",
-                level=messages.SUCCESS,
-            )
-        if untouched:
-            self.message_user(request, f"{untouched} position(s) had nothing to close or cancel.", level=messages.INFO)
+            for position in scopes.values()
+        ]
+        square_off_selected(self, request, jobs, audit_action="admin.position_square_off", noun="position")
 
 
 @admin.register(OrderEvent)
