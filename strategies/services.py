@@ -29,6 +29,7 @@ from algoterm.api.errors import AppError, ErrorCode, InvalidState, NotFound, Val
 from billing.services import require_live_trading, require_running_strategy_slot
 from brokers.adapters.base import OrderType, Side
 from brokers.models import AccountStatus, Broker, BrokerAccount
+from brokers.selectors import broker_account_get, broker_account_list
 from marketdata import calendar
 from marketdata.candles import INTERVAL_MINUTES, candles_get
 from marketdata.instruments import instrument_get, monthly_expiry
@@ -152,13 +153,7 @@ def _add(errors: dict[str, list[str]], name: str, message: str) -> None:
 
 def _accounts_resolve(*, user: User, accounts: list[AccountInput]) -> list[tuple[BrokerAccount, int]]:
     """The user's own accounts, or 404 for any that is not (a foreign id reads as missing)."""
-    resolved = []
-    for entry in accounts:
-        account = BrokerAccount.objects.filter(owner=user, pk=entry.account_id, deleted_at__isnull=True).first()
-        if account is None:
-            raise NotFound(f"Broker account {entry.account_id} was not found.")
-        resolved.append((account, entry.multiplier))
-    return resolved
+    return [(broker_account_get(user=user, account_id=entry.account_id), entry.multiplier) for entry in accounts]
 
 
 def _leg_errors(errors: dict[str, list[str]], index: int, leg: LegInput, *, today: date) -> None:
@@ -437,13 +432,7 @@ def _schedules_remove(*, strategy: Strategy) -> int:
 
 
 def _paper_account(user: User) -> BrokerAccount | None:
-    return (
-        BrokerAccount.objects.filter(
-            owner=user, broker=Broker.PAPER, status=AccountStatus.CONNECTED, deleted_at__isnull=True
-        )
-        .order_by("created_at")
-        .first()
-    )
+    return broker_account_list(user=user, broker=Broker.PAPER, status=AccountStatus.CONNECTED).first()
 
 
 def _require_startable(*, strategy: Strategy, mode: str) -> None:
@@ -1043,7 +1032,7 @@ def _reentries_place(*, run: StrategyRun, day: date) -> int:
 def rules_evaluate(*, now: datetime | None = None) -> int:
     """Each running rule strategy against its symbol's last closed candle: enter when the entry rule turns true
     and the run holds nothing, exit when the exit rule does. Once per (strategy, day, bar) however often it runs."""
-    from .rules import candle_series, rule_evaluate, rule_parse
+    from .rules import candle_series, rule_parse, rule_true_on_last_bar
 
     now = now or timezone.now()
     day = _today_ist(now)
@@ -1085,9 +1074,9 @@ def rules_evaluate(*, now: datetime | None = None) -> int:
             continue
         bar_minute = last_close.hour * 60 + last_close.minute
         holding = bool(_own_open_quantities(run))
-        if not holding and bool(rule_evaluate(entry_rule, series)[-1]):
+        if not holding and rule_true_on_last_bar(entry_rule, series):
             acted += _rule_act(run=run, day=day, action=FireAction.RULE_ENTRY, bar_minute=bar_minute, at=last_close)
-        elif holding and exit_rule is not None and bool(rule_evaluate(exit_rule, series)[-1]):
+        elif holding and exit_rule is not None and rule_true_on_last_bar(exit_rule, series):
             acted += _rule_act(run=run, day=day, action=FireAction.RULE_EXIT, bar_minute=bar_minute, at=last_close)
     return acted
 
