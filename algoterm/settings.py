@@ -410,6 +410,9 @@ ORDER_RECONCILE_DELAY_SECONDS = env.float("ORDER_RECONCILE_DELAY_SECONDS", defau
 ORDER_RECONCILE_GRACE_SECONDS = env.float("ORDER_RECONCILE_GRACE_SECONDS", default=30.0)
 IDEMPOTENCY_KEY_TTL = timedelta(hours=env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48))
 IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=15.0)
+# How long a claimed key is held without an answer before a retry may take it over (its holder died). Longer than
+# any placement can take (broker timeouts and pacing), so a slow holder is never mistaken for a dead one.
+IDEMPOTENCY_LEASE_SECONDS = env.float("IDEMPOTENCY_LEASE_SECONDS", default=60.0)
 SQUARE_OFF_LOCK_WAIT_SECONDS = env.float("SQUARE_OFF_LOCK_WAIT_SECONDS", default=30.0)
 PAPER_OPENING_BALANCE = env.str("PAPER_OPENING_BALANCE", default="1000000.00")
 
@@ -475,6 +478,8 @@ def _refuse_unsafe_production_settings() -> None:
         problems.append("ALLOWED_HOSTS must name the served hosts")
     if RAZORPAY_KEY_SECRET == DEV_RAZORPAY_KEY_SECRET or RAZORPAY_WEBHOOK_SECRET == DEV_RAZORPAY_WEBHOOK_SECRET:
         problems.append("RAZORPAY_KEY_SECRET and RAZORPAY_WEBHOOK_SECRET must be the account's own")
+    if env.str("ALGOTERM_FAILPOINTS", default=""):
+        problems.append("ALGOTERM_FAILPOINTS is for fault drills and must not be set")
     if problems:
         raise ImproperlyConfigured("Refusing to start in production: " + "; ".join(problems) + ".")
 

@@ -266,7 +266,7 @@ def subscription_cancel(*, user: User) -> Subscription:
             razorpay_client().subscription.cancel, halted.razorpay_subscription_id, {"cancel_at_cycle_end": 0}
         )
         with transaction.atomic():
-            locked = Subscription.objects.select_for_update().select_related("plan", "user").get(pk=halted.pk)
+            locked = Subscription.objects.select_for_update(of=("self",)).select_related("plan", "user").get(pk=halted.pk)
             _mirror(locked, remote, at=None)
             audit_record(action="billing.subscription_cancel", actor=user, target=locked, details={"halted": True})
         return locked
@@ -437,7 +437,7 @@ def _entity(payload: dict[str, Any], name: str) -> dict[str, Any] | None:
 def _subscription_of_event(*, remote: dict | None, payment: dict | None) -> Subscription | None:
     """The event's subscription, locked: named by the event, else (a payment event alone, as `payment.failed`
     comes) the payer's newest subscription that is not over."""
-    subscriptions = Subscription.objects.select_for_update().select_related("plan", "user")
+    subscriptions = Subscription.objects.select_for_update(of=("self",)).select_related("plan", "user")
     razorpay_id = (remote or {}).get("id") or (payment or {}).get("subscription_id")
     if razorpay_id:
         return subscriptions.filter(razorpay_subscription_id=razorpay_id).first()
@@ -492,7 +492,7 @@ def trials_expire(*, now: datetime | None = None) -> int:
     for subscription_id, user_id in ended:
         with transaction.atomic():
             subscription = (
-                Subscription.objects.select_for_update().select_related("plan", "user").get(pk=subscription_id)
+                Subscription.objects.select_for_update(of=("self",)).select_related("plan", "user").get(pk=subscription_id)
             )
             if subscription.status != SubscriptionStatus.ACTIVE:
                 continue

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from algoterm.api.pagination import PagePagination, paginate
 from algoterm.api.permissions import IsTrader
+from brokers.adapters.base import OrderRejected
 from orders import selectors, services
 from orders.idempotency import HEADER, idempotent
 from orders.models import OrderStatus
@@ -102,10 +103,15 @@ class OrderListCreateApi(APIView):
             data = OrderInput(data=request.data)
             data.is_valid(raise_exception=True)
             order = services.order_place(user=request.user, spec=data.to_spec())
+            return placed(order)
+
+        def placed(order) -> Response:
+            if order.status == OrderStatus.REJECTED:
+                raise OrderRejected(order.status_message or None, extra={"order_id": order.pk})
             order = selectors.order_get(user=request.user, order_id=order.pk, with_events=True)
             return Response(OrderDetailOutput(order).data, status=status.HTTP_201_CREATED)
 
-        return idempotent(request, scope="orders.place", act=act)
+        return idempotent(request, scope="orders.place", act=act, recover=lambda orders: placed(orders[0]))
 
 
 class OrderDetailApi(APIView):
@@ -165,8 +171,9 @@ class OrderBulkApi(APIView):
         "cancelled, stays `placed` and makes the outcome `partial`.",
     )
     def post(self, request: Request) -> Response:
+        data = BulkInput(data=request.data)
+
         def act() -> Response:
-            data = BulkInput(data=request.data)
             data.is_valid(raise_exception=True)
             specs = [services.OrderSpec(**leg) for leg in data.validated_data["legs"]]
             result = services.orders_place_bulk(
@@ -174,7 +181,16 @@ class OrderBulkApi(APIView):
             )
             return Response(BulkOutput(result).data, status=status.HTTP_201_CREATED)
 
-        return idempotent(request, scope="orders.bulk", act=act)
+        def recover(orders) -> Response:
+            data.is_valid(raise_exception=True)
+            result = services.bulk_result_from_orders(
+                specs=[services.OrderSpec(**leg) for leg in data.validated_data["legs"]],
+                orders=orders,
+                all_or_none=data.validated_data["all_or_none"],
+            )
+            return Response(BulkOutput(result).data, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, scope="orders.bulk", act=act, recover=recover)
 
 
 class TradeListApi(APIView):

@@ -111,6 +111,10 @@ class Order(models.Model):
     )
     exits_placed_at = models.DateTimeField(null=True, blank=True)
     strategy_ref = models.CharField(max_length=40, blank=True, help_text="the strategy (stg_ id) that placed it")
+    # The Idempotency-Key the order was placed under: a retry after a crash finds the order by it.
+    idempotency_record = models.ForeignKey(
+        "orders.IdempotencyRecord", on_delete=models.SET_NULL, null=True, blank=True, related_name="orders"
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -234,7 +238,10 @@ class Position(models.Model):
 
 
 class IdempotencyRecord(models.Model):
-    """One Idempotency-Key of one user on one route: claimed before acting, then holding the first response."""
+    """One Idempotency-Key of one user on one route: claimed before acting, then holding the first response.
+
+    The claimer holds a lease; a claim whose lease ran out without an answer belonged to a process that died, and
+    the next request with the key takes it over and answers from the orders placed under it."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     scope = models.CharField(max_length=40)
@@ -244,6 +251,8 @@ class IdempotencyRecord(models.Model):
     response_body = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    holder = models.CharField(max_length=32, blank=True, help_text="the claim's holder, renewed on each takeover")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "scope", "key"], name="one_record_per_key")]

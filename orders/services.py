@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -26,6 +27,7 @@ from accounts.services import audit_record, notification_create
 from algoterm import realtime
 from algoterm.api.errors import AppError, InvalidState, NotFound, RiskRejected, ValidationFailed
 from algoterm.config import freeze_quantity
+from algoterm.failpoints import failpoint
 from algoterm.system import platform_state
 from billing.services import require_live_trading
 from brokers.adapters.base import (
@@ -306,6 +308,18 @@ def _enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None
 
 # --- placing -----------------------------------------------------------------------------------------------------
 
+# The Idempotency-Key claim the current request acts under; orders placed meanwhile are recorded against it.
+_idempotency_record_id: ContextVar[int | None] = ContextVar("idempotency_record_id", default=None)
+
+
+@contextlib.contextmanager
+def orders_placed_under(*, record_id: int):
+    token = _idempotency_record_id.set(record_id)
+    try:
+        yield
+    finally:
+        _idempotency_record_id.reset(token)
+
 
 def order_place(
     *,
@@ -347,6 +361,7 @@ def order_place(
     order = _order_create(
         user=user, validated=validated, source=source, role=role, parent=parent, strategy_ref=strategy_ref
     )
+    failpoint("orders.place.created")
     order = order_submit(order=order)
     if order.status == OrderStatus.REJECTED:
         # Accepted, then refused (the paper exchange's funds check, a broker's RMS): as much a rejection as one
@@ -379,6 +394,7 @@ def _order_create(
         role=role,
         parent=parent,
         strategy_ref=strategy_ref,
+        idempotency_record_id=_idempotency_record_id.get(),
         status=OrderStatus.PENDING,
     )
     order.save(force_insert=True)
@@ -432,7 +448,9 @@ def order_submit(*, order: Order) -> Order:
         raise
     except BrokerError as error:
         return _order_mark_unknown(order_id=order.pk, error=error)
+    failpoint("orders.submit.sent")
     order = _order_mark_accepted(order_id=order.pk, broker_order_id=broker_order_id)
+    failpoint("orders.submit.accepted")
     order_refresh(order=order, adapter=adapter)
     order.refresh_from_db()
     return order
@@ -464,7 +482,7 @@ def _order_mark_unknown(*, order_id: str, error: BrokerError) -> Order:
 
 @transaction.atomic
 def _order_mark_accepted(*, order_id: str, broker_order_id: str) -> Order:
-    order = Order.objects.select_for_update().select_related("account").get(pk=order_id)
+    order = Order.objects.select_for_update(of=("self",)).select_related("account").get(pk=order_id)
     if not order.broker_order_id:
         order.broker_order_id = broker_order_id
     order.submitted_at = timezone.now()
@@ -557,7 +575,7 @@ def order_apply_update(
     prices of a modification; what we read from the broker ourselves does.
     """
     with transaction.atomic():
-        order = Order.objects.select_for_update().select_related("account", "user").get(pk=order_id)
+        order = Order.objects.select_for_update(of=("self",)).select_related("account", "user").get(pk=order_id)
         if order.broker_order_id and update.broker_order_id and order.broker_order_id != update.broker_order_id:
             logger.warning(
                 "update for %s names broker order %s, ours is %s",
@@ -626,11 +644,25 @@ def order_apply_update(
                 title=f"Filled: {order.side} {order.filled_quantity} {order.symbol} @ {order.average_price}",
                 data={"order_id": order.pk},
             )
-        if trade is not None and order.role in EXIT_ROLES and order.parent_id:
-            _enqueue("settle_oco", order.pk)
-        if _needs_exits(order):
-            _enqueue("place_exits", order.pk)
+        if trade is not None or _needs_exits(order):
+            transaction.on_commit(lambda: order_fill_follow_up(order_id=order.pk))
     return order
+
+
+def order_fill_follow_up(*, order_id: str) -> None:
+    """What a fill makes due, in the flow that recorded it: a filled entry's target and stop-loss go out now; an
+    exit leg's fill shrinks or cancels its sibling; exits that would now close more than the position holds are
+    shrunk or cancelled. Broker trouble here is logged and left to the queued task and to reconciliation."""
+    order = Order.objects.get(pk=order_id)
+    try:
+        if order.role in EXIT_ROLES and order.parent_id:
+            order_oco_settle(order_id=order.pk)
+        exits_fit_position(account_id=order.account_id, symbol=order.symbol, product=order.product)
+        if _needs_exits(order):
+            order_exits_place(order_id=order.pk)
+    except Exception:
+        logger.exception("follow-up of the fill of %s failed; queued to retry", order_id)
+        _enqueue("follow_up_fill", order_id, countdown=settings.ORDER_RECONCILE_DELAY_SECONDS)
 
 
 def _rejected_by_inference(order: Order) -> bool:
@@ -763,7 +795,7 @@ def order_modify(
 ) -> Order:
     """Change a working order at the broker; 409 INVALID_STATE when it is no longer working."""
     with transaction.atomic():
-        locked = Order.objects.select_for_update().select_related("account").get(pk=order.pk)
+        locked = Order.objects.select_for_update(of=("self",)).select_related("account").get(pk=order.pk)
         if locked.status not in WORKING_STATUSES:
             raise InvalidState(f"Order {locked.pk} is {locked.status} and cannot be modified.")
         broker_order_id = _broker_id_or_conflict(locked)
@@ -869,7 +901,7 @@ def order_cancel(*, user: User | None, order: Order, source: str = OrderSource.A
     """Cancel at the broker; 409 INVALID_STATE when the order is already final (a filled order cannot be
     cancelled)."""
     with transaction.atomic():
-        locked = Order.objects.select_for_update().select_related("account").get(pk=order.pk)
+        locked = Order.objects.select_for_update(of=("self",)).select_related("account").get(pk=order.pk)
         if locked.status not in CANCELLABLE:
             raise InvalidState(f"Order {locked.pk} is {locked.status} and cannot be cancelled.")
         broker_order_id = _broker_id_or_conflict(locked)
@@ -933,38 +965,76 @@ def orders_reconcile(*, account_id: str, now: datetime | None = None) -> dict[st
     if not live or account.status != AccountStatus.CONNECTED:
         return counts
     adapter = adapter_for(account)
-    book = adapter.orders()
-    by_id = {order.broker_order_id: order for order in book}
-    by_tag = {order.tag: order for order in book if order.tag}
+    book = _BrokerBook(adapter.orders())
     grace = timedelta(seconds=settings.ORDER_RECONCILE_GRACE_SECONDS)
     for order in live:
-        match = by_id.get(order.broker_order_id) if order.broker_order_id else None
-        match = match or by_tag.get(order.broker_tag)
-        stale = now - order.updated_at > grace
-        if match is not None:
-            before = (order.status, order.filled_quantity)
-            if not Order.objects.filter(pk=order.pk, updated_at=order.updated_at).exists():
-                # Changed since the book was read (this very pass may have shrunk or cancelled it as an OCO sibling):
-                # the book can be older than that change and would undo it, so ask for the order itself.
-                try:
-                    match = adapter.order(match.broker_order_id)
-                except BrokerError as error:
-                    logger.info("could not refresh %s from the broker: %s", order.pk, error.detail)
-                    continue
-            updated = order_apply_update(
-                order_id=order.pk, update=match, source=OrderSource.RECONCILE, settle_pending=stale
-            )
-            counts["updated"] += int((updated.status, updated.filled_quantity) != before)
-            continue
-        if order.status not in (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN, OrderStatus.PENDING) or not stale:
-            continue
-        if order.status in (OrderStatus.SUBMITTING, OrderStatus.PENDING) and order.role in PROTECTIVE_ROLES:
-            _order_resubmit_protective(order=order)
-            counts["submitted"] += 1
-        else:
-            _order_reject_missing(order_id=order.pk)
-            counts["rejected"] += 1
+        outcome = _order_settle(
+            order=order, adapter=adapter, match=book.match(order), stale=now - order.updated_at > grace
+        )
+        if outcome:
+            counts[outcome] += 1
     return counts
+
+
+class _BrokerBook:
+    """One read of the broker's order book, matched to ours by broker id, else by our tag."""
+
+    def __init__(self, orders: list[BrokerOrder]) -> None:
+        self.by_id = {order.broker_order_id: order for order in orders}
+        self.by_tag = {order.tag: order for order in orders if order.tag}
+
+    def match(self, order: Order) -> BrokerOrder | None:
+        found = self.by_id.get(order.broker_order_id) if order.broker_order_id else None
+        return found or self.by_tag.get(order.broker_tag)
+
+
+def _order_settle(*, order: Order, adapter, match: BrokerOrder | None, stale: bool) -> str:
+    """Settle one live order from what its broker's book says of it; the outcome's name, "" when nothing changed.
+
+    `stale`: whoever placed the order is gone (past the grace period, or its Idempotency-Key lease ran out), so an
+    order the broker has never seen was never placed."""
+    if match is not None:
+        before = (order.status, order.filled_quantity)
+        if not Order.objects.filter(pk=order.pk, updated_at=order.updated_at).exists():
+            # Changed since the book was read (this very pass may have shrunk or cancelled it as an OCO sibling):
+            # the book can be older than that change and would undo it, so ask for the order itself.
+            try:
+                match = adapter.order(match.broker_order_id)
+            except BrokerError as error:
+                logger.info("could not refresh %s from the broker: %s", order.pk, error.detail)
+                return ""
+        updated = order_apply_update(
+            order_id=order.pk, update=match, source=OrderSource.RECONCILE, settle_pending=stale
+        )
+        return "updated" if (updated.status, updated.filled_quantity) != before else ""
+    if order.status not in (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN, OrderStatus.PENDING) or not stale:
+        return ""
+    if order.status in (OrderStatus.SUBMITTING, OrderStatus.PENDING) and order.role in PROTECTIVE_ROLES:
+        _order_resubmit_protective(order=order)
+        return "submitted"
+    _order_reject_missing(order_id=order.pk)
+    return "rejected"
+
+
+def order_settle_from_broker(*, order_id: str, stale: bool) -> Order:
+    """Settle one order from its broker's order book now: a retry whose first attempt died answers with this.
+
+    Best effort: when the broker cannot be read the order is returned as we have it (reconciliation goes on)."""
+    order = Order.objects.select_related("account").get(pk=order_id)
+    if order.is_final and not _rejected_by_inference(order):
+        return order
+    try:
+        adapter = adapter_for(order.account)
+        match = _BrokerBook(adapter.orders()).match(order)
+    except (BrokerError, AppError) as error:
+        logger.info("could not settle %s from the broker: %s", order.pk, error.detail)
+        return order
+    if order.is_final and match is not None:
+        order_apply_update(order_id=order.pk, update=match, source=OrderSource.RECONCILE, settle_pending=True)
+    elif not order.is_final:
+        _order_settle(order=order, adapter=adapter, match=match, stale=stale)
+    order.refresh_from_db()
+    return order
 
 
 def _order_resubmit_protective(*, order: Order) -> None:
@@ -975,6 +1045,19 @@ def _order_resubmit_protective(*, order: Order) -> None:
         if locked.status == OrderStatus.PENDING:
             _transition(locked, OrderStatus.SUBMITTING, source=OrderSource.RECONCILE)
         if locked.status != OrderStatus.SUBMITTING:
+            return
+        if locked.role in EXIT_ROLES and locked.quantity > _held(
+            account_id=locked.account_id, symbol=locked.symbol, product=locked.product, closing_side=locked.side
+        ):
+            # The position it was to protect shrank or closed while it waited: sent now it would open a new one.
+            _transition(
+                locked,
+                OrderStatus.CANCELLED,
+                source=OrderSource.RECONCILE,
+                message="Not sent: the position it protected is no longer held.",
+            )
+            locked.save()
+            _push_order(locked)
             return
         OrderEvent.objects.create(
             order=locked,
@@ -1009,10 +1092,76 @@ def _order_reject_missing(*, order_id: str) -> None:
 # --- target, stop-loss, OCO and trailing -------------------------------------------------------------------------
 
 
+def _exit_cover(legs: list[Order]) -> int:
+    """What one entry's exit legs still close between them: they are one exit (OCO), so the least either has left."""
+    return min(leg.pending_quantity for leg in legs)
+
+
+def _exit_groups(*, account_id: str, symbol: str, product: str, side: str) -> list[list[Order]]:
+    """The working exit legs on one position that close it from `side`, grouped by entry, oldest entry first."""
+    groups: dict[str, list[Order]] = {}
+    legs = Order.objects.filter(
+        account_id=account_id, symbol=symbol, product=product, side=side, role__in=EXIT_ROLES, status__in=LIVE_STATUSES
+    ).order_by("created_at", "id")
+    for leg in legs:
+        groups.setdefault(leg.parent_id or leg.pk, []).append(leg)
+    return list(groups.values())
+
+
+def _held(*, account_id: str, symbol: str, product: str, closing_side: str) -> int:
+    """How much of the position an order on `closing_side` can close: the long for a sell, the short for a buy."""
+    quantity = (
+        Position.objects.filter(account_id=account_id, symbol=symbol, product=product)
+        .values_list("quantity", flat=True)
+        .first()
+        or 0
+    )
+    return max(quantity, 0) if closing_side == Side.SELL else max(-quantity, 0)
+
+
+def _exit_room(*, account_id: str, symbol: str, product: str, side: str, exclude_parent: str | None = None) -> int:
+    """What new exit legs on `side` may still close without closing more than is held."""
+    held = _held(account_id=account_id, symbol=symbol, product=product, closing_side=side)
+    covered = sum(
+        _exit_cover(group)
+        for group in _exit_groups(account_id=account_id, symbol=symbol, product=product, side=side)
+        if group[0].parent_id != exclude_parent
+    )
+    return max(held - covered, 0)
+
+
+def exits_fit_position(*, account_id: str, symbol: str, product: str) -> int:
+    """Shrink or cancel working exit legs that would close more than the position now holds (closed by hand, by a
+    square-off, the RMS or a strategy's exit): a stop left working on a flat position would open a naked one.
+    The oldest entries keep their cover; returns how many legs were changed."""
+    changed = 0
+    for side in (Side.SELL, Side.BUY):
+        room = _held(account_id=account_id, symbol=symbol, product=product, closing_side=side)
+        for group in _exit_groups(account_id=account_id, symbol=symbol, product=product, side=side):
+            keep = min(_exit_cover(group), room)
+            room -= keep
+            for leg in group:
+                if leg.pending_quantity <= keep:
+                    continue
+                try:
+                    if keep == 0:
+                        order_cancel(user=None, order=leg, source=OrderSource.SYSTEM)
+                    else:
+                        order_modify(
+                            user=None, order=leg, quantity=leg.filled_quantity + keep, source=OrderSource.SYSTEM
+                        )
+                    changed += 1
+                except (BrokerError, InvalidState, ValidationFailed) as error:
+                    logger.warning("fitting exit %s to its position: %s", leg.pk, error.detail)
+    return changed
+
+
 def order_exits_place(*, order_id: str) -> list[Order]:
-    """Place a filled entry's target and stop-loss legs for the filled quantity, once."""
+    """Place a filled entry's target and stop-loss legs, once: for the filled quantity, or for what is still held
+    when part of the position was closed meanwhile (none when it is flat). Exits only ever reduce a position, so
+    they never need margin."""
     with transaction.atomic():
-        entry = Order.objects.select_for_update().select_related("user", "account").get(pk=order_id)
+        entry = Order.objects.select_for_update(of=("self",)).select_related("user", "account").get(pk=order_id)
         if not _needs_exits(entry):
             return []
         if entry.account.status != AccountStatus.CONNECTED:
@@ -1022,6 +1171,26 @@ def order_exits_place(*, order_id: str) -> list[Order]:
         entry.exits_placed_at = timezone.now()
         entry.save(update_fields=["exits_placed_at"])
         exit_side = Side.SELL if entry.side == Side.BUY else Side.BUY
+        quantity = min(
+            entry.filled_quantity,
+            _exit_room(
+                account_id=entry.account_id,
+                symbol=entry.symbol,
+                product=entry.product,
+                side=exit_side,
+                exclude_parent=entry.pk,
+            ),
+        )
+        if quantity <= 0:
+            OrderEvent.objects.create(
+                order=entry,
+                from_status=entry.status,
+                to_status=entry.status,
+                source=OrderSource.SYSTEM,
+                message="No target or stop-loss placed: the position was already closed.",
+                filled_quantity=entry.filled_quantity,
+            )
+            return []
         legs = []
         if entry.target is not None:
             legs.append((LegRole.TARGET, OrderType.LIMIT, entry.target, None))
@@ -1034,7 +1203,7 @@ def order_exits_place(*, order_id: str) -> list[Order]:
                 account=entry.account,
                 symbol=entry.symbol,
                 side=exit_side,
-                quantity=entry.filled_quantity,
+                quantity=quantity,
                 order_type=order_type,
                 product=entry.product,
                 price=price,
@@ -1061,6 +1230,9 @@ def order_exits_place(*, order_id: str) -> list[Order]:
             placed.append(order_submit(order=exit_order))
         except BrokerError as error:
             logger.warning("exit %s of %s failed: %s", exit_order.pk, order_id, error.detail)
+    # The position may have been closed while the legs were on their way (a square-off's fill does not see legs
+    # still being sent): fit them again now that they are at the broker.
+    exits_fit_position(account_id=entry.account_id, symbol=entry.symbol, product=entry.product)
     return placed
 
 
@@ -1331,6 +1503,28 @@ def orders_place_bulk(*, user: User, specs: list[OrderSpec], all_or_none: bool) 
             except (BrokerError, InvalidState) as error:
                 results[index] = LegResult(index=index, order=result.order, detail=f"Could not cancel: {error.detail}")
     return BulkResult(legs=[results[index] for index in range(len(specs))], all_or_none=all_or_none)
+
+
+def bulk_result_from_orders(*, specs: list[OrderSpec], orders: list[Order], all_or_none: bool) -> BulkResult:
+    """A bulk request's outcome rebuilt from the orders it placed, for a retry whose first attempt died: each leg
+    takes the first order not yet taken with its terms; a leg without one was never sent."""
+    remaining = list(orders)
+    legs = []
+    for index, spec in enumerate(specs):
+        terms = (spec.account_id, spec.symbol, spec.side, spec.quantity, spec.order_type, spec.product)
+        order = next(
+            (o for o in remaining if (o.account_id, o.symbol, o.side, o.quantity, o.order_type, o.product) == terms),
+            None,
+        )
+        if order is None:
+            legs.append(LegResult(index=index, order=None, not_sent=True, detail="Not sent."))
+            continue
+        remaining.remove(order)
+        if order.status == OrderStatus.REJECTED:
+            legs.append(LegResult(index=index, order=order, error_code="ORDER_REJECTED", detail=order.status_message))
+        else:
+            legs.append(LegResult(index=index, order=order, cancelled=order.status == OrderStatus.CANCELLED))
+    return BulkResult(legs=legs, all_or_none=all_or_none)
 
 
 # --- idempotency -------------------------------------------------------------------------------------------------

@@ -24,6 +24,11 @@ def place_exits(order_id: str) -> int:
     return len(services.order_exits_place(order_id=order_id))
 
 
+@shared_task(name="orders.tasks.follow_up_fill")
+def follow_up_fill(order_id: str) -> None:
+    services.order_fill_follow_up(order_id=order_id)
+
+
 @shared_task(name="orders.tasks.settle_oco")
 def settle_oco(order_id: str) -> None:
     services.order_oco_settle(order_id=order_id)
