@@ -266,7 +266,9 @@ def subscription_cancel(*, user: User) -> Subscription:
             razorpay_client().subscription.cancel, halted.razorpay_subscription_id, {"cancel_at_cycle_end": 0}
         )
         with transaction.atomic():
-            locked = Subscription.objects.select_for_update(of=("self",)).select_related("plan", "user").get(pk=halted.pk)
+            locked = (
+                Subscription.objects.select_for_update(of=("self",)).select_related("plan", "user").get(pk=halted.pk)
+            )
             _mirror(locked, remote, at=None)
             audit_record(action="billing.subscription_cancel", actor=user, target=locked, details={"halted": True})
         return locked
@@ -492,7 +494,9 @@ def trials_expire(*, now: datetime | None = None) -> int:
     for subscription_id, user_id in ended:
         with transaction.atomic():
             subscription = (
-                Subscription.objects.select_for_update(of=("self",)).select_related("plan", "user").get(pk=subscription_id)
+                Subscription.objects.select_for_update(of=("self",))
+                .select_related("plan", "user")
+                .get(pk=subscription_id)
             )
             if subscription.status != SubscriptionStatus.ACTIVE:
                 continue

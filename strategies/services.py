@@ -1484,7 +1484,9 @@ def backtest_execute_stored(*, backtest_id: str) -> Backtest:
     from .charts import equity_chart_png
 
     with transaction.atomic():
-        backtest = Backtest.objects.select_for_update(of=("self",)).select_related("strategy").filter(pk=backtest_id).first()
+        backtest = (
+            Backtest.objects.select_for_update(of=("self",)).select_related("strategy").filter(pk=backtest_id).first()
+        )
         if backtest is None or backtest.status != BacktestStatus.QUEUED:
             return backtest
         backtest.status = BacktestStatus.RUNNING
