@@ -1,6 +1,60 @@
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import pytest
+import time_machine
 from django.conf import settings
 from django.core.cache import cache
+
+IST = ZoneInfo("Asia/Kolkata")
+# The moment tests that need an open market run at: a Tuesday that is an NSE trading day, mid-session.
+MARKET_OPEN_AT = datetime(2026, 12, 8, 10, 30, tzinfo=IST)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--clock",
+        default="",
+        help="run the whole session as if it were this ISO moment (e.g. 2026-12-06T23:00+05:30), ticking from "
+        "there: proves the suite passes on a weekend, a holiday or at night",
+    )
+
+
+_session_traveller: list[time_machine.travel] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_clock(request):
+    moment = request.config.getoption("--clock")
+    if not moment:
+        yield
+        return
+    traveller = time_machine.travel(datetime.fromisoformat(moment), tick=True)
+    traveller.start()
+    _session_traveller.append(traveller)
+    yield
+    _session_traveller.clear()
+    traveller.stop()
+
+
+@pytest.fixture
+def wall_clock():
+    """For a test that shares time with processes it starts (a Celery worker, a child it kills): they read the wall
+    clock, so this test does too, whatever `--clock` says. Such a test must not depend on the day or the hour."""
+    if not _session_traveller:
+        yield
+        return
+    _session_traveller[0].stop()
+    yield
+    _session_traveller[0].start()
+
+
+@pytest.fixture
+def market_open(time_machine) -> datetime:
+    """The one shared test clock for a trading day and a market hour: any test that needs the market open asks
+    for it (directly or through a fixture) instead of trusting the wall clock. Ticks from there."""
+    time_machine.move_to(MARKET_OPEN_AT, tick=True)
+    return MARKET_OPEN_AT
 
 
 def _clear_shared_state() -> None:

@@ -73,7 +73,7 @@ def place_in_a_process_killed_at(step: str, *, token: str, body: dict, key: str)
 
 @pytest.mark.parametrize(("step", "reached_broker"), STEPS)
 def test_a_retry_after_the_process_died_at_each_step_answers_the_truth_once(
-    trader, instruments, market, settings, step, reached_broker
+    wall_clock, trader, instruments, market, settings, step, reached_broker
 ):
     assert connection.vendor == "postgresql", "the child process shares the test database: make test sets DATABASE_URL"
     from rest_framework_simplejwt.tokens import RefreshToken

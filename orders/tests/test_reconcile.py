@@ -364,7 +364,7 @@ def _wait_for(condition, *, timeout: float = 20, what: str) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_settles_an_unknown_order_and_a_second_delivery_changes_nothing(
-    trader, paper, publish_quote, monkeypatch
+    wall_clock, trader, paper, publish_quote, monkeypatch
 ):
     monkeypatch.setenv("DATABASE_URL", _test_database_url())
     monkeypatch.setattr(settings, "ORDER_RECONCILE_DELAY_SECONDS", 0.5)

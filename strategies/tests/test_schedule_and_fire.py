@@ -124,7 +124,7 @@ def test_offsets_premium_and_next_week_choose_their_contracts(trader_client, pap
     }
 
 
-def test_a_fire_delivered_twice_places_one_set_of_orders(trader_client, paper, nifty, day):
+def test_a_fire_delivered_twice_places_one_set_of_orders(market_open, trader_client, paper, nifty, day):
     strategy = create(trader_client, straddle_body(paper))
     run_id = start(trader_client, strategy["id"]).json()["run"]["id"]
     from strategies.tasks import fire
@@ -228,7 +228,9 @@ def test_mtm_stop_loss_exits_the_strategy_on_the_rms_sweep(trader_client, paper,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_real_worker_runs_the_beat_entrys_task_once_though_it_arrives_twice(trader_client, paper, nifty, monkeypatch):
+def test_a_real_worker_runs_the_beat_entrys_task_once_though_it_arrives_twice(
+    wall_clock, trader_client, paper, nifty, monkeypatch
+):
     import time as clock
 
     from django.db import connection
