@@ -8,7 +8,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/algoterm
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test lint bench migrate seed clean-venv
+.PHONY: run test lint bench drill migrate seed clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	@for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+# The fault drill: the distributed stack under retrying clients while a worker, the web process and Redis fail.
+# `make drill QUICK=1` is CI's shorter run.
+drill: $(VENV)/.dev-installed
+	$(BIN)/python bench/drill.py $(if $(QUICK),--quick,)
 
 clean-venv:
 	rm -rf $(VENV)

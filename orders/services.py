@@ -3,6 +3,11 @@
 Placing is deliberately not one transaction: the order is committed as SUBMITTING *before* the broker is called, so
 a crash or a lost answer leaves a row that reconciliation settles from the broker's order book by our tag. Nothing
 here ever sends an order to a broker twice.
+
+Row locks, so concurrent placing, fills, exits, reconciliation and the RMS never deadlock: a transaction locks at
+most one order row, then that order's position row, in that order, and nothing else of ours: `of=("self",)` on every
+`select_for_update` with a join, so the joined account and user rows are never locked. Broker calls (and with them
+the paper exchange's own account locks) happen outside these transactions, except reads of the broker's books.
 """
 
 from __future__ import annotations
