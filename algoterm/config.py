@@ -312,7 +312,8 @@ SECTIONS: dict[str, Section] = {
         ),
         Section(
             HOLIDAYS,
-            'Trading holidays: {"NSE": [{"date": "YYYY-MM-DD", "name": "..."}]}, weekdays only, each date once.',
+            'Trading holidays: {"NSE": [{"date": "YYYY-MM-DD", "name": "..."}]}, weekdays only, each date once; '
+            "each year listed replaces that year's built-in list, other years keep theirs.",
             _holidays_default,
             _holidays_validate,
         ),

@@ -111,7 +111,8 @@ class HealthComponentsApi(_OpsView):
             503: OpenApiResponse(HealthOutput, description="SERVICE_UNAVAILABLE envelope plus the same fields"),
         },
         summary="Health of every component, for operators",
-        description="`GET /api/health`'s checks (database, redis, workers, scheduler: the beat heartbeat) plus "
+        description="`GET /api/health`'s checks (database, redis, workers, scheduler: the beat heartbeat, "
+        "holidays: whether the market calendar has this year's and, from 1 December, next year's NSE list) plus "
         "`queue` (Celery messages waiting per queue), `feed` (age of the newest index quote; stale counts only "
         "while the market is open) and `brokers` (connected accounts and open circuit breakers per broker; down "
         "when every connected account of a broker has its circuit open). 200 when every `required` component is "

@@ -20,7 +20,9 @@ How fills are priced, so results can be checked by hand:
 - The strategy's MTM (today's closed plus open PnL of its legs) is checked at each bar's close against
   `mtm_stop_loss` and `mtm_target`; a breach closes every open leg at that close and ends the strategy's day.
 - Rule strategies evaluate `entry_rule`/`exit_rule` (strategies.rules) on `rule_symbol`'s bars of
-  `timeframe_minutes`, aligned to 09:15 like stored candles, over the whole range so indicators carry across days.
+  `timeframe_minutes`, aligned to 09:15 like stored candles, over the whole range so indicators carry across days;
+  `rules.rule_history` reads them, as it does for live evaluation, from enough trading sessions before `start` for
+  the rules' indicators to be known on its first bar.
   A rule bar counts once it has closed: when flat, the legs enter at the open of the first 1-minute bar starting at
   or after its end (the strike from the spot there); when holding, the exit rule closes everything at that open.
 - Webhook strategies replay the recorded signals as the live engine reads them: BUY and SHORT open or add at the open
@@ -1050,7 +1052,7 @@ class _Backtest:
 
     def rule_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Epoch seconds at which the entry and the exit rule hold on a closed rule bar (the bar's end)."""
-        from .rules import RuleError, candle_series, rule_evaluate, rule_parse
+        from .rules import RuleError, rule_evaluate, rule_history, rule_parse
 
         definition = self.definition
         try:
@@ -1058,27 +1060,18 @@ class _Backtest:
             exit_rule = rule_parse(definition.exit_rule) if definition.exit_rule.strip() else None
         except RuleError as error:
             raise BacktestError(f"the rule cannot be read: {error}") from error
-        lookback = max(entry_rule.lookback, exit_rule.lookback if exit_rule else 0)
-        # Enough calendar days before the start for the indicators to warm up (weekends and holidays included).
-        warm_up_days = math.ceil(lookback * definition.timeframe_minutes / 375 * 7 / 5) + 5
-        minutes = _minutes_load(
-            definition.rule_symbol, since=self.start - timedelta(days=warm_up_days), until=self.end, volume=True
-        )
-        if not minutes.day_slices:
-            raise self.no_candles(definition.rule_symbol)
-        bars = _aggregated(minutes, definition.timeframe_minutes)
-        series = candle_series(
-            starts=[datetime.fromtimestamp(int(start), tz=UTC) for start in bars.starts],
-            opens=bars.open,
-            highs=bars.high,
-            lows=bars.low,
-            closes=bars.close,
-            volumes=bars.volume,
+        history = rule_history(
+            symbol=definition.rule_symbol,
             timeframe_minutes=definition.timeframe_minutes,
+            rules=[rule for rule in (entry_rule, exit_rule) if rule is not None],
+            first_day=self.start,
+            end=_ist_midnight(self.end + timedelta(days=1)),
         )
-        ends = bars.starts + definition.timeframe_minutes * _BAR_SECONDS
-        entry_at = ends[rule_evaluate(entry_rule, series)]
-        exit_at = ends[rule_evaluate(exit_rule, series)] if exit_rule is not None else ends[:0]
+        if not len(history.series):
+            raise self.no_candles(definition.rule_symbol)
+        ends = history.ends
+        entry_at = ends[rule_evaluate(entry_rule, history.series)]
+        exit_at = ends[rule_evaluate(exit_rule, history.series)] if exit_rule is not None else ends[:0]
         return entry_at, exit_at
 
     def rule_day(self, clock: _Clock, entry_moments: np.ndarray, exit_moments: np.ndarray) -> list[BacktestTrade]:

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from brokers.adapters.base import OrderType, Side
 from brokers.models import AccountStatus, Broker, BrokerAccount
 from brokers.selectors import broker_account_get, broker_account_list
 from marketdata import calendar
-from marketdata.candles import INTERVAL_MINUTES, candles_get
 from marketdata.instruments import instrument_get, monthly_expiry
 from marketdata.models import Instrument, InstrumentType
 from marketdata.quotes import quotes_get
@@ -71,8 +69,6 @@ logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
 FIRE_TASK = "strategies.tasks.fire"
 SCHEDULE_DESCRIPTION = "[strategy] created by start, removed by stop"
-SESSION_MINUTES = 375
-INTERVAL_OF_MINUTES = {minutes: interval for interval, minutes in INTERVAL_MINUTES.items()}
 STRATEGY_LEVEL = -1  # the `leg` of fires acting on the whole strategy
 WEBHOOK_ACTIONS = ("BUY", "SELL", "SHORT", "COVER", "EXIT")
 CANCELLABLE_OWN = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_MODIFY})
@@ -1032,7 +1028,7 @@ def _reentries_place(*, run: StrategyRun, day: date) -> int:
 def rules_evaluate(*, now: datetime | None = None) -> int:
     """Each running rule strategy against its symbol's last closed candle: enter when the entry rule turns true
     and the run holds nothing, exit when the exit rule does. Once per (strategy, day, bar) however often it runs."""
-    from .rules import candle_series, rule_parse, rule_true_on_last_bar
+    from .rules import rule_history, rule_parse, rule_true_on_last_bar
 
     now = now or timezone.now()
     day = _today_ist(now)
@@ -1046,31 +1042,15 @@ def rules_evaluate(*, now: datetime | None = None) -> int:
             continue
         entry_rule = rule_parse(strategy.entry_rule)
         exit_rule = rule_parse(strategy.exit_rule) if strategy.exit_rule else None
-        lookback = max(entry_rule.lookback, exit_rule.lookback if exit_rule else 0) + 2
-        frame = timedelta(minutes=strategy.timeframe_minutes)
-        interval = INTERVAL_OF_MINUTES[strategy.timeframe_minutes]
-        # Enough trading sessions (375 minutes each) for the indicators, plus weekends and holidays between them.
-        sessions = math.ceil(lookback * strategy.timeframe_minutes / SESSION_MINUTES) + 1
-        bars = candles_get(
+        history = rule_history(
             symbol=strategy.rule_symbol,
-            interval=interval,
-            start=now - timedelta(days=sessions + 5),
+            timeframe_minutes=strategy.timeframe_minutes,
+            rules=[rule for rule in (entry_rule, exit_rule) if rule is not None],
+            first_day=day,
             end=now,
         )
-        bars = [bar for bar in bars if bar.start + frame <= now]  # only closed bars
-        if not bars:
-            continue
-        series = candle_series(
-            starts=[bar.start for bar in bars],
-            opens=[float(bar.open) for bar in bars],
-            highs=[float(bar.high) for bar in bars],
-            lows=[float(bar.low) for bar in bars],
-            closes=[float(bar.close) for bar in bars],
-            volumes=[float(bar.volume) for bar in bars],
-            timeframe_minutes=strategy.timeframe_minutes,
-        )
-        last_close = (bars[-1].start + frame).astimezone(IST)
-        if last_close.date() != day:
+        series, last_close = history.series, history.last_close
+        if last_close is None or last_close.date() != day:
             continue
         bar_minute = last_close.hour * 60 + last_close.minute
         holding = bool(_own_open_quantities(run))

@@ -107,7 +107,7 @@ def test_the_list_starts_with_todays_behaviour_as_defaults(admin_client, setting
     assert all(s["version"] == 0 and not s["stored"] and s["updated_by"] is None for s in sections.values())
     assert sections["market_hours"]["data"] == MARKET_HOURS
     holidays = sections["holidays"]["data"]["NSE"]
-    assert len(holidays) == len(calendar.NSE_TRADING_HOLIDAYS) == 16
+    assert len(holidays) == len(calendar.NSE_TRADING_HOLIDAYS)
     assert {"date": "2026-12-25", "name": "Christmas"} in holidays
     assert sections["rms_defaults"]["data"] == RMS
     assert sections["freeze_quantities"]["data"]["NIFTY"] == 1800

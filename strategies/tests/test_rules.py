@@ -2,7 +2,7 @@ import pickle
 import random
 import time
 import warnings
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ from strategies.rules import (
     rule_evaluate,
     rule_parse,
     rule_true_on_last_bar,
+    rule_warm_up_start,
 )
 
 # 09:15 IST, the cash market's open.
@@ -505,3 +506,29 @@ def test_rules_and_series_are_immutable():
     with pytest.raises(ValueError):
         series.close[0] = 5
     assert isinstance(rule.node, Comparison)
+
+
+# --- warm-up window ----------------------------------------------------------------------------------------------
+
+
+def trading_days_from(first: date, before: date) -> int:
+    from marketdata import calendar
+
+    return sum(calendar.is_trading_day(first + timedelta(days=n)) for n in range((before - first).days))
+
+
+@pytest.mark.django_db  # the calendar reads the configured holidays and session times
+def test_the_warm_up_is_counted_in_trading_sessions_not_calendar_days():
+    # ema(close, 200) on 60-minute bars: 6 whole bars a 375-minute session -> 34 sessions, plus 1 + 3 spare = 38.
+    # Before Thursday 16 April 2026 they run back over 8 weekends and five holidays (Holi on 3 March, 26 and 31
+    # March, 3 and 14 April): Monday 16 February, 59 calendar days back.
+    first = rule_warm_up_start(bars=200, timeframe_minutes=60, before=date(2026, 4, 16))
+
+    assert trading_days_from(first, date(2026, 4, 16)) == 38
+    assert first == date(2026, 2, 16)
+
+
+@pytest.mark.django_db
+def test_a_short_rule_on_minute_bars_needs_the_session_before_only():
+    # 30 one-minute bars: 1 session, plus 1 spare; from a Monday that reaches back over the weekend.
+    assert rule_warm_up_start(bars=30, timeframe_minutes=1, before=date(2026, 4, 20)) == date(2026, 4, 16)

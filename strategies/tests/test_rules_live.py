@@ -3,7 +3,7 @@ closed bar, once per bar however often the evaluation runs, and exits when the e
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -14,7 +14,10 @@ from marketdata.models import Candle, Instrument
 from orders.models import LegRole, Order, OrderSource, OrderStatus, Position
 from orders.tests.factories import EQUITY
 from strategies import services
+from strategies.backtest import backtest_execute
+from strategies.definitions import Kind, LegDefinition, LegInstrument, StrategyDefinition
 from strategies.models import Signal, SignalStatus, Strategy, StrategyStatus
+from strategies.rules import rule_history, rule_parse
 
 pytestmark = pytest.mark.django_db
 
@@ -165,3 +168,125 @@ def test_a_leg_that_cannot_be_placed_is_recorded_as_a_rejected_signal(rule_strat
     assert (signal.source, signal.action, signal.status, signal.reason) == ("rule", "ENTRY", "rejected", "LEG_FAILED")
     strategy = Strategy.objects.get(pk=rule_strategy["id"])
     assert strategy.status == StrategyStatus.RUNNING and strategy.status_message
+
+
+# --- history: a long indicator on hourly bars across weekends and holidays -----------------------------------------
+
+# Thursday 16 April 2026, 10:20 IST: the 09:15-10:15 bar has closed, the 10:15 one is forming. The weeks before hold
+# weekends and four NSE holidays (Ram Navami 26 March, Mahavir Jayanti 31 March, Good Friday 3 April, Ambedkar
+# Jayanti 14 April), so 39 calendar days hold only 24 sessions: 169 hourly bars, fewer than ema(close, 200) needs.
+EMA_NOW = datetime(2026, 4, 16, 10, 20, tzinfo=IST)
+EMA_RULE = "close crosses_above ema(close, 200)"
+HISTORY_SESSIONS = 45  # more than the warm-up needs, so only the window decides how many bars are read
+
+
+def store_hourly_history(*, now: datetime = EMA_NOW) -> None:
+    """Every minute of the HISTORY_SESSIONS trading days before `now`'s day at 1000, then today's minutes from 09:15
+    to 10:19 at 1000 except the last of the first hour (10:14) and after, at 1100: the 09:15-10:15 bar closes at
+    1100, above its ema(close, 200) (about 1001), after bars that closed at 1000, on their ema."""
+    from marketdata import calendar
+
+    today = now.astimezone(IST).date()
+    day = calendar.trading_days_back(today, sessions=HISTORY_SESSIONS)
+    rows = []
+    while day < today:
+        if calendar.is_trading_day(day):
+            rows += [(datetime.combine(day, time(9, 15), tzinfo=IST) + timedelta(minutes=n), 1000) for n in range(375)]
+        day += timedelta(days=1)
+    opening = datetime.combine(today, time(9, 15), tzinfo=IST)
+    rows += [(opening + timedelta(minutes=n), 1000 if n < 59 else 1100) for n in range(65)]
+    Candle.objects.bulk_create(
+        (
+            Candle(
+                symbol=EQUITY,
+                interval="1m",
+                start=moment.astimezone(UTC),
+                open=Decimal(close),
+                high=Decimal(close),
+                low=Decimal(close),
+                close=Decimal(close),
+                volume=100,
+            )
+            for moment, close in rows
+        ),
+        batch_size=5000,
+    )
+
+
+@pytest.fixture
+def hourly_ema_strategy(trader_client, paper, publish_quote, settings) -> dict:
+    settings.MARKET_ALWAYS_OPEN = True  # the paper market fills whatever day the tests run on; the clock is EMA_NOW
+    publish_quote(EQUITY, Decimal(1100))
+    body = {
+        "name": "INFY hourly EMA 200",
+        "kind": "rule",
+        "rule_symbol": EQUITY,
+        "timeframe_minutes": 60,
+        "entry_rule": EMA_RULE,
+        "exit_rule": "close < ema(close, 200)",
+        "exit_time": "15:15",
+        "accounts": [{"account_id": paper.pk}],
+        "legs": [{"underlying": "INFY", "instrument": "EQ", "side": "BUY", "lots": 1}],
+    }
+    created = trader_client.post("/api/strategies", body, format="json")
+    assert created.status_code == 201, created.json()
+    started = trader_client.post(f"/api/strategies/{created.json()['id']}/start", {"mode": "paper"}, format="json")
+    assert started.status_code == 201, started.json()
+    store_hourly_history()
+    return {"id": created.json()["id"]}
+
+
+def test_an_hourly_ema_200_rule_reads_enough_history_across_weekends_and_holidays_to_fire_live(hourly_ema_strategy):
+    acted = services.rules_evaluate(now=EMA_NOW)
+
+    assert acted == 1
+    [signal] = Signal.objects.filter(strategy_id=hourly_ema_strategy["id"])
+    assert (signal.source, signal.action) == ("rule", "ENTRY")
+    assert "10:15" in signal.detail  # the bar closing at 10:15, not the forming one
+
+
+def test_the_rule_history_holds_the_bars_an_hourly_ema_200_needs(db):
+    store_hourly_history()
+    rule = rule_parse(EMA_RULE)
+
+    history = rule_history(symbol=EQUITY, timeframe_minutes=60, rules=[rule], first_day=EMA_NOW.date(), end=EMA_NOW)
+
+    assert rule.lookback == 201  # 200 bars for the ema, one more for the crossing's previous bar
+    assert len(history.series) >= 202
+    assert history.last_close == datetime(2026, 4, 16, 10, 15, tzinfo=IST)  # the forming 10:15 bar is left out
+    days = {date.fromordinal(int(ordinal)) for ordinal in history.series.day}
+    assert min(days) < date(2026, 3, 26)  # back across the four holidays and the weekends
+    assert not days & {date(2026, 3, 26), date(2026, 3, 31), date(2026, 4, 3), date(2026, 4, 14)}
+
+
+def test_live_evaluation_and_the_backtest_read_rule_history_through_the_same_function(hourly_ema_strategy, monkeypatch):
+    from strategies import rules
+
+    real_rule_history = rules.rule_history
+    calls = []
+
+    def recorded(**arguments):
+        history = real_rule_history(**arguments)
+        calls.append((arguments["first_day"], arguments["end"], len(history.series)))
+        return history
+
+    monkeypatch.setattr(rules, "rule_history", recorded)
+    definition = StrategyDefinition(
+        kind=Kind.RULE,
+        legs=(LegDefinition(underlying="INFY", instrument=LegInstrument.EQUITY, side="BUY", lots=1),),
+        exit_time=time(15, 15),
+        rule_symbol=EQUITY,
+        timeframe_minutes=60,
+        entry_rule=EMA_RULE,
+    )
+
+    assert services.rules_evaluate(now=EMA_NOW) == 1
+    result = backtest_execute(definition=definition, start=EMA_NOW.date(), end=EMA_NOW.date(), capital=Decimal(100000))
+
+    (live_day, live_end, live_bars), (backtest_day, backtest_end, backtest_bars) = calls
+    assert live_day == backtest_day == EMA_NOW.date()
+    assert (live_end, backtest_end) == (EMA_NOW, datetime(2026, 4, 17, tzinfo=IST))
+    assert backtest_bars == live_bars + 1  # the same bars, and the 10:15 bar that had not closed at 10:20
+    # Both act on the bar closing at 10:15: live entered then, the backtest at the next minute's open.
+    (trade,) = result.trades
+    assert trade.entry_at == datetime(2026, 4, 16, 10, 15, tzinfo=IST)
