@@ -7,6 +7,8 @@ PORT ?= 8000
 # Tests always run against real PostgreSQL and Redis; these defaults are the local servers.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/algoterm
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# Parallel test workers (pytest-xdist): each has its own test database and Redis key prefix.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench drill migrate seed clean-venv
 
@@ -35,7 +37,7 @@ run: seed
 test: $(VENV)/.dev-installed
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	REDIS_KEY_PREFIX=algoterm-test-$$$$ DJANGO_ENV=test LOG_LEVEL=$${LOG_LEVEL:-WARNING} \
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --timeout 300 $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

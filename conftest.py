@@ -1,3 +1,4 @@
+import importlib
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -70,6 +71,22 @@ def _clear_shared_state() -> None:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def _migration_rows(request):
+    """The rows migrations seed (the plans) for every test with the database. A transactional test's flush deletes
+    them; serially those tests run last, but spread over parallel workers a later test on the same worker would
+    find no plans."""
+    uses_db = request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(request.fixturenames)
+    if not uses_db:
+        return
+    request.getfixturevalue("_django_db_helper" if request.node.get_closest_marker("django_db") else "db")
+    from billing.models import Plan
+
+    if not Plan.objects.exists():
+        plans = importlib.import_module("billing.migrations.0002_plans").PLANS
+        Plan.objects.bulk_create([Plan(**plan) for plan in plans])
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,8 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from accounts import services
 from accounts.forms import UserChangeAdminForm, UserCreationAdminForm
-from accounts.models import AuditEvent, Notification, User
+from accounts.models import AuditEvent, Notification, RevokedAccessToken, User
+from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import AppError
 from orders.admin_actions import SquareOffJob, square_off_selected
 from rms import services as rms_services
@@ -79,6 +80,14 @@ class UserAdmin(DjangoUserAdmin):
                 self.message_user(request, f"{user.email}: {error.detail}", level=messages.WARNING)
         if done:
             self.message_user(request, f"{done} user(s) {verb}.", level=messages.SUCCESS)
+
+
+@admin.register(RevokedAccessToken)
+class RevokedAccessTokenAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Access tokens refused before their expiry (logouts); the purge task removes them once expired."""
+
+    list_display = ["jti", "expires_at"]
+    date_hierarchy = "expires_at"
 
 
 @admin.register(AuditEvent)

@@ -1,35 +1,26 @@
 """Access-token authentication for REST and WebSocket: the user is loaded on every request, so a deactivation
-or a logout takes effect at once, also for tokens already issued."""
+or a logout takes effect at once, also for tokens already issued. Revocations live in PostgreSQL and are read in the
+same query as the user, so a Redis outage neither lets a logged-out token back in nor turns requests into errors."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from django.core.cache import cache
+from django.db.models import Exists
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken, Token
 
-from accounts.models import User
+from accounts.models import RevokedAccessToken, User
 from algoterm import request_context
 from algoterm.api.errors import AccountDeactivated, AccountDeactivatedForDrf, AppError, AuthInvalid, AuthInvalidForDrf
 
-_REVOKED_ACCESS_PREFIX = "revoked-access:"
-
-
-def access_token_revoke(token: Token) -> None:
-    """Refuse this access token until it would have expired anyway (logout)."""
-    remaining = int(token["exp"] - datetime.now(tz=UTC).timestamp())
-    if remaining > 0:
-        cache.set(f"{_REVOKED_ACCESS_PREFIX}{token['jti']}", True, timeout=remaining + 1)
-
 
 def _user_for_validated_token(token: Token) -> User:
-    if cache.get(f"{_REVOKED_ACCESS_PREFIX}{token.get('jti')}"):
-        raise AuthInvalid("This token has been revoked; log in again.")
-    user = User.objects.filter(pk=token.get("user_id")).first()
+    revoked = RevokedAccessToken.objects.filter(jti=token.get("jti"))
+    user = User.objects.filter(pk=token.get("user_id")).annotate(token_revoked=Exists(revoked)).first()
     if user is None:
         raise AuthInvalid()
+    if user.token_revoked:
+        raise AuthInvalid("This token has been revoked; log in again.")
     if not user.is_active:
         raise AccountDeactivated()
     request_context.bind(user_id=user.pk)

@@ -1,4 +1,7 @@
-"""/ws/events: the user's orders, trades, positions, RMS alerts and notifications as they happen."""
+"""/ws/events: the user's orders, trades, positions, RMS alerts and notifications as they happen.
+
+Every connection starts with `server_ready` then a `snapshot` (open orders, open positions, unread notifications),
+so a client reconnecting after a drop, a 1013 or a 1012 replaces its state from it instead of replaying events."""
 
 from __future__ import annotations
 
@@ -20,6 +23,11 @@ class EventsConsumer(ProtocolConsumer):
         self.group = user_group(self.user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
 
+    async def on_ready(self) -> None:
+        # Read after joining the group: an event racing the snapshot is delivered after it (perhaps repeating what
+        # it shows; every event carries the whole resource), never lost between the two.
+        await self.handle_request_snapshot({})
+
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -40,8 +48,8 @@ class EventsConsumer(ProtocolConsumer):
             self.topics -= set(topics)
 
     async def handle_request_snapshot(self, payload: dict[str, Any]) -> None:
-        unread = await database_sync_to_async(selectors.notification_unread_count)(user=self.user)
-        await self.send_message("snapshot", {"topics": sorted(self.topics), "unread_notifications": unread})
+        state = await database_sync_to_async(selectors.events_snapshot)(user=self.user)
+        await self.send_message("snapshot", {"topics": sorted(self.topics), **state})
 
     async def user_event(self, event: dict[str, Any]) -> None:
         if event["topic"] in self.topics:

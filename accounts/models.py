@@ -1,4 +1,4 @@
-"""Users, the audit log and notifications."""
+"""Users, revoked access tokens, the audit log and notifications."""
 
 from __future__ import annotations
 
@@ -83,6 +83,17 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def status(self) -> str:
         return "active" if self.is_active else "deactivated"
+
+
+class RevokedAccessToken(models.Model):
+    """An access token refused before its expiry (logout). Kept in PostgreSQL, not only in Redis, so the check that
+    guards every request works through a Redis outage; rows go once the token would have expired anyway."""
+
+    jti = models.CharField(max_length=255, primary_key=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.jti
 
 
 class AuditEvent(models.Model):

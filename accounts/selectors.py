@@ -8,6 +8,7 @@ from decimal import Decimal
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
 
 from accounts.models import AuditEvent, Notification, User
+from algoterm import realtime
 from algoterm.api.errors import NotFound, PermissionDenied, ValidationFailed
 
 
@@ -42,6 +43,12 @@ def notification_get(*, user: User, notification_id: str) -> Notification:
 
 def notification_unread_count(*, user: User) -> int:
     return Notification.objects.filter(user=user, read_at__isnull=True).count()
+
+
+def events_snapshot(*, user: User) -> dict:
+    """The state /ws/events sends on connect and on `request_snapshot`: the unread count, and what the apps above
+    register (open orders and positions), so a client that reconnects replaces its state rather than replaying."""
+    return {"unread_notifications": notification_unread_count(user=user), **realtime.snapshot_parts(user=user)}
 
 
 def user_profile(*, user: User) -> User:

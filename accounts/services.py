@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth import authenticate, password_validation
@@ -16,8 +17,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from accounts import login_limits
-from accounts.authentication import access_token_revoke
-from accounts.models import ROLE_RANK, AuditEvent, Notification, Role, User
+from accounts.models import ROLE_RANK, AuditEvent, Notification, RevokedAccessToken, Role, User
 from accounts.validators import normalize_email, normalize_phone
 from algoterm import realtime, request_context
 from algoterm.api.errors import (
@@ -108,6 +108,13 @@ def _locked_outstanding(token: RefreshToken) -> OutstandingToken | None:
         .order_by()
         .first()
     )
+
+
+def _access_token_revoke(token: AccessToken) -> None:
+    """Refuse this access token until it would have expired anyway (authentication reads the row)."""
+    expires_at = datetime.fromtimestamp(token["exp"], tz=UTC)
+    if expires_at > timezone.now():
+        RevokedAccessToken.objects.get_or_create(jti=token["jti"], defaults={"expires_at": expires_at})
 
 
 def _revoke_all_refresh_tokens(user: User) -> int:
@@ -214,7 +221,7 @@ def auth_logout(*, user: User, refresh: str, access: AccessToken | None = None) 
         raise ValidationFailed(errors={"refresh": ["This refresh token does not belong to your session."]})
     BlacklistedToken.objects.get_or_create(token=outstanding)
     if access is not None:
-        access_token_revoke(access)
+        _access_token_revoke(access)
     audit_record(action="auth.logout", actor=user, target=user)
 
 
@@ -347,6 +354,9 @@ def notifications_purge_old(*, older_than) -> int:
 
 @transaction.atomic
 def tokens_purge_expired() -> int:
-    """Expired refresh tokens can no longer be presented, so their rows (and blacklist entries) can go."""
-    deleted, _ = OutstandingToken.objects.filter(expires_at__lte=timezone.now()).delete()
-    return deleted
+    """Expired tokens can no longer be presented, so their rows (refresh tokens with their blacklist entries, and
+    access-token revocations) can go."""
+    now = timezone.now()
+    deleted, _ = OutstandingToken.objects.filter(expires_at__lte=now).delete()
+    revocations, _ = RevokedAccessToken.objects.filter(expires_at__lte=now).delete()
+    return deleted + revocations

@@ -1,9 +1,12 @@
-"""Health of the parts the platform needs: database, Redis, Celery workers. Each check is timed."""
+"""Health of the parts the platform needs: database, Redis, Celery workers. Each check is timed. Beside them, checks
+that never make health fail but tell operators something needs doing: beat's heartbeat, the market calendar's
+holiday lists."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import redis
@@ -14,6 +17,7 @@ from django.utils import timezone
 
 from algoterm import embedded
 from algoterm.celery import app as celery_app
+from marketdata import calendar as market_calendar
 
 WORKER_PING_TIMEOUT = 1.0
 HEARTBEAT_CACHE_KEY = "system:heartbeat"
@@ -102,6 +106,31 @@ def check_scheduler() -> ComponentHealth:
     return ComponentHealth(status, None, required=False, info={"last_heartbeat_age_s": age})
 
 
+def check_holidays(*, today: date | None = None) -> ComponentHealth:
+    """A warning, never a failure: down (not required) when a year that should have an NSE holiday list has none,
+    built in or configured: the current year always, next year from 1 December (NSE publishes it mid-December).
+    Without a list the calendar takes every weekday for a trading day, so strategies and sweeps would run on
+    exchange holidays."""
+    today = today or timezone.localdate(timezone=market_calendar.IST)
+    known = market_calendar.holiday_years()
+    info = {
+        "years": sorted(known),
+        "provisional": sorted(market_calendar.PROVISIONAL_HOLIDAY_YEARS & known),
+    }
+    missing = market_calendar.holiday_years_missing(today=today)
+    if not missing:
+        return ComponentHealth("up", None, required=False, info=info)
+    years = ", ".join(str(year) for year in missing)
+    return ComponentHealth(
+        "down",
+        None,
+        required=False,
+        detail=f"No NSE trading holiday list for {years}: every weekday would count as a trading day. Add NSE's "
+        "list to the holidays configuration section (PUT /api/config/holidays).",
+        info={**info, "missing": missing},
+    )
+
+
 def platform_health() -> dict[str, ComponentHealth]:
     database = check_database()
     redis_health = check_redis()
@@ -110,4 +139,5 @@ def platform_health() -> dict[str, ComponentHealth]:
         "redis": redis_health,
         "workers": check_workers(broker_up=redis_health.is_up),
         "scheduler": check_scheduler() if redis_health.is_up else ComponentHealth("down", None, required=False),
+        "holidays": check_holidays(),
     }

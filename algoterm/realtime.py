@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -28,6 +29,12 @@ TOPIC_OF_MESSAGE = {
     "notification": "notifications",
 }
 EVENT_TOPICS = frozenset(TOPIC_OF_MESSAGE.values())
+
+# What a /ws/events `snapshot` carries beyond the accounts app's own part: the apps above accounts (orders: open
+# orders and positions) register theirs from their AppConfig.ready(), so accounts never imports them. A part takes
+# `user=` and returns top-level keys rendered as the REST API renders them.
+SnapshotPart = Callable[..., dict[str, Any]]
+_snapshot_parts: list[SnapshotPart] = []
 
 _server_loop: asyncio.AbstractEventLoop | None = None
 _server_thread_id: int | None = None
@@ -77,3 +84,16 @@ def disconnect_user(*, user_id: str, code: str, reason: str) -> None:
     """Close every live connection of the user (deactivation), after commit."""
     message = {"type": "user.disconnect", "code": code, "reason": reason}
     transaction.on_commit(lambda: _group_send(user_group(user_id), message))
+
+
+def snapshot_part_register(part: SnapshotPart) -> None:
+    if part not in _snapshot_parts:
+        _snapshot_parts.append(part)
+
+
+def snapshot_parts(*, user) -> dict[str, Any]:
+    """Every registered part for this user, merged, in wire form (sync: reads the database)."""
+    merged: dict[str, Any] = {}
+    for part in _snapshot_parts:
+        merged.update(part(user=user))
+    return to_wire(merged)

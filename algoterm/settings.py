@@ -4,12 +4,17 @@ Development defaults are safe to run on a laptop; with DJANGO_ENV=production the
 start-up (see `_refuse_unsafe_production_settings`). The configuration table in README.md lists every variable.
 """
 
+import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry as AsyncRedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -54,6 +59,13 @@ REDIS_URL = env.str("REDIS_URL", default="")
 # Embedded mode: no Redis, so the channel layer, cache, Celery broker and scheduler live inside one process.
 EMBEDDED = not REDIS_URL
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="algoterm")
+if (_test_worker := os.environ.get("PYTEST_XDIST_WORKER", "")) and "_pytest" in sys.modules:
+    # Each parallel test worker keeps its cache, queues and groups apart (its database is apart already); through
+    # the environment, so the Celery workers and servers a test starts share the worker's prefix, while a process
+    # a test starts with a prefix of its own keeps that one.
+    REDIS_KEY_PREFIX = os.environ["REDIS_KEY_PREFIX"] = f"{REDIS_KEY_PREFIX}-{_test_worker}"
+# Read timeout of the channel layer's Redis connections; must exceed channels_redis's blocking read (5 s).
+CHANNEL_LAYER_SOCKET_TIMEOUT = 30
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -166,13 +178,32 @@ else:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": REDIS_KEY_PREFIX,
+            # Cache calls are small: give up quickly when Redis is down, so a request degrades or answers 503 in
+            # about a second instead of waiting out redis-py's 5 s defaults on every call.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 3},
         }
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels_redis's layer, ending receive loops whose cancellation Python 3.11 swallowed (see module).
+            "BACKEND": "algoterm.channel_layer.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # Every socket's receive loop blocks in BZPOPMIN for channels_redis's brpop_timeout (5 s);
+                        # a read timeout equal to it (redis-py's default, 5 s) killed every idle socket after 5 s.
+                        "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT,
+                        # A handshake during a Redis outage is closed with 1013 after this, not after a long hang.
+                        "socket_connect_timeout": 2,
+                        # The layer's connections live as long as the process: let TCP notice a peer that vanished.
+                        "socket_keepalive": True,
+                        # A pooled connection idle this long is PINGed before reuse, and one retry reconnects it
+                        # when Redis restarted or a middlebox dropped it, instead of failing the send.
+                        "health_check_interval": 15,
+                        "retry": AsyncRedisRetry(ExponentialBackoff(cap=1.0, base=0.1), 1, (RedisConnectionError,)),
+                    }
+                ],
                 "prefix": f"{REDIS_KEY_PREFIX}:asgi",
                 "capacity": 1000,
                 "expiry": 30,
@@ -219,6 +250,11 @@ LOGIN_FAILURE_WINDOW = timedelta(seconds=env.int("LOGIN_FAILURE_WINDOW_SECONDS",
 # WebSocket defaults until plans set them per user.
 WS_MAX_MESSAGES_PER_SECOND = env.int("WS_MAX_MESSAGES_PER_SECOND", default=20)
 WS_PROTOCOL_VERSION = 1
+# Protocol-level pings from the web server (uvicorn's --ws-ping-interval/--ws-ping-timeout, passed by `serve`): they
+# keep idle sockets open through proxies and load balancers that drop quiet connections (often after 60 s), and
+# close sockets whose client stopped answering. 0 turns them off.
+WS_PING_INTERVAL_SECONDS = env.float("WS_PING_INTERVAL_SECONDS", default=20.0)
+WS_PING_TIMEOUT_SECONDS = env.float("WS_PING_TIMEOUT_SECONDS", default=20.0)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "AlgoTerm API",
@@ -288,6 +324,11 @@ STRATEGY_WEBHOOK_MAX_AGE_SECONDS = env.int("STRATEGY_WEBHOOK_MAX_AGE_SECONDS", d
 STRATEGY_BACKTEST_MAX_DAYS = env.int("STRATEGY_BACKTEST_MAX_DAYS", default=1100)
 CELERY_BEAT_SCHEDULE = {
     "system.heartbeat": {"task": "algoterm.tasks.heartbeat", "schedule": timedelta(seconds=10)},
+    # Next year's NSE holiday list is due in December; admins are told once a year when it is missing.
+    "system.check_holiday_lists": {
+        "task": "algoterm.tasks.check_holiday_lists",
+        "schedule": crontab(hour=9, minute=0),
+    },
     "accounts.purge_expired_tokens": {
         "task": "accounts.tasks.purge_expired_tokens",
         "schedule": timedelta(hours=6),

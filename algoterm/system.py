@@ -8,23 +8,27 @@ old state for longer than the commit takes.
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Notification, Role, User
+from accounts.models import AuditEvent, Notification, Role, User
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import InvalidState, ValidationFailed
 from algoterm.health import platform_health
 from algoterm.models import PlatformMode, PlatformState
+from marketdata import calendar as market_calendar
 
 STATE_CACHE_KEY = "system:platform_state"
 STATE_CACHE_SECONDS = 2
 HALT_REASON_MAX_LENGTH = 300
 # How many order ids a refused mode switch names (the count is always complete).
 ORDERS_NAMED = 10
+HOLIDAYS_MISSING = "system.holidays_missing"
+_HOLIDAYS_ALERT_LOCK_SECONDS = 60
 
 
 # --- selectors ---------------------------------------------------------------------------------------------------
@@ -103,10 +107,15 @@ def system_status() -> dict[str, Any]:
 # --- services ----------------------------------------------------------------------------------------------------
 
 
-def _admins_notify(*, actor: User, title: str, body: str, level: str, data: dict[str, Any]) -> None:
-    """The other operators hear of a platform change (the actor made it)."""
-    for admin in User.objects.filter(role=Role.ADMIN, is_active=True).exclude(pk=actor.pk):
-        notification_create(user=admin, kind="system.control", title=title, body=body, level=level, data=data)
+def _admins_notify(
+    *, actor: User | None, title: str, body: str, level: str, data: dict[str, Any], kind: str = "system.control"
+) -> None:
+    """The operators hear of a platform change: all but the actor who made it, or all of them when no one did."""
+    admins = User.objects.filter(role=Role.ADMIN, is_active=True)
+    if actor is not None:
+        admins = admins.exclude(pk=actor.pk)
+    for admin in admins:
+        notification_create(user=admin, kind=kind, title=title, body=body, level=level, data=data)
 
 
 def _save(state: PlatformState, *, actor: User) -> PlatformState:
@@ -213,3 +222,41 @@ def platform_mode_set(*, actor: User, mode: str, force: bool = False) -> Platfor
         data={"mode": mode, "previous": previous, "stranded_orders": len(stranded)},
     )
     return state
+
+
+def holiday_lists_alert(*, now: datetime | None = None) -> list[int]:
+    """Tell every admin, once per year, that a year the market calendar needs has no NSE holiday list (the years
+    `health.check_holidays` warns about): one warning notification each and one audit event `system.holidays_missing`
+    per year, which is also the record that it was sent. Answers the years alerted by this call."""
+    today = timezone.localdate(now or timezone.now(), timezone=market_calendar.IST)
+    alerted = []
+    for year in market_calendar.holiday_years_missing(today=today):
+        # A task delivered twice at once must still alert once: only the run that takes the key goes on.
+        lock = f"system:holidays_alert:{year}"
+        if not cache.add(lock, today.isoformat(), timeout=_HOLIDAYS_ALERT_LOCK_SECONDS):
+            continue
+        try:
+            with transaction.atomic():
+                if AuditEvent.objects.filter(action=HOLIDAYS_MISSING, target_id=str(year)).exists():
+                    continue
+                audit_record(
+                    action=HOLIDAYS_MISSING,
+                    target_type="holidays",
+                    target_id=str(year),
+                    details={"year": year, "noticed_on": today.isoformat()},
+                )
+                _admins_notify(
+                    actor=None,
+                    kind=HOLIDAYS_MISSING,
+                    title=f"No NSE trading holidays for {year}",
+                    body=f"The market calendar has no holiday list for {year}, so it takes every weekday of {year} "
+                    "for a trading day: strategies would fire and risk sweeps run on exchange holidays. Add NSE's "
+                    f"list for {year} (its circular comes out around mid-December) to the holidays configuration "
+                    "section: PUT /api/config/holidays.",
+                    level=Notification.Level.WARNING,
+                    data={"year": year},
+                )
+            alerted.append(year)
+        finally:
+            cache.delete(lock)
+    return alerted

@@ -88,3 +88,68 @@ def celery_worker_process(*, timeout: float = 30) -> Iterator[subprocess.Popen]:
             worker.wait(timeout=15)
         except subprocess.TimeoutExpired:
             worker.kill()
+
+
+class PrivateRedis:
+    """A throwaway `redis-server` on a free local port that a test may stop and restart to stage an outage: the
+    shared Redis stays up for the tests running beside it. Nothing is persisted."""
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen | None = None
+
+    def start(self, *, timeout: float = 10) -> None:
+        import redis
+
+        self._process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the private redis-server did not start") from None
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        """As abruptly as a crash: connections are cut, nothing is saved."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+        self._process = None
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def redis_settings(url: str, *, prefix: str) -> dict[str, Any]:
+    """The settings that point the cache, the channel layer and the broker URL at another Redis."""
+    from django.conf import settings
+
+    layer = settings.CHANNEL_LAYERS["default"]
+    hosts = [{**host, "address": url} for host in layer["CONFIG"]["hosts"]]
+    return {
+        "REDIS_URL": url,
+        "CACHES": {"default": {**settings.CACHES["default"], "LOCATION": url, "KEY_PREFIX": prefix}},
+        "CHANNEL_LAYERS": {
+            "default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": hosts, "prefix": f"{prefix}:asgi"}}
+        },
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 from django.core.cache import cache
@@ -10,10 +11,12 @@ from django.utils import timezone
 
 from accounts.models import Role, User
 from algoterm.api.errors import NotFound
+from algoterm.outages import REDIS_ERRORS, OutageNotice
 
 from .models import ENTITLED_STATUSES, Payment, Plan, Subscription
 
 ENTITLEMENTS_CACHE_SECONDS = 60
+_cache_outage = OutageNotice("Redis for cached entitlements (reading PostgreSQL)")
 
 
 def plan_list() -> QuerySet[Plan]:
@@ -118,11 +121,19 @@ def entitlements_for(*, user: User) -> Entitlements:
     """Cached for a minute (and forgotten whenever the user's subscription changes): every request reads it."""
     if user.role == Role.ADMIN:
         return UNLIMITED
-    cached = cache.get(_cache_key(user.pk))
+    try:
+        key = _cache_key(user.pk)
+        cached = cache.get(key)
+    except REDIS_ERRORS as error:
+        # The cache only copies PostgreSQL: while Redis is down every request computes it (a few indexed reads).
+        _cache_outage.failed(error)
+        return _entitlements_compute(user)
+    _cache_outage.succeeded()
     if cached is not None:
         return Entitlements(**cached)
     entitlements = _entitlements_compute(user)
-    cache.set(_cache_key(user.pk), entitlements.as_dict(), ENTITLEMENTS_CACHE_SECONDS)
+    with contextlib.suppress(*REDIS_ERRORS):  # went down since the read: the next request computes it again
+        cache.set(key, entitlements.as_dict(), ENTITLEMENTS_CACHE_SECONDS)
     return entitlements
 
 

@@ -1,4 +1,7 @@
-"""Requests per minute by the user's plan, counted in Redis (the cache) so every web process shares the count."""
+"""Requests per minute by the user's plan, counted in Redis (the cache) so every web process shares the count.
+
+The budget is about fairness, not safety: while Redis is down the throttle lets requests through (logged once per
+outage) rather than refusing them all."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
 from algoterm.api.errors import RateLimited
+from algoterm.outages import REDIS_ERRORS, OutageNotice
 from billing.selectors import entitlements_for
+
+_outage = OutageNotice("Redis for the per-plan request throttle (failing open)")
 
 
 class PlanRateThrottle(BaseThrottle):
@@ -29,13 +35,12 @@ class PlanRateThrottle(BaseThrottle):
             return True
         now = time.time()
         window = int(now // 60)
-        key = f"throttle:plan:{user.pk}:{window}"
-        cache.add(key, 0, timeout=90)
         try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr: this request starts the window
-            cache.set(key, 1, timeout=90)
-            count = 1
+            count = _count(f"throttle:plan:{user.pk}:{window}")
+        except REDIS_ERRORS as error:
+            _outage.failed(error)
+            return True
+        _outage.succeeded()
         if count <= limit:
             return True
         self._wait = (window + 1) * 60 - now
@@ -47,3 +52,12 @@ class PlanRateThrottle(BaseThrottle):
 
     def wait(self) -> float:
         return self._wait
+
+
+def _count(key: str) -> int:
+    cache.add(key, 0, timeout=90)
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr: this request starts the window
+        cache.set(key, 1, timeout=90)
+        return 1

@@ -11,6 +11,20 @@ def _paper_fills_reconcile(venue: str, client_id: str, order_ids: list[str]) -> 
         reconcile_account.delay(client_id)
 
 
+def _events_snapshot(*, user) -> dict:
+    """Part of the /ws/events snapshot: open orders and open positions as GET /api/orders?open=true and
+    GET /api/positions?open=true render them, so a reconnecting client rebuilds its books from it."""
+    from orders.selectors import last_prices, order_list, position_list
+    from orders.serializers import OrderOutput, PositionOutput
+
+    positions = list(position_list(user=user, open_only=True))
+    quotes = last_prices([position.symbol for position in positions])
+    return {
+        "orders": OrderOutput(order_list(user=user, open_only=True), many=True).data,
+        "positions": PositionOutput(positions, many=True, context={"quotes": quotes}).data,
+    }
+
+
 class OrdersConfig(AppConfig):
     """Orders and their state machine, trades, positions, portfolio and reconciliation."""
 
@@ -18,6 +32,8 @@ class OrdersConfig(AppConfig):
     name = "orders"
 
     def ready(self) -> None:
+        from algoterm.realtime import snapshot_part_register
         from brokers.exchange import order_changes_listen
 
         order_changes_listen(_paper_fills_reconcile)
+        snapshot_part_register(_events_snapshot)

@@ -53,15 +53,28 @@ async def expect(communicator, message_type: str, timeout: float = 3) -> dict:
     return message["p"]
 
 
+async def ready(communicator) -> dict:
+    """Every connection opens with server_ready and then the snapshot; returns the snapshot."""
+    await expect(communicator, "server_ready")
+    return await expect(communicator, "snapshot")
+
+
 async def test_channel_layer_is_redis():
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "algoterm.channel_layer.RedisChannelLayer"
 
 
 async def test_query_token_connects_and_ping_pongs(user):
     communicator = await connect(f"/ws/events?token={token_for(user)}")
 
-    ready = await expect(communicator, "server_ready")
-    assert ready["protocol_version"] == 1 and ready["connection_id"]
+    server_ready = await expect(communicator, "server_ready")
+    assert server_ready["protocol_version"] == 1 and server_ready["connection_id"]
+    snapshot = await expect(communicator, "snapshot")
+    assert snapshot == {
+        "topics": ["notifications", "orders", "positions", "rms", "trades"],
+        "unread_notifications": 0,
+        "orders": [],
+        "positions": [],
+    }
     await communicator.send_json_to({"t": "ping", "p": {}})
     assert "server_time" in await expect(communicator, "pong")
     await communicator.disconnect()
@@ -69,7 +82,7 @@ async def test_query_token_connects_and_ping_pongs(user):
 
 async def test_authorization_header_connects(user):
     communicator = await connect("/ws/events", headers=[(b"authorization", f"Bearer {token_for(user)}".encode())])
-    await expect(communicator, "server_ready")
+    await ready(communicator)
     await communicator.disconnect()
 
 
@@ -91,7 +104,7 @@ async def test_deactivated_user_token_is_refused(user):
 
 async def test_garbage_gets_a_recoverable_error_and_the_connection_stays(user):
     communicator = await connect(f"/ws/events?token={token_for(user)}")
-    await expect(communicator, "server_ready")
+    await ready(communicator)
 
     for garbage in ["not json", "[1, 2]", '{"p": {}}', '{"t": "ping", "p": 3}', '{"t": "launch_missiles"}']:
         await communicator.send_to(text_data=garbage)
@@ -107,7 +120,7 @@ async def test_garbage_gets_a_recoverable_error_and_the_connection_stays(user):
 
 async def test_pushes_arrive_for_subscribed_topics_only(user):
     communicator = await connect(f"/ws/events?token={token_for(user)}")
-    await expect(communicator, "server_ready")
+    await ready(communicator)
 
     await database_sync_to_async(services.notification_create)(user=user, kind="order.filled", title="Filled")
     note = await expect(communicator, "notification")
@@ -128,7 +141,7 @@ async def test_pushes_arrive_for_subscribed_topics_only(user):
 async def test_another_users_pushes_never_arrive(user):
     other = await database_sync_to_async(UserFactory)()
     communicator = await connect(f"/ws/events?token={token_for(user)}")
-    await expect(communicator, "server_ready")
+    await ready(communicator)
 
     await database_sync_to_async(services.notification_create)(user=other, kind="x", title="Not yours")
 
@@ -146,7 +159,7 @@ async def test_another_users_pushes_never_arrive(user):
 )
 async def test_bad_subscriptions_are_refused(user, payload):
     communicator = await connect(f"/ws/events?token={token_for(user)}")
-    await expect(communicator, "server_ready")
+    await ready(communicator)
     await communicator.send_json_to({"t": "subscription", "p": payload})
     assert (await expect(communicator, "error"))["code"] == "VALIDATION_ERROR"
     await communicator.disconnect()
@@ -155,7 +168,7 @@ async def test_bad_subscriptions_are_refused(user, payload):
 async def test_deactivation_closes_live_connections(user):
     admin = await database_sync_to_async(AdminFactory)()
     communicator = await connect(f"/ws/events?token={token_for(user)}")
-    await expect(communicator, "server_ready")
+    await ready(communicator)
 
     await database_sync_to_async(services.user_deactivate)(actor=admin, user=user)
 
@@ -177,14 +190,14 @@ async def test_allowed_origin_connects(user):
     )
     connected, _ = await communicator.connect()
     assert connected
-    await expect(communicator, "server_ready")
+    await ready(communicator)
     await communicator.disconnect()
 
 
 async def test_message_flood_is_rate_limited(user, settings):
     settings.WS_MAX_MESSAGES_PER_SECOND = 5
     communicator = await connect(f"/ws/events?token={token_for(user)}")
-    await expect(communicator, "server_ready")
+    await ready(communicator)
 
     for _ in range(8):
         await communicator.send_json_to({"t": "ping", "p": {}})

@@ -19,6 +19,7 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
+from algoterm.outages import DEPENDENCY_ERRORS, outage_report
 from algoterm.request_context import current_request_id
 
 logger = logging.getLogger("algoterm.errors")
@@ -146,6 +147,28 @@ class RateLimited(AppError):
         super().__init__(detail, extra={"retry_after": retry_after}, headers={"Retry-After": str(retry_after)})
 
 
+# How long a client waits before retrying after a dependency outage: restarts of Redis or PostgreSQL take seconds.
+SERVICE_UNAVAILABLE_RETRY_AFTER = 5
+
+
+class ServiceUnavailable(AppError):
+    """A dependency (the database, Redis, the task broker) is down or restarting: retry after `retry_after`."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = SERVICE_UNAVAILABLE_RETRY_AFTER) -> None:
+        retry_after = max(1, int(retry_after))
+        super().__init__(detail, extra={"retry_after": retry_after}, headers={"Retry-After": str(retry_after)})
+
+
+def service_unavailable_for(error: BaseException) -> ServiceUnavailable | None:
+    """The 503 to answer for a dependency outage (logged, rate-limited), None for any other exception."""
+    if not isinstance(error, DEPENDENCY_ERRORS):
+        return None
+    outage_report(error)
+    return ServiceUnavailable()
+
+
 class AuthInvalidForDrf(drf_exceptions.AuthenticationFailed):
     """AuthInvalid for authentication classes, which DRF expects to raise its own exception types."""
 
@@ -216,6 +239,7 @@ def _drf_detail_text(detail: Any) -> str | None:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's EXCEPTION_HANDLER: every exception a view raises becomes the envelope."""
+    exc = service_unavailable_for(exc) or exc
     if isinstance(exc, AppError):
         return Response(
             envelope(code=exc.code, detail=exc.detail, errors=exc.errors, extra=exc.extra),
@@ -258,6 +282,15 @@ def _www_authenticate() -> dict[str, str]:
 
 def json_error_response(code: ErrorCode, *, detail: str | None = None, status: int | None = None) -> JsonResponse:
     return JsonResponse(envelope(code=code, detail=detail), status=status or ERROR_REGISTRY[code][0])
+
+
+def app_error_response(error: AppError) -> JsonResponse:
+    response = JsonResponse(
+        envelope(code=error.code, detail=error.detail, errors=error.errors, extra=error.extra), status=error.status_code
+    )
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse
 
 from algoterm import request_context
-from algoterm.api.errors import ErrorCode, json_error_response
+from algoterm.api.errors import ErrorCode, app_error_response, json_error_response, service_unavailable_for
 
 access_logger = logging.getLogger("algoterm.access")
 error_logger = logging.getLogger("algoterm.errors")
@@ -107,5 +107,8 @@ class UnhandledExceptionMiddleware:
             return json_error_response(ErrorCode.PERMISSION_DENIED)
         if isinstance(exception, SuspiciousOperation):
             return json_error_response(ErrorCode.VALIDATION_ERROR, detail="Bad request.")
+        outage = service_unavailable_for(exception)
+        if outage is not None:
+            return app_error_response(outage)
         error_logger.exception("unhandled exception", extra={"path": request.path}, exc_info=exception)
         return json_error_response(ErrorCode.INTERNAL_ERROR)

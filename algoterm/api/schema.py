@@ -16,6 +16,7 @@ _DESCRIPTIONS = {
     "404": "NOT_FOUND: missing, or owned by another user.",
     "429": "RATE_LIMITED, with a Retry-After header.",
     "500": "INTERNAL_ERROR.",
+    "503": "SERVICE_UNAVAILABLE: a dependency (database, Redis, task queue) is down; retry after Retry-After.",
 }
 
 
@@ -27,7 +28,7 @@ class AutoSchema(SpectacularAutoSchema):
             statuses += ["401", "403"]
         if "{" in self.path:
             statuses.append("404")
-        statuses += ["429", "500"]
+        statuses += ["429", "500", "503"]  # any route may meet a database or Redis outage
         return statuses
 
     def _has_query_input(self) -> bool:

@@ -1,7 +1,15 @@
-"""The WebSocket side of the API: JWT auth, origin check and the `{t, p}` protocol shared by every endpoint."""
+"""The WebSocket side of the API: JWT auth, origin check and the `{t, p}` protocol shared by every endpoint.
+
+Close codes a client can act on: 4401/4403/4404/4429 (see below) mean "do not retry as is"; 1013 (Try Again Later)
+means a dependency (Redis, the database) is down and the client should reconnect with backoff; 1012 (Service
+Restart) is sent by the web server (uvicorn) to every open socket when it shuts down, and means reconnect now. Every
+(re)connection starts with `server_ready`, and subscribing (or, on /ws/events, connecting) sends a `snapshot` of the
+current state, so a client that reconnects never needs what it missed while away.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -10,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.middleware import BaseMiddleware
 from channels.security.websocket import OriginValidator
@@ -19,12 +28,15 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from algoterm import metrics
 from algoterm.api.errors import AppError, ErrorCode
+from algoterm.outages import DEPENDENCY_ERRORS, outage_report
 
 logger = logging.getLogger(__name__)
 
 CLOSE_AUTH_FAILED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's "Try Again Later": a dependency is down, reconnect with backoff
+OUTAGE_MESSAGE = "A required service is unavailable; reconnect in a few seconds."
 
 
 def _token_from_scope(scope: dict[str, Any]) -> str | None:
@@ -60,6 +72,9 @@ def _user_for_token(raw_token: str):
         return authenticate_access_token(raw_token), None
     except AppError as error:
         return AnonymousUser(), error.code
+    except DEPENDENCY_ERRORS as error:  # the database is down: the token may be fine, so not 4401
+        outage_report(error)
+        return AnonymousUser(), ErrorCode.SERVICE_UNAVAILABLE
 
 
 class TokenClientOriginValidator(OriginValidator):
@@ -69,6 +84,25 @@ class TokenClientOriginValidator(OriginValidator):
         return parsed_origin is None or self.validate_origin(parsed_origin)
 
 
+def server_ping_options() -> dict[str, float]:
+    """uvicorn's keepalive for every WebSocket, from WS_PING_INTERVAL_SECONDS and WS_PING_TIMEOUT_SECONDS (interval
+    0: no pings). As `uvicorn.Config` keywords; `server_ping_args` gives the same as command-line options."""
+    return {
+        "ws_ping_interval": max(0.0, float(settings.WS_PING_INTERVAL_SECONDS)),
+        "ws_ping_timeout": max(1.0, float(settings.WS_PING_TIMEOUT_SECONDS)),
+    }
+
+
+def server_ping_args() -> list[str]:
+    options = server_ping_options()
+    return [
+        "--ws-ping-interval",
+        str(options["ws_ping_interval"]),
+        "--ws-ping-timeout",
+        str(options["ws_ping_timeout"]),
+    ]
+
+
 def websocket_stack(inner):
     allowed = list(settings.ALLOWED_HOSTS) + list(settings.CORS_ALLOWED_ORIGINS)
     return TokenClientOriginValidator(JwtAuthMiddleware(inner), allowed)
@@ -76,11 +110,65 @@ def websocket_stack(inner):
 
 class ProtocolConsumer(AsyncJsonWebsocketConsumer):
     """Speaks `{"t": type, "p": payload}`: authenticates, says server_ready, answers ping, reports bad input
-    with a recoverable `error` and keeps the connection. Subclasses add `handle_<type>(payload)` methods."""
+    with a recoverable `error` and keeps the connection. Subclasses add `handle_<type>(payload)` methods.
+
+    A dependency outage anywhere in the connection's life (the channel layer's Redis, the database) ends it with a
+    recoverable SERVICE_UNAVAILABLE `error` and close code 1013, whether or not the handshake was accepted yet."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        self._accepted = self._closed = False
+
+        async def observed_receive():
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self._closed = True
+            return message
+
+        async def observed_send(message) -> None:
+            if message["type"] == "websocket.accept":
+                self._accepted = True
+            elif message["type"] == "websocket.close":
+                self._closed = True
+            await send(message)
+
+        try:
+            await super().__call__(scope, observed_receive, observed_send)
+        except DEPENDENCY_ERRORS as error:
+            # Raised by the channel layer's receive loop or a handler; channels' dispatch loop is gone by now.
+            outage_report(error)
+            await self._close_for_outage()
+            await self._release_after_outage()
+
+    async def _close_for_outage(self) -> None:
+        if self._closed:
+            return
+        frames = [
+            {"type": "websocket.send", "text": json.dumps({"t": "error", "p": self._outage_error()})},
+            {"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER},
+        ]
+        if not self._accepted:  # accept first: a refused handshake would reach the client as a bare HTTP error
+            frames.insert(0, {"type": "websocket.accept"})
+        with contextlib.suppress(OSError):  # the client left meanwhile (uvicorn's ClientDisconnected)
+            for frame in frames:
+                await self.base_send(frame)
+
+    @staticmethod
+    def _outage_error() -> dict[str, Any]:
+        return {"message": OUTAGE_MESSAGE, "code": str(ErrorCode.SERVICE_UNAVAILABLE), "recoverable": True}
+
+    async def _release_after_outage(self) -> None:
+        """What websocket_disconnect would have released; failing again in the same outage is expected, and what
+        stays behind in Redis (a group membership, a connection count) expires or is overwritten later."""
+        with contextlib.suppress(StopConsumer, *DEPENDENCY_ERRORS):
+            await self.websocket_disconnect({"type": "websocket.disconnect", "code": CLOSE_TRY_AGAIN_LATER})
 
     async def connect(self) -> None:
         await self.accept()
         user = self.scope.get("user")
+        if self.scope.get("auth_error") == ErrorCode.SERVICE_UNAVAILABLE:
+            await self.send_message("error", self._outage_error())
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
         if user is None or not user.is_authenticated:
             code = self.scope.get("auth_error") or ErrorCode.AUTH_INVALID
             message = "Account deactivated." if code == ErrorCode.ACCOUNT_DEACTIVATED else "Authentication failed."
@@ -97,6 +185,7 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
         await self.send_message(
             "server_ready", {"connection_id": self.connection_id, "protocol_version": settings.WS_PROTOCOL_VERSION}
         )
+        await self.on_ready()
 
     async def websocket_disconnect(self, message) -> None:
         endpoint, self._counted_endpoint = getattr(self, "_counted_endpoint", None), None
@@ -106,6 +195,9 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_authenticated(self) -> None:
         """Join groups and set up state; the user is in self.user."""
+
+    async def on_ready(self) -> None:
+        """After `server_ready`: send what a (re)connecting client needs first, e.g. a snapshot."""
 
     @classmethod
     async def encode_json(cls, content) -> str:
@@ -153,8 +245,13 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
             await handler(payload)
         except AppError as error:
             await self.send_error(error.detail, code=error.code)
+        except DEPENDENCY_ERRORS as error:
+            # The message was not applied; the socket stays (if the channel layer's Redis is down, its receive loop
+            # closes it with 1013 anyway).
+            outage_report(error)
+            await self.send_message("error", self._outage_error())
         except Exception:
-            # A bug or a dependency failure must not kill the socket silently (and strand its group memberships).
+            # A bug must not kill the socket silently (and strand its group memberships).
             logger.exception("websocket message handler failed", extra={"message_type": message["t"][:40]})
             await self.send_error("Internal error; the message was not applied.", code=ErrorCode.INTERNAL_ERROR)
 

@@ -3,9 +3,11 @@
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -46,8 +48,9 @@ def manage(env: dict, *args: str) -> None:
 
 
 @contextlib.contextmanager
-def running_stack(env: dict) -> Iterator[str]:
-    """Migrate, seed and `manage.py serve` as `make run` does; yields the base URL once health answers 200."""
+def running_stack(env: dict) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Migrate, seed and `manage.py serve` as `make run` does; yields the base URL and the serve process once health
+    answers 200."""
     manage(env, "migrate", "--noinput")
     manage(env, "seed_demo")
     port = free_port()
@@ -66,7 +69,7 @@ def running_stack(env: dict) -> Iterator[str]:
             assert time.monotonic() - started < 60, "health never answered 200"
             time.sleep(0.2)
         print(f"stack healthy {time.monotonic() - started:.1f}s after start")
-        yield base
+        yield base, server
     finally:
         server.terminate()
         try:
@@ -98,6 +101,7 @@ def exercise(base: str, ws_base: str) -> dict:
 
     with ws_connect(f"{ws_base}/ws/events?token={login['access']}", open_timeout=10) as socket_:
         assert json.loads(socket_.recv(timeout=5))["t"] == "server_ready"
+        assert json.loads(socket_.recv(timeout=5))["t"] == "snapshot"
         socket_.send(json.dumps({"t": "ping", "p": {}}))
         assert json.loads(socket_.recv(timeout=5))["t"] == "pong"
 
@@ -143,6 +147,108 @@ def connect_zerodha_through_the_demo_simulator(base: str) -> None:
     assert status == 200 and funds["available_cash"] > 0
 
 
+def child_pid(parent: int, marker: str) -> int:
+    """The pid of `parent`'s child whose command line contains `marker`."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # a process that ended while we looked
+            continue
+        if ppid == parent and marker.encode() in command:
+            return int(stat.parent.name)
+    raise AssertionError(f"no child of {parent} runs {marker}")
+
+
+def web_is_restarted_and_operators_alerted(base: str, *, serve_pid: int) -> None:
+    """The outage the supervisor exists for: the web process dies, serve starts another, admins hear of it."""
+    web = child_pid(serve_pid, "uvicorn")
+    killed = time.monotonic()
+    os.kill(web, signal.SIGKILL)
+    while http_status(f"{base}/api/health") != 200 or child_pid(serve_pid, "uvicorn") == web:
+        assert time.monotonic() - killed < 20, "the web process was not restarted"
+        time.sleep(0.2)
+    print(f"web answered again {time.monotonic() - killed:.1f}s after it was killed")
+    _, admin = http("POST", f"{base}/api/auth/login", {"email": "admin@example.com", "password": "Admin@Demo2026"})
+    status, notifications = http("GET", f"{base}/api/notifications?kind=system.process", token=admin["access"])
+    assert status == 200
+    [alert] = notifications["items"]
+    assert alert["title"] == "web crashed and is restarting" and alert["level"] == "warning"
+    assert alert["body"].startswith("web was killed by SIGKILL after ")
+
+
+def test_serve_refuses_a_busy_web_port_in_one_line(django_db_setup):
+    database = settings.DATABASES["default"]
+    test_database = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "manage.py", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": test_database, "LOG_LEVEL": "WARNING", "BROKER_SIMULATORS": "0"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"CommandError: web cannot start: port {port} on 127.0.0.1 is already in use by another program "
+        "(stop it, or serve on another port with --port or PORT)"
+    )
+
+
+@pytest.mark.django_db
+def test_serve_runs_the_broker_simulators_as_optional_children_with_their_ports(settings):
+    from algoterm.management.commands.serve import Command
+    from brokers.simulators.demo import available_simulators
+
+    settings.BROKER_SIMULATORS = True
+    children = {child.name: child for child in Command()._distributed_children("0.0.0.0", 9000)}
+
+    assert (children["web"].required, children["web"].ports) == (True, (("0.0.0.0", 9000),))
+    assert children["worker"].required and children["beat"].required
+    kite = settings.SIMULATOR_PORTS["kite"]
+    if "kite" in available_simulators():
+        assert children["kite-simulator"].ports == (("127.0.0.1", kite), ("127.0.0.1", kite + 10))
+    simulators = [child for name, child in children.items() if name.endswith("-simulator")]
+    assert "razorpay-simulator" in children and not any(child.required for child in simulators)
+
+
+def test_operators_alert_notifies_every_active_admin_and_audits(transactional_db):
+    from accounts.models import AuditEvent, Notification
+    from accounts.tests.factories import AdminFactory, UserFactory
+    from algoterm.management.commands.serve import operators_alert
+    from algoterm.supervisor import ChildEvent, EventKind
+
+    admin, _retired_admin, trader = AdminFactory(), AdminFactory(is_active=False), UserFactory()
+    event = ChildEvent(
+        EventKind.RESTARTING, "worker", "worker exited with code 1 after 3.2s up; restarting in 2s", 2, delay=2.0
+    )
+    # As the supervisor calls it: on a thread of its own, with a database connection of its own.
+    alerting = threading.Thread(target=operators_alert, args=(event,))
+    alerting.start()
+    alerting.join(timeout=10)
+
+    [notification] = Notification.objects.filter(kind="system.process")
+    assert notification.user == admin
+    assert (notification.title, notification.level) == ("worker crashed and is restarting", "warning")
+    assert notification.body == event.message
+    assert notification.data == {
+        "process": "worker",
+        "event": "restarting",
+        "restarts_in_window": 2,
+        "restart_in_seconds": 2.0,
+    }
+    assert not trader.notifications.exists()
+    audit = AuditEvent.objects.get(action="system.process_restart")
+    assert (audit.kind, audit.actor, audit.target_type, audit.target_id) == ("system", None, "process", "worker")
+    assert audit.details["message"] == event.message
+
+
 def test_embedded_stack_serves_everything_from_one_process(tmp_path):
     env = {
         **base_env(),
@@ -152,7 +258,7 @@ def test_embedded_stack_serves_everything_from_one_process(tmp_path):
         "DHAN_SIMULATOR_PORT": str(free_port()),
         "FYERS_SIMULATOR_PORT": str(free_port()),
     }
-    with running_stack(env) as base:
+    with running_stack(env) as (base, _):
         connect_zerodha_through_the_demo_simulator(base)
         health = exercise(base, base.replace("http", "ws", 1))
         assert health["mode"] == "embedded"
@@ -175,10 +281,11 @@ def test_distributed_stack_runs_web_worker_and_beat_processes():
         "REDIS_KEY_PREFIX": f"{settings.REDIS_KEY_PREFIX}-e2e",
     }
     try:
-        with running_stack(env) as base:
+        with running_stack(env) as (base, server):
             health = exercise(base, base.replace("http", "ws", 1))
             assert health["mode"] == "distributed"
             assert health["components"]["workers"]["info"]["count"] >= 1
+            web_is_restarted_and_operators_alerted(base, serve_pid=server.pid)
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -73,6 +73,7 @@ async def test_other_users_do_not_see_my_orders():
     other = await database_sync_to_async(UserFactory)()
     communicator = await connect(f"/ws/events?token={token_for(other)}")
     assert (await communicator.receive_json_from())["t"] == "server_ready"
+    assert (await communicator.receive_json_from())["t"] == "snapshot"
     response = await place_market_buy(user, account)
     assert response.status_code == 201
     assert await communicator.receive_nothing(timeout=0.5)

@@ -2,20 +2,20 @@
 settings the simulated market feed and the broker simulators.
 
 Embedded (no REDIS_URL): one process; worker and beat are threads on an in-memory broker.
-Distributed (REDIS_URL set): web, worker and beat run as supervised child processes; if one dies, all stop.
+Distributed (REDIS_URL set): web, worker, beat and the rest run as child processes under algoterm.supervisor: a
+child that dies is restarted with backoff and operators are alerted; a crash loop stops the stack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
-import time
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+from algoterm.supervisor import ChildEvent, ChildSpec, EventKind, Supervisor, SupervisorError
 
 
 def market_feed_choice() -> tuple[str, float]:
@@ -50,7 +50,7 @@ class Command(BaseCommand):
         if settings.EMBEDDED:
             self._serve_embedded(host, port)
         else:
-            sys.exit(self._serve_distributed(host, port))
+            self._serve_distributed(host, port)
 
     def _print_banner(self, host: str, port: int) -> None:
         from accounts.management.commands.seed_demo import DEMO_USERS
@@ -114,8 +114,16 @@ class Command(BaseCommand):
             self._start_embedded_feed(interval)
         elif source:
             self._broker_feed_note(source)
+        from algoterm.api.ws import server_ping_options
+
         config = uvicorn.Config(
-            "algoterm.asgi:application", host=host, port=port, log_config=None, access_log=False, lifespan="off"
+            "algoterm.asgi:application",
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            **server_ping_options(),
         )
         server = uvicorn.Server(config)
 
@@ -148,87 +156,80 @@ class Command(BaseCommand):
             daemon=True,
         ).start()
 
-    def _serve_distributed(self, host: str, port: int) -> int:
+    def _serve_distributed(self, host: str, port: int) -> None:
+        supervisor = Supervisor(self._distributed_children(host, port), alert=operators_alert)
+        supervisor.install_signal_handlers()
+        try:
+            supervisor.run()
+        except SupervisorError as error:
+            hint = " (stop it, or serve on another port with --port or PORT)" if error.child == "web" else ""
+            raise CommandError(f"{error}{hint}") from error
+
+    def _distributed_children(self, host: str, port: int) -> list[ChildSpec]:
         python = sys.executable
-        commands = {
-            "web": [
-                python,
-                "-m",
-                "uvicorn",
-                "algoterm.asgi:application",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--lifespan",
-                "off",
-            ],
-            "worker": [python, "-m", "celery", "-A", "algoterm", "worker", "-l", "INFO", "--concurrency", "2"],
-            "beat": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "algoterm",
-                "beat",
-                "-l",
-                "INFO",
-                "-S",
-                "django_celery_beat.schedulers:DatabaseScheduler",
-            ],
-        }
+        from algoterm.api.ws import server_ping_args
+
+        web = [python, "-m", "uvicorn", "algoterm.asgi:application", "--host", host, "--port", str(port)]
+        web += server_ping_args()  # keepalive pings so idle sockets survive proxies
+        celery = [python, "-m", "celery", "-A", "algoterm"]
+        children = [
+            ChildSpec("web", [*web, "--no-access-log", "--lifespan", "off"], ports=((host, port),)),
+            ChildSpec("worker", [*celery, "worker", "-l", "INFO", "--concurrency", "2"]),
+            ChildSpec("beat", [*celery, "beat", "-l", "INFO", "-S", "django_celery_beat.schedulers:DatabaseScheduler"]),
+        ]
         source, interval = market_feed_choice()
         if source == "simulated":
-            commands["feed"] = [python, "manage.py", "runfeed", "--source", "simulated", "--interval", str(interval)]
+            feed = [python, "manage.py", "runfeed", "--source", "simulated", "--interval", str(interval)]
+            children.append(ChildSpec("feed", feed))
         elif source:
             self._broker_feed_note(source)
         if settings.BROKER_SIMULATORS:
-            from brokers.simulators.demo import available_simulators
+            from brokers.simulators.demo import FEED_PORT_OFFSET, available_simulators
 
+            # The simulators are demo conveniences: one that cannot run must not take the stack down with it.
             for name in available_simulators():
-                port_arg = str(settings.SIMULATOR_PORTS[name])
-                commands[f"{name}-simulator"] = [
-                    python,
-                    "manage.py",
-                    "runsimulator",
-                    "--broker",
-                    name,
-                    "--port",
-                    port_arg,
-                ]
-            commands["razorpay-simulator"] = [
-                python,
-                "manage.py",
-                "razorpay_simulator",
-                "--port",
-                str(settings.SIMULATOR_PORTS["razorpay"]),
-            ]
-        children = {name: subprocess.Popen(command) for name, command in commands.items()}
-        self.stdout.write(f"started {', '.join(f'{name} (pid {child.pid})' for name, child in children.items())}")
-        stopping = False
+                sim_port = settings.SIMULATOR_PORTS[name]
+                command = [python, "manage.py", "runsimulator", "--broker", name, "--port", str(sim_port)]
+                ports = [("127.0.0.1", sim_port)]
+                if name in ("kite", "dhan"):
+                    ports.append(("127.0.0.1", sim_port + FEED_PORT_OFFSET))
+                children.append(ChildSpec(f"{name}-simulator", command, ports=tuple(ports), required=False))
+            razorpay_port = settings.SIMULATOR_PORTS["razorpay"]
+            command = [python, "manage.py", "razorpay_simulator", "--port", str(razorpay_port)]
+            children.append(
+                ChildSpec("razorpay-simulator", command, ports=(("127.0.0.1", razorpay_port),), required=False)
+            )
+        return children
 
-        def stop(*_):
-            nonlocal stopping
-            stopping = True
 
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        exit_code = 0
-        while not stopping:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    self.stderr.write(f"{name} exited with {child.returncode}; stopping the others")
-                    exit_code, stopping = child.returncode or 1, True
-                    break
-            time.sleep(0.5)
-        for child in children.values():
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + 15
-        for child in children.values():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-        return exit_code
+def operators_alert(event: ChildEvent) -> None:
+    """Every active admin is notified (live on /ws/events, and in the admin's notifications) and the audit log
+    records the event. Runs on the supervisor's alert thread, which survives its failures."""
+    from django.db import connection, transaction
+
+    from accounts.models import Notification, Role, User
+    from accounts.services import audit_record, notification_create
+
+    title, level, action = {
+        EventKind.RESTARTING: (f"{event.child} crashed and is restarting", Notification.Level.WARNING, "restart"),
+        EventKind.GIVEN_UP: (f"{event.child} is left stopped", Notification.Level.ERROR, "given_up"),
+        EventKind.STACK_STOPPING: (f"The stack stopped: {event.child} cannot run", Notification.Level.ERROR, "stop"),
+    }[event.kind]
+    data = {"process": event.child, "event": str(event.kind), "restarts_in_window": event.restarts_in_window}
+    if event.delay is not None:
+        data["restart_in_seconds"] = event.delay
+    try:
+        with transaction.atomic():
+            audit_record(
+                action=f"system.process_{action}",
+                target_type="process",
+                target_id=event.child,
+                details={**data, "message": event.message},
+            )
+            for admin in User.objects.filter(role=Role.ADMIN, is_active=True):
+                notification_create(
+                    user=admin, kind="system.process", title=title, body=event.message, level=level, data=data
+                )
+    finally:
+        # A long-lived thread's connection would go stale across a database restart; the next alert reconnects.
+        connection.close()
