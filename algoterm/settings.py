@@ -403,6 +403,8 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
         # Our own access log replaces the servers' (which would print query strings carrying WebSocket tokens).
         "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+        # The server's own lines (a WebSocket handshake names its URL, token and all) go through our redaction too.
+        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "celery": {"level": "INFO"},
     },
 }
