@@ -43,7 +43,8 @@ from algoterm.testing import client_for
 from algoterm.tests.test_serve import ROOT, base_env, free_port, http, http_status, manage
 
 # More than twice the 5 s after which every idle socket used to die (redis-py's socket_timeout == brpop_timeout).
-IDLE_SECONDS = 13
+# A longer soak: WS_IDLE_SECONDS=3600 make test PYTEST_ARGS="-k idle_events_socket" (CI keeps it short).
+IDLE_SECONDS = int(os.environ.get("WS_IDLE_SECONDS", "13"))
 # Pings this often in the e2e web process, so a few arrive while the socket idles.
 TEST_PING_SECONDS = 4
 
