@@ -107,7 +107,7 @@ def system_status() -> dict[str, Any]:
 # --- services ----------------------------------------------------------------------------------------------------
 
 
-def _admins_notify(
+def admins_notify(
     *, actor: User | None, title: str, body: str, level: str, data: dict[str, Any], kind: str = "system.control"
 ) -> None:
     """The operators hear of a platform change: all but the actor who made it, or all of them when no one did."""
@@ -142,7 +142,7 @@ def trading_stop(*, actor: User, reason: str) -> PlatformState:
     state.trading_halted, state.halt_reason = True, reason
     _save(state, actor=actor)
     audit_record(action="system.trading_stop", actor=actor, target=state, details={"reason": reason})
-    _admins_notify(
+    admins_notify(
         actor=actor,
         title="Trading stopped platform-wide",
         body=f"{actor.email} stopped trading: {reason}. Only exits go out until trading is started again.",
@@ -162,7 +162,7 @@ def trading_start(*, actor: User) -> PlatformState:
     state.trading_halted, state.halt_reason = False, ""
     _save(state, actor=actor)
     audit_record(action="system.trading_start", actor=actor, target=state, details={"halted_for": previous_reason})
-    _admins_notify(
+    admins_notify(
         actor=actor,
         title="Trading started platform-wide",
         body=f"{actor.email} started trading again.",
@@ -213,7 +213,7 @@ def platform_mode_set(*, actor: User, mode: str, force: bool = False) -> Platfor
         target=state,
         details={"from": previous, "to": mode, "forced": bool(force and stranded), "stranded_orders": stranded},
     )
-    _admins_notify(
+    admins_notify(
         actor=actor,
         title=f"Platform switched to {mode} mode",
         body=f"{actor.email} switched the platform from {previous} to {mode}."
@@ -245,7 +245,7 @@ def holiday_lists_alert(*, now: datetime | None = None) -> list[int]:
                     target_id=str(year),
                     details={"year": year, "noticed_on": today.isoformat()},
                 )
-                _admins_notify(
+                admins_notify(
                     actor=None,
                     kind=HOLIDAYS_MISSING,
                     title=f"No NSE trading holidays for {year}",

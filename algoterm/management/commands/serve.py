@@ -207,8 +207,9 @@ def operators_alert(event: ChildEvent) -> None:
     records the event. Runs on the supervisor's alert thread, which survives its failures."""
     from django.db import connection, transaction
 
-    from accounts.models import Notification, Role, User
-    from accounts.services import audit_record, notification_create
+    from accounts.models import Notification
+    from accounts.services import audit_record
+    from algoterm.system import admins_notify
 
     title, level, action = {
         EventKind.RESTARTING: (f"{event.child} crashed and is restarting", Notification.Level.WARNING, "restart"),
@@ -226,10 +227,7 @@ def operators_alert(event: ChildEvent) -> None:
                 target_id=event.child,
                 details={**data, "message": event.message},
             )
-            for admin in User.objects.filter(role=Role.ADMIN, is_active=True):
-                notification_create(
-                    user=admin, kind="system.process", title=title, body=event.message, level=level, data=data
-                )
+            admins_notify(actor=None, kind="system.process", title=title, body=event.message, level=level, data=data)
     finally:
         # A long-lived thread's connection would go stale across a database restart; the next alert reconnects.
         connection.close()
