@@ -59,21 +59,31 @@ def rule_strategy(trader_client, paper, publish_quote, settings) -> dict:
     the close falls below it; today's candles stored from 10:00 IST."""
     settings.MARKET_ALWAYS_OPEN = True  # today trades, whatever day the tests run on
     publish_quote(EQUITY, Decimal(1500))
+    strategy = start_infy_rule_strategy(
+        trader_client,
+        paper,
+        name="INFY SMA cross",
+        entry_rule="close crosses_above sma(close, 3)",
+        exit_rule="close < sma(close, 3)",
+    )
+    store_candles(CLOSES, first=today_at("10:00"))
+    return strategy
+
+
+def start_infy_rule_strategy(trader_client, paper, **fields) -> dict:
+    """A rule strategy buying 1 lot of INFY in the paper account, created and started through the API."""
     body = {
-        "name": "INFY SMA cross",
         "kind": "rule",
         "rule_symbol": EQUITY,
-        "entry_rule": "close crosses_above sma(close, 3)",
-        "exit_rule": "close < sma(close, 3)",
         "exit_time": "15:15",
         "accounts": [{"account_id": paper.pk}],
         "legs": [{"underlying": "INFY", "instrument": "EQ", "side": "BUY", "lots": 1}],
+        **fields,
     }
     created = trader_client.post("/api/strategies", body, format="json")
     assert created.status_code == 201, created.json()
     started = trader_client.post(f"/api/strategies/{created.json()['id']}/start", {"mode": "paper"}, format="json")
     assert started.status_code == 201, started.json()
-    store_candles(CLOSES, first=today_at("10:00"))
     return {"id": created.json()["id"], "run_id": started.json()["run"]["id"]}
 
 
@@ -217,23 +227,16 @@ def store_hourly_history(*, now: datetime = EMA_NOW) -> None:
 def hourly_ema_strategy(trader_client, paper, publish_quote, settings) -> dict:
     settings.MARKET_ALWAYS_OPEN = True  # the paper market fills whatever day the tests run on; the clock is EMA_NOW
     publish_quote(EQUITY, Decimal(1100))
-    body = {
-        "name": "INFY hourly EMA 200",
-        "kind": "rule",
-        "rule_symbol": EQUITY,
-        "timeframe_minutes": 60,
-        "entry_rule": EMA_RULE,
-        "exit_rule": "close < ema(close, 200)",
-        "exit_time": "15:15",
-        "accounts": [{"account_id": paper.pk}],
-        "legs": [{"underlying": "INFY", "instrument": "EQ", "side": "BUY", "lots": 1}],
-    }
-    created = trader_client.post("/api/strategies", body, format="json")
-    assert created.status_code == 201, created.json()
-    started = trader_client.post(f"/api/strategies/{created.json()['id']}/start", {"mode": "paper"}, format="json")
-    assert started.status_code == 201, started.json()
+    strategy = start_infy_rule_strategy(
+        trader_client,
+        paper,
+        name="INFY hourly EMA 200",
+        timeframe_minutes=60,
+        entry_rule=EMA_RULE,
+        exit_rule="close < ema(close, 200)",
+    )
     store_hourly_history()
-    return {"id": created.json()["id"]}
+    return strategy
 
 
 def test_an_hourly_ema_200_rule_reads_enough_history_across_weekends_and_holidays_to_fire_live(hourly_ema_strategy):
