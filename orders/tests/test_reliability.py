@@ -252,3 +252,33 @@ def test_exits_owed_to_an_entry_are_only_placed_for_what_is_still_held(trader, p
     assert entry.exits_placed_at is not None
     assert not Order.objects.filter(parent=entry).exists()
     assert entry.events.filter(message__contains="already closed").exists()
+
+
+@CONCURRENT
+def test_a_bulk_order_that_fails_after_a_send_answers_each_legs_real_state(trader, instruments, market, monkeypatch):
+    market(EQUITY, "1500")
+    account = paper_account(trader)
+    client = client_for(trader)
+    real_mark_accepted = services._order_mark_accepted
+
+    def fails_on_the_first_leg(**kwargs):
+        from django.db import OperationalError
+
+        monkeypatch.setattr(services, "_order_mark_accepted", real_mark_accepted)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "_order_mark_accepted", fails_on_the_first_leg)
+    leg = entry_body(account)
+    del leg["target"], leg["stop_loss"]
+    body = {"legs": [leg, {**leg, "quantity": 2}], "all_or_none": False}
+    first = client.post("/api/orders/bulk", body, format="json", HTTP_IDEMPOTENCY_KEY="bulk-after-send")
+
+    # The first leg reached the broker before the failure: it is reported as placed (as the broker holds it), the
+    # second never went out. The retry replays that answer and sends nothing.
+    assert first.status_code == 201, first.content[:400]
+    legs = first.json()["legs"]
+    assert [leg["status"] for leg in legs] == ["placed", "not_sent"]
+    assert legs[0]["order"]["status"] == OrderStatus.FILLED
+    again = client.post("/api/orders/bulk", body, format="json", HTTP_IDEMPOTENCY_KEY="bulk-after-send")
+    assert again.json() == first.json() and again["Idempotent-Replayed"] == "true"
+    assert SimOrder.objects.count() == 1
