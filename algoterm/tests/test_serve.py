@@ -267,25 +267,31 @@ def test_embedded_stack_serves_everything_from_one_process(tmp_path):
             assert docs.status == 200 and b"swagger-ui" in docs.read()
 
 
-def test_distributed_stack_runs_web_worker_and_beat_processes():
+@contextlib.contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """An empty PostgreSQL database of its own for a process a test starts; yields its URL, drops it after."""
     database = settings.DATABASES["default"]
-    name = f"algoterm_e2e_{os.getpid()}"
     admin_dsn = f"host={database['HOST']} port={database['PORT']} user={database['USER']} dbname=postgres"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    env = {
-        **base_env(),
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{name}",
-        "REDIS_URL": settings.REDIS_URL,
-        "REDIS_KEY_PREFIX": f"{settings.REDIS_KEY_PREFIX}-e2e",
-    }
     try:
+        yield f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{name}"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_distributed_stack_runs_web_worker_and_beat_processes():
+    with scratch_database(f"algoterm_e2e_{os.getpid()}") as database_url:
+        env = {
+            **base_env(),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": settings.REDIS_URL,
+            "REDIS_KEY_PREFIX": f"{settings.REDIS_KEY_PREFIX}-e2e",
+        }
         with running_stack(env) as (base, server):
             health = exercise(base, base.replace("http", "ws", 1))
             assert health["mode"] == "distributed"
             assert health["components"]["workers"]["info"]["count"] >= 1
             web_is_restarted_and_operators_alerted(base, serve_pid=server.pid)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

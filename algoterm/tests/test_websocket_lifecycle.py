@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psycopg
 import pytest
 import redis
 import uvicorn
@@ -40,7 +39,7 @@ from algoterm.api.ws import server_ping_args, server_ping_options
 from algoterm.asgi import application
 from algoterm.realtime import user_group
 from algoterm.testing import client_for
-from algoterm.tests.test_serve import ROOT, base_env, free_port, http, http_status, manage
+from algoterm.tests.test_serve import ROOT, base_env, free_port, http, http_status, manage, scratch_database
 
 # More than twice the 5 s after which every idle socket used to die (redis-py's socket_timeout == brpop_timeout).
 # A longer soak: WS_IDLE_SECONDS=3600 make test PYTEST_ARGS="-k idle_events_socket" (CI keeps it short).
@@ -126,24 +125,19 @@ def stack_database(*, redis_url: str | None = None) -> Iterator[dict]:
     """A migrated PostgreSQL database of its own and a Redis key prefix of its own; yields the process environment."""
     database = settings.DATABASES["default"]
     name = f"{database['TEST']['NAME'] if database.get('TEST', {}).get('NAME') else 'algoterm'}_web_{os.getpid()}"
-    admin_dsn = f"host={database['HOST']} port={database['PORT']} user={database['USER']} dbname=postgres"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
     prefix = f"{settings.REDIS_KEY_PREFIX}-web-{os.getpid()}"
-    env = {
-        **base_env(),
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{name}",
-        "REDIS_URL": redis_url or settings.REDIS_URL,
-        "REDIS_KEY_PREFIX": prefix,
-        "BILLING_PLAN_THROTTLE": "false",
-    }
     try:
-        manage(env, "migrate", "--noinput")
-        yield env
+        with scratch_database(name) as database_url:
+            env = {
+                **base_env(),
+                "DATABASE_URL": database_url,
+                "REDIS_URL": redis_url or settings.REDIS_URL,
+                "REDIS_KEY_PREFIX": prefix,
+                "BILLING_PLAN_THROTTLE": "false",
+            }
+            manage(env, "migrate", "--noinput")
+            yield env
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if not redis_url:
             client = redis.Redis.from_url(settings.REDIS_URL)
             keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
