@@ -44,7 +44,7 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.dev-installed
-	@for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+	@for script in bench/bench_*.py; do BENCH_QUICK=$(if $(QUICK),1,) $(BIN)/python $$script || exit 1; done
 
 # The fault drill: the distributed stack under retrying clients while a worker, the web process and Redis fail.
 # `make drill QUICK=1` is CI's shorter run.

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.quick import sized  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "algoterm.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 # A load test would spend the plan's requests-per-minute budget in a second and measure 429s instead.
@@ -28,7 +30,7 @@ from rest_framework_simplejwt.tokens import AccessToken  # noqa: E402
 
 from accounts.models import User  # noqa: E402
 
-REQUESTS = 2000
+REQUESTS = sized(2000, 100)
 
 
 def timed(client: Client, path: str, **headers) -> list[float]:

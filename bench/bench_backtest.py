@@ -37,8 +37,8 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from bench.database import LOCAL_HOSTS, clean_redis, database_recreate  # noqa: E402
+from bench.quick import sized  # noqa: E402
 
 os.environ.setdefault("BENCH_BACKTEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/algoterm_bench_backtest")
 os.environ["DATABASE_URL"] = os.environ["BENCH_BACKTEST_DATABASE_URL"]
@@ -268,8 +268,8 @@ def measure(*, runs: int, loop_runs: int) -> dict[str, Runs]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="engine and load-floor runs")
-    parser.add_argument("--loop-runs", type=int, default=2, help="per-bar loop runs (about 3 s each)")
+    parser.add_argument("--runs", type=int, default=sized(5, 1), help="engine and load-floor runs")
+    parser.add_argument("--loop-runs", type=int, default=sized(2, 1), help="per-bar loop runs (about 3 s each)")
     args = parser.parse_args()
     if urlparse(os.environ["REDIS_URL"]).hostname not in LOCAL_HOSTS:
         raise SystemExit("This benchmark only talks to a Redis on 127.0.0.1.")

@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.quick import sized  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "algoterm.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ["DJANGO_ENV"] = "test"
@@ -29,7 +31,7 @@ from brokers.adapters.base import AdapterConfig, BrokerSession, OrderRequest, Or
 from brokers.prices import quote_at, quote_publish  # noqa: E402
 from brokers.simulators.base import RateWindows, SimulatorServer  # noqa: E402
 
-ROUNDS = 150
+ROUNDS = sized(150, 10)
 SYMBOL = "NSE:INFY"
 UNLIMITED = [(10**9, 1.0)]
 REQUEST = OrderRequest(SYMBOL, Side.BUY, 1, OrderType.LIMIT, Product.CNC, price=Decimal("1000.00"))

@@ -15,13 +15,15 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.quick import sized  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "algoterm.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 import psycopg  # noqa: E402
 
-ROWS = 100_000
-NAIVE_SAMPLE = 2_000
+ROWS = sized(100_000, 4_000)
+NAIVE_SAMPLE = sized(2_000, 200)
 SERVER_URL = os.environ.get("DATABASE_URL", "")
 if not SERVER_URL.startswith(("postgres://", "postgresql://")):
     SERVER_URL = "postgres://postgres@127.0.0.1:5432/postgres"

@@ -14,6 +14,8 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.quick import sized  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "algoterm.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 if "DATABASE_URL" not in os.environ:
@@ -45,7 +47,7 @@ SPOT = 24_000.0
 STRIKES_PER_SIDE = 200
 STRIKE_STEP = 50.0
 DAYS_TO_EXPIRY = 14
-REQUESTS = 300
+REQUESTS = sized(300, 20)
 UNDERLYING = "BENCHNIFTY"
 
 

@@ -32,8 +32,8 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from bench.database import LOCAL_HOSTS, clean_redis, database_recreate  # noqa: E402
+from bench.quick import sized  # noqa: E402
 
 os.environ.setdefault("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/algoterm_bench")
 os.environ["DATABASE_URL"] = os.environ["BENCH_DATABASE_URL"]
@@ -133,6 +133,7 @@ def prepare() -> Fixture:
 
     from accounts.models import User
     from bench.floor_urls import FLOOR_TABLE_SQL
+    from billing.models import Plan, Subscription, SubscriptionStatus
     from brokers.prices import quote_at
     from brokers.services import broker_account_connect
     from marketdata.models import Instrument, InstrumentType
@@ -160,8 +161,22 @@ def prepare() -> Fixture:
     )
     quotes_put([quote_at(symbol, PRICE, depth=1_000_000) for symbol in symbols])
 
+    # The bench's users spread orders over more paper accounts than any public plan allows: a plan of its own.
+    plan = Plan.objects.create(
+        code="bench",
+        name="Bench",
+        max_broker_accounts=PAPER_ACCOUNTS + BOOK_ACCOUNTS,
+        max_running_strategies=10,
+        live_trading=True,
+        api_requests_per_minute=10**6,
+        websocket_symbols=1000,
+        is_active=False,
+    )
+
     def user(email: str, phone: str) -> User:
-        return User.objects.create_user(email, "Bench-Password-2026", name="Bench", phone=phone)
+        created = User.objects.create_user(email, "Bench-Password-2026", name="Bench", phone=phone)
+        Subscription.objects.create(user=created, plan=plan, status=SubscriptionStatus.ACTIVE)
+        return created
 
     def paper(owner: User, index: int) -> str:
         credentials = {"opening_balance": OPENING_BALANCE}
@@ -370,8 +385,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=["bench", "server"], default="bench")
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each row")
+    parser.add_argument("--seconds", type=float, default=sized(5.0, 1.0), help="measured seconds per row")
+    parser.add_argument("--warmup", type=float, default=sized(1.0, 0.3), help="unmeasured seconds before each row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument(
         "--no-idempotency-key", action="store_true", help="send POSTs without an Idempotency-Key header"

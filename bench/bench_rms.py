@@ -34,8 +34,8 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from bench.database import LOCAL_HOSTS, clean_redis, database_recreate  # noqa: E402
+from bench.quick import sized  # noqa: E402
 
 os.environ.setdefault("BENCH_RMS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/algoterm_bench_rms")
 os.environ["DATABASE_URL"] = os.environ["BENCH_RMS_DATABASE_URL"]
@@ -388,13 +388,16 @@ def measure_ticks(*, ticks: int) -> TickRuns:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--sweep-runs", type=int, default=9)
-    parser.add_argument("--loop-runs", type=int, default=5)
+    parser.add_argument("--users", type=int, default=sized(10_000, 300))
+    parser.add_argument("--sweep-runs", type=int, default=sized(9, 2))
+    parser.add_argument("--loop-runs", type=int, default=sized(5, 1))
     parser.add_argument(
-        "--loop-users", type=int, default=1000, help="users the per-user loop evaluates per run (every n-th user)"
+        "--loop-users",
+        type=int,
+        default=sized(1000, 100),
+        help="users the per-user loop evaluates per run (every n-th user)",
     )
-    parser.add_argument("--ticks", type=int, default=50, help="breaching ticks (each with its floor tick)")
+    parser.add_argument("--ticks", type=int, default=sized(50, 5), help="breaching ticks (each with its floor tick)")
     args = parser.parse_args()
     if urlparse(os.environ["REDIS_URL"]).hostname not in LOCAL_HOSTS:
         raise SystemExit("This benchmark only talks to a Redis on 127.0.0.1.")

@@ -32,8 +32,8 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from bench.database import LOCAL_HOSTS, clean_redis, database_recreate  # noqa: E402
+from bench.quick import sized  # noqa: E402
 
 os.environ.setdefault("BENCH_TRIGGERS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/algoterm_bench_triggers")
 os.environ["DATABASE_URL"] = os.environ["BENCH_TRIGGERS_DATABASE_URL"]
@@ -114,7 +114,7 @@ def celery(*arguments: str) -> subprocess.Popen:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fires", type=int, default=50)
+    parser.add_argument("--fires", type=int, default=sized(50, 5))
     args = parser.parse_args()
     if urlparse(os.environ["REDIS_URL"]).hostname not in LOCAL_HOSTS:
         raise SystemExit("This benchmark only talks to a Redis on 127.0.0.1.")

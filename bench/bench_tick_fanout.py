@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.quick import sized  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "algoterm.settings")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("REDIS_KEY_PREFIX", f"bench-fanout-{os.getpid()}")
@@ -257,12 +259,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=["bench", "publisher"], default="bench")
     parser.add_argument("--mode", choices=["channels", "redis"], default="channels")
-    parser.add_argument("--clients", type=int, default=100, help="WebSocket clients (the target is 500)")
+    parser.add_argument("--clients", type=int, default=sized(100, 20), help="WebSocket clients (the target is 500)")
     parser.add_argument("--symbols-per-client", type=int, default=20)
     parser.add_argument("--universe", type=int, default=100, help="distinct symbols")
     parser.add_argument("--rate", type=float, default=10.0, help="ticks per second per symbol")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=sized(10.0, 2.0))
     parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if urlparse(os.environ["REDIS_URL"]).hostname not in LOCAL_HOSTS:
