@@ -86,7 +86,8 @@ def _migration_rows(request):
 
     if not Plan.objects.exists():
         plans = importlib.import_module("billing.migrations.0002_plans").PLANS
-        Plan.objects.bulk_create([Plan(**plan) for plan in plans])
+        caps = importlib.import_module("billing.migrations.0003_plan_max_active_backtests").ACTIVE_BACKTESTS
+        Plan.objects.bulk_create([Plan(**plan, max_active_backtests=caps[plan["code"]]) for plan in plans])
 
 
 @pytest.fixture(autouse=True)

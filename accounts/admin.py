@@ -70,6 +70,11 @@ class UserAdmin(DjangoUserAdmin):
     def resume_users(self, request, queryset):
         resume_selected(self, request, queryset, audit_action="admin.user_resume")
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "role" in form.changed_data:
+            services.role_change_settle(actor=request.user, user=obj, previous_role=form.initial["role"])
+
     def _apply(self, request, queryset, action, verb: str) -> None:
         done = 0
         for user in queryset:

@@ -153,7 +153,7 @@ class AdminPlanOutput(serializers.Serializer):
 
 
 class AdminUserOutput(serializers.ModelSerializer):
-    status = serializers.CharField(read_only=True, help_text="active or deactivated")
+    status = serializers.ChoiceField(choices=["active", "deactivated"], read_only=True)
     broker_accounts = AdminBrokerAccountOutput(
         source="live_broker_accounts", many=True, read_only=True, help_text="the user's accounts not deleted"
     )
@@ -235,6 +235,7 @@ class AdminPaymentPageOutput(serializers.Serializer):
 
 class AuditEventOutput(serializers.ModelSerializer):
     actor_id = serializers.CharField(allow_null=True)
+    details = serializers.DictField(read_only=True)
     actor_email = serializers.EmailField(source="actor.email", allow_null=True, default=None)
 
     class Meta:

@@ -9,7 +9,6 @@ from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from accounts import selectors, services
@@ -27,10 +26,7 @@ from accounts.serializers import (
     UserUpdateInput,
 )
 from algoterm.api.pagination import PagePagination, paginate
-
-
-class RegisterThrottle(AnonRateThrottle):
-    scope = "register"
+from algoterm.api.throttles import LoginRateThrottle, RefreshRateThrottle, RegisterRateThrottle
 
 
 def _session_body(user, tokens) -> dict:
@@ -40,7 +36,7 @@ def _session_body(user, tokens) -> dict:
 class RegisterApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [RegisterThrottle]
+    throttle_classes = [RegisterRateThrottle]
 
     @extend_schema(tags=["auth"], request=RegisterInput, responses={201: SessionOutput}, summary="Create an account")
     def post(self, request: Request) -> Response:
@@ -53,13 +49,15 @@ class RegisterApi(APIView):
 class LoginApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [LoginRateThrottle]
 
     @extend_schema(
         tags=["auth"],
         request=LoginInput,
         responses={200: SessionOutput},
         summary="Log in with email and password",
-        description="5 failed attempts in 15 minutes per IP or per email answer 429 RATE_LIMITED with Retry-After.",
+        description="5 failed attempts in 15 minutes for one email from one IP, or 20 from one IP over all emails, "
+        "answer 429 RATE_LIMITED with Retry-After; failures elsewhere never lock the account's owner out.",
     )
     def post(self, request: Request) -> Response:
         data = LoginInput(data=request.data)
@@ -71,13 +69,16 @@ class LoginApi(APIView):
 class RefreshApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [RefreshRateThrottle]
 
     @extend_schema(
         tags=["auth"],
         request=RefreshInput,
         responses={200: TokenPairOutput},
         summary="Exchange a refresh token for a new pair",
-        description="The refresh token is rotated: the one sent is spent and refused from then on.",
+        description="The refresh token is rotated: the one sent is spent and refused from then on. Presenting a "
+        "spent one again ends every session of the account (all refresh and access tokens, live sockets) and "
+        "notifies the user (`account.sessions_revoked`): log in again with the password.",
     )
     def post(self, request: Request) -> Response:
         data = RefreshInput(data=request.data)

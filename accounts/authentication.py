@@ -14,12 +14,17 @@ from algoterm import request_context
 from algoterm.api.errors import AccountDeactivated, AccountDeactivatedForDrf, AppError, AuthInvalid, AuthInvalidForDrf
 
 
+def _issued_before_family_revocation(token: Token, user: User) -> bool:
+    # `iat` has whole seconds: a token from the second of the revocation is refused too, never one from before it.
+    return user.tokens_revoked_at is not None and int(token.get("iat", 0)) <= int(user.tokens_revoked_at.timestamp())
+
+
 def _user_for_validated_token(token: Token) -> User:
     revoked = RevokedAccessToken.objects.filter(jti=token.get("jti"))
     user = User.objects.filter(pk=token.get("user_id")).annotate(token_revoked=Exists(revoked)).first()
     if user is None:
         raise AuthInvalid()
-    if user.token_revoked:
+    if user.token_revoked or _issued_before_family_revocation(token, user):
         raise AuthInvalid("This token has been revoked; log in again.")
     if not user.is_active:
         raise AccountDeactivated()
@@ -27,13 +32,14 @@ def _user_for_validated_token(token: Token) -> User:
     return user
 
 
-def authenticate_access_token(raw_token: str) -> User:
-    """The active user an access token belongs to; raises AuthInvalid or AccountDeactivated."""
+def authenticate_access_token(raw_token: str) -> tuple[User, AccessToken]:
+    """The active user an access token belongs to, and the verified token (WebSockets keep its `jti` and `exp` to
+    follow a logout and the expiry); raises AuthInvalid or AccountDeactivated."""
     try:
         token = AccessToken(raw_token)
     except TokenError:
         raise AuthInvalid() from None
-    return _user_for_validated_token(token)
+    return _user_for_validated_token(token), token
 
 
 class AccessTokenAuthentication(JWTAuthentication):

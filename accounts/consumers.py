@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 
 from accounts import selectors
 from algoterm.api.errors import ValidationFailed
-from algoterm.api.ws import CLOSE_FORBIDDEN, ProtocolConsumer
+from algoterm.api.ws import ProtocolConsumer
 from algoterm.realtime import EVENT_TOPICS, user_group
 
 
@@ -54,7 +54,3 @@ class EventsConsumer(ProtocolConsumer):
     async def user_event(self, event: dict[str, Any]) -> None:
         if event["topic"] in self.topics:
             await self.send_message(event["t"], event["p"])
-
-    async def user_disconnect(self, event: dict[str, Any]) -> None:
-        await self.send_error(event["reason"], code=event["code"], recoverable=False)
-        await self.close(code=CLOSE_FORBIDDEN)

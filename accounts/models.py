@@ -47,6 +47,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True, help_text="Off = deactivated: every token stops working at once.")
     date_joined = models.DateTimeField(default=timezone.now)
     deactivated_at = models.DateTimeField(null=True, blank=True)
+    tokens_revoked_at = models.DateTimeField(
+        null=True, blank=True, help_text="Access tokens issued up to this moment are refused (a revoked token family)."
+    )
 
     objects = UserManager()
 

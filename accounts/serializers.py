@@ -12,7 +12,7 @@ from billing.serializers import CurrentSubscriptionOutput, EntitlementsOutput
 
 
 class UserOutput(serializers.ModelSerializer):
-    status = serializers.CharField(read_only=True)
+    status = serializers.ChoiceField(choices=["active", "deactivated"], read_only=True)
 
     class Meta:
         model = User
@@ -21,7 +21,7 @@ class UserOutput(serializers.ModelSerializer):
 
 
 class TokenPairOutput(serializers.Serializer):
-    token_type = serializers.CharField(default="Bearer")
+    token_type = serializers.ChoiceField(choices=["Bearer"], default="Bearer")
     access = serializers.CharField()
     refresh = serializers.CharField()
     access_expires_in = serializers.IntegerField(help_text="seconds")
@@ -81,6 +81,7 @@ class MeOutput(UserOutput):
 
 class NotificationOutput(serializers.ModelSerializer):
     is_read = serializers.BooleanField(read_only=True)
+    data = serializers.DictField(read_only=True, help_text="what the notification is about, by kind (ids, amounts)")
 
     class Meta:
         model = Notification

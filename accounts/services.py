@@ -18,6 +18,7 @@ from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from accounts import login_limits
 from accounts.models import ROLE_RANK, AuditEvent, Notification, RevokedAccessToken, Role, User
+from accounts.signals import trading_revoked_send
 from accounts.validators import normalize_email, normalize_phone
 from algoterm import realtime, request_context
 from algoterm.api.errors import (
@@ -207,9 +208,40 @@ def auth_refresh(*, refresh: str) -> TokenPair:
             return _issue_tokens(user)
     if not user.is_active:
         raise AccountDeactivated()
-    with transaction.atomic():
-        audit_record(action="auth.refresh_reused", actor=user, target=user, details={"jti": outstanding.jti})
+    ended_with_its_family = (
+        user.tokens_revoked_at is not None
+        and outstanding.created_at is not None
+        and outstanding.created_at <= user.tokens_revoked_at
+    )
+    if not ended_with_its_family:
+        _token_family_revoke(user=user, reused_jti=outstanding.jti)
     raise AuthInvalid("This refresh token has already been used or revoked; log in again.")
+
+
+@transaction.atomic
+def _token_family_revoke(*, user: User, reused_jti: str) -> None:
+    """A spent refresh token came back: someone holds a copy (stolen, or a client replaying it). Whichever of the two
+    rotated first, neither can be told apart from the other, so every session of the user ends: all refresh tokens
+    and every access token issued so far. The user is told, and logs in again with the password."""
+    revoked = _revoke_all_refresh_tokens(user)
+    User.objects.filter(pk=user.pk).update(tokens_revoked_at=timezone.now())
+    audit_record(
+        action="auth.refresh_reused",
+        actor=user,
+        target=user,
+        details={"jti": reused_jti, "revoked_refresh_tokens": revoked, "revoked_access_tokens": "all"},
+    )
+    notification_create(
+        user=user,
+        kind="account.sessions_revoked",
+        title="You were signed out everywhere",
+        body="A sign-in token of your account was used twice, which happens when it was copied. Every session has "
+        "been ended; log in again, and change your password if you did not expect this.",
+        level=Notification.Level.WARNING,
+    )
+    realtime.user_sockets_close(
+        user_id=user.pk, code=ErrorCode.AUTH_INVALID, reason="Every session of this account was ended."
+    )
 
 
 @transaction.atomic
@@ -222,6 +254,9 @@ def auth_logout(*, user: User, refresh: str, access: AccessToken | None = None) 
     BlacklistedToken.objects.get_or_create(token=outstanding)
     if access is not None:
         _access_token_revoke(access)
+        realtime.user_sockets_close(
+            user_id=user.pk, code=ErrorCode.AUTH_INVALID, reason="Logged out.", jti=access["jti"]
+        )
     audit_record(action="auth.logout", actor=user, target=user)
 
 
@@ -264,12 +299,21 @@ def user_update(*, actor: User, user: User, data: dict[str, Any]) -> User:
         user.save(update_fields=list(changes))
         action = "admin.user_role_change" if "role" in changes else "user.profile_update"
         audit_record(action=action, actor=actor, target=user, details={"changes": changes})
+    if "role" in changes:
+        role_change_settle(actor=actor, user=user, previous_role=changes["role"][0])
     if "status" in data:
         if data["status"] == "deactivated" and user.is_active:
             user = user_deactivate(actor=actor, user=user, reason="status changed by admin")
         elif data["status"] == "active" and not user.is_active:
             user = user_reactivate(actor=actor, user=user)
     return user
+
+
+def role_change_settle(*, actor: User | None, user: User, previous_role: str) -> None:
+    """What a role change sets off (made here or in the admin's form): a user who could trade and no longer can
+    has their running strategies stopped."""
+    if User(role=previous_role).can_trade and not user.can_trade:
+        trading_revoked_send(user=user, actor=actor, reason=f"role changed to {user.get_role_display()}")
 
 
 def _rank(role: str) -> int:
@@ -294,7 +338,8 @@ def user_deactivate(*, actor: User | None, user: User, reason: str = "") -> User
     audit_record(
         action="admin.user_deactivate", actor=actor, target=user, details={"reason": reason, "revoked_tokens": revoked}
     )
-    realtime.disconnect_user(user_id=user.pk, code=ErrorCode.ACCOUNT_DEACTIVATED, reason="Account deactivated.")
+    trading_revoked_send(user=user, actor=actor, reason="account deactivated")
+    realtime.user_sockets_close(user_id=user.pk, code=ErrorCode.ACCOUNT_DEACTIVATED, reason="Account deactivated.")
     return user
 
 

@@ -9,9 +9,13 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (Django must be set up first)
 
+from algoterm.api.middleware import RequestBodyLimitASGIMiddleware  # noqa: E402
 from algoterm.api.ws import websocket_stack  # noqa: E402
 from algoterm.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
-    {"http": django_asgi_app, "websocket": websocket_stack(URLRouter(websocket_urlpatterns))}
+    {
+        "http": RequestBodyLimitASGIMiddleware(django_asgi_app),
+        "websocket": websocket_stack(URLRouter(websocket_urlpatterns)),
+    }
 )

@@ -101,7 +101,7 @@ class ConfigListApi(_AdminApi):
 class ConfigSectionApi(_AdminApi):
     @extend_schema(
         tags=["config"],
-        operation_id="config_section_retrieve",
+        operation_id="config_section_get",
         parameters=[SECTION_PARAMETER],
         responses={200: ConfigSectionOutput},
         summary="One configuration section",

@@ -1,13 +1,15 @@
 """Named points where a fault drill stops a process on purpose, to prove what survives a crash there.
 
 A test or the fault drill starts a process with `ALGOTERM_FAILPOINTS="name=exit,other=raise"`; `exit` ends the
-process at once (as a kill would: no cleanup, no answer), `raise` raises FailpointHit. Production refuses the
+process at once (as a kill would: no cleanup, no answer), `raise` raises FailpointHit, `sleep:<seconds>` stalls
+there (a slow step, such as a long backtest's day). Production refuses the
 variable (settings), and a point nobody armed costs one dictionary lookup.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 ENV_VAR = "ALGOTERM_FAILPOINTS"
 KILLED_EXIT_CODE = 137
@@ -34,4 +36,7 @@ def failpoint(name: str) -> None:
         return
     if action == "exit":
         os._exit(KILLED_EXIT_CODE)
+    if action.startswith("sleep:"):
+        time.sleep(float(action.removeprefix("sleep:")))
+        return
     raise FailpointHit(name)

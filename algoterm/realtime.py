@@ -1,7 +1,8 @@
 """Pushing messages to a user's live WebSocket connections, after the current transaction commits.
 
 Services call `push_to_user`; every /ws/events connection of that user joins the group `user.<id>` and
-forwards the message as `{"t": message_type, "p": payload}` if its subscribed topics include it.
+forwards the message as `{"t": message_type, "p": payload}` if its subscribed topics include it. Services that end a
+session (logout, deactivation) call `user_sockets_close`, heard by every socket of the user on any endpoint.
 """
 
 from __future__ import annotations
@@ -80,10 +81,20 @@ def push_to_user(*, user_id: str, message_type: str, payload: dict[str, Any]) ->
     transaction.on_commit(lambda: _group_send(user_group(user_id), message))
 
 
-def disconnect_user(*, user_id: str, code: str, reason: str) -> None:
-    """Close every live connection of the user (deactivation), after commit."""
-    message = {"type": "user.disconnect", "code": code, "reason": reason}
-    transaction.on_commit(lambda: _group_send(user_group(user_id), message))
+def user_sockets_group(user_id: str) -> str:
+    """Every WebSocket of the user, whatever its endpoint, joins this group to hear that its session ended."""
+    return f"sockets.{user_id}"
+
+
+def user_sockets_close(*, user_id: str, code: str, reason: str, jti: str | None = None) -> None:
+    """After commit, end the user's live WebSockets: those authenticated with the access token `jti` (a logout, a
+    revoked token), or all of them (deactivation, a revoked token family). Each gets a non-recoverable `error` with
+    `code` (an ErrorCode) and `reason`, then close code 4403 for ACCOUNT_DEACTIVATED or PERMISSION_DENIED and 4401
+    otherwise. Goes through the channel layer, so it reaches sockets served by any web process.
+
+    Best effort like every push: a socket that misses it still closes when its access token expires."""
+    message = {"type": "sockets.close", "code": str(code), "reason": reason, "jti": jti}
+    transaction.on_commit(lambda: _group_send(user_sockets_group(user_id), message))
 
 
 def snapshot_part_register(part: SnapshotPart) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 from redis.asyncio.retry import Retry as AsyncRedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -97,6 +98,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "algoterm.metrics.RequestMetricsMiddleware",
     "algoterm.api.middleware.RequestIdMiddleware",
+    "algoterm.api.middleware.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -225,7 +227,16 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "algoterm.api.errors.exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
     "DEFAULT_THROTTLE_CLASSES": ["billing.throttles.PlanRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"register": env.str("REGISTER_THROTTLE_RATE", default="20/hour")},
+    # Per client IP on the routes anyone can call without a token (algoterm.api.throttles.ClientIpRateThrottle).
+    # TradingView sends every customer's alerts from a handful of addresses, hence the generous webhook rate.
+    "DEFAULT_THROTTLE_RATES": {
+        "register": env.str("REGISTER_THROTTLE_RATE", default="20/hour"),
+        "login": env.str("LOGIN_THROTTLE_RATE", default="60/minute"),
+        "refresh": env.str("REFRESH_THROTTLE_RATE", default="120/minute"),
+        "strategy_webhook": env.str("STRATEGY_WEBHOOK_THROTTLE_RATE", default="600/minute"),
+        "broker_postback": env.str("BROKER_POSTBACK_THROTTLE_RATE", default="600/minute"),
+        "billing_webhook": env.str("BILLING_WEBHOOK_THROTTLE_RATE", default="120/minute"),
+    },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "COERCE_DECIMAL_TO_STRING": False,  # money is a JSON number (API contract)
@@ -243,8 +254,12 @@ SIMPLE_JWT = {
     "USER_ID_CLAIM": "user_id",
 }
 
-# Failed logins allowed per window, counted per client IP and per email.
+# Failed logins allowed per window (accounts.login_limits): per email from one client IP, per client IP over all
+# emails, and per email over all IPs. The last is far higher and, once reached, leaves each further IP one attempt
+# rather than locking the email, so nobody can lock a user out from another address.
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_FAILURE_IP_LIMIT = env.int("LOGIN_FAILURE_IP_LIMIT", default=20)
+LOGIN_FAILURE_EMAIL_LIMIT = env.int("LOGIN_FAILURE_EMAIL_LIMIT", default=100)
 LOGIN_FAILURE_WINDOW = timedelta(seconds=env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=15 * 60))
 
 # WebSocket defaults until plans set them per user.
@@ -288,8 +303,23 @@ SPECTACULAR_SETTINGS = {
         "ExitUnitEnum": ["points", "percent"],
         "AuditEventKindEnum": "accounts.models.AuditEvent.Kind",
         "PlatformModeEnum": ["live", "paper"],  # values only: RunMode has the same choices with labels
+        "UserStatusEnum": ["active", "deactivated"],
+        "StrategyProductEnum": ["MIS", "NRML"],
+        "StartModeEnum": ["backtest", "paper", "live"],
+        "SideEnum": ["BUY", "SELL"],
+        "OptionTypeEnum": ["CE", "PE"],
+        "WebhookOutcomeEnum": "billing.models.WebhookOutcome",
+        "CandleIntervalEnum": "marketdata.candles.INTERVALS",
+        "SignalSourceEnum": ["tradingview", "chartink", "rule", "other"],
+        "OrderSourceEnum": "orders.models.OrderSource",
+        "SignalActionEnum": ["BUY", "SELL", "SHORT", "COVER", "EXIT", "ENTRY"],
     },
     "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "algoterm.api.schema.nullable_references",
+        "algoterm.api.schema.openapi_links",
+    ],
 }
 
 CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
@@ -303,6 +333,60 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:"}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # workers log through LOGGING below: JSON, redacted
+# Queues by urgency. `urgent` carries what moves money or guards it (orders, exits, the risk engine, strategy fires,
+# reconciliation); `default` the housekeeping; `backtests` has workers of its own, so a long backtest never delays an
+# exit. Every task is named here: a task without a route fails a test, never lands silently on the wrong queue.
+CELERY_TASK_QUEUES = (Queue("urgent"), Queue("default"), Queue("backtests"))
+CELERY_TASK_DEFAULT_QUEUE = "default"
+TASK_QUEUE_URGENT, TASK_QUEUE_DEFAULT, TASK_QUEUE_BACKTESTS = "urgent", "default", "backtests"
+CELERY_TASK_ROUTES = {
+    **{
+        name: {"queue": TASK_QUEUE_URGENT}
+        for name in (
+            "orders.tasks.reconcile_account",
+            "orders.tasks.reconcile_open",
+            "orders.tasks.place_exits",
+            "orders.tasks.refresh_pushed_order",
+            "orders.tasks.follow_up_fill",
+            "orders.tasks.settle_oco",
+            "orders.tasks.trail_stops",
+            "rms.tasks.sweep",
+            "rms.tasks.evaluate_symbols",
+            "rms.tasks.evaluate_users",
+            "strategies.tasks.fire",
+            "strategies.tasks.evaluate_rules",
+            # Beat's heartbeat rides the urgent path, so health's scheduler age says how long order work waits.
+            "algoterm.tasks.heartbeat",
+        )
+    },
+    **{
+        name: {"queue": TASK_QUEUE_DEFAULT}
+        for name in (
+            "algoterm.tasks.check_holiday_lists",
+            "accounts.tasks.purge_expired_tokens",
+            "accounts.tasks.purge_old_notifications",
+            "brokers.tasks.expire_sessions",
+            "brokers.tasks.remind_logins",
+            "orders.tasks.purge_idempotency_keys",
+            "billing.tasks.expire_trials",
+            "strategies.tasks.expire_backtests",
+        )
+    },
+    "strategies.tasks.backtest_run": {"queue": TASK_QUEUE_BACKTESTS},
+}
+# The queues `serve` starts workers for: the main worker takes urgent and default, the backtest worker (few slots:
+# a backtest is CPU-bound) only backtests.
+WORKER_QUEUES = (TASK_QUEUE_URGENT, TASK_QUEUE_DEFAULT)
+BACKTEST_WORKER_CONCURRENCY = env.int("BACKTEST_WORKER_CONCURRENCY", default=1)
+# A backtest past its soft limit is stopped and marked failed with the reason; the hard limit kills a worker child
+# that ignores the soft one (its row is then failed by strategies.tasks.expire_backtests).
+BACKTEST_SOFT_TIME_LIMIT_SECONDS = env.int("BACKTEST_SOFT_TIME_LIMIT_SECONDS", default=300)
+BACKTEST_HARD_TIME_LIMIT_SECONDS = env.int("BACKTEST_HARD_TIME_LIMIT_SECONDS", default=360)
+# A backtest still queued after this long (its message lost with an embedded worker's memory) is failed, so it no
+# longer holds one of the user's backtest slots.
+BACKTEST_QUEUED_EXPIRY_SECONDS = env.int("BACKTEST_QUEUED_EXPIRY_SECONDS", default=6 * 3600)
+# Over the plan's cap of queued and running backtests, a start answers 429 with this Retry-After.
+BACKTEST_LIMIT_RETRY_AFTER_SECONDS = env.int("BACKTEST_LIMIT_RETRY_AFTER_SECONDS", default=30)
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 # The system's periodic tasks, defined here and synced into django-celery-beat by `manage.py sync_periodic_tasks`
 # (and whenever beat starts). Domain issues add their own entries.
@@ -321,6 +405,10 @@ RMS_DEFAULT_MAX_OPEN_POSITIONS = env.int("RMS_DEFAULT_MAX_OPEN_POSITIONS", defau
 # Strategies: how often rule strategies are evaluated, how old a webhook's own timestamp may be, backtest span.
 STRATEGY_RULE_SECONDS = env.float("STRATEGY_RULE_SECONDS", default=15.0)
 STRATEGY_WEBHOOK_MAX_AGE_SECONDS = env.int("STRATEGY_WEBHOOK_MAX_AGE_SECONDS", default=300)
+# Refused webhook calls are counted per strategy and day in full, but only this many are kept as Signal rows.
+STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY = env.int("STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY", default=50)
+# Largest quantity one webhook signal may ask for, in units: above any exchange freeze quantity for equities.
+STRATEGY_WEBHOOK_MAX_QUANTITY = env.int("STRATEGY_WEBHOOK_MAX_QUANTITY", default=100_000)
 STRATEGY_BACKTEST_MAX_DAYS = env.int("STRATEGY_BACKTEST_MAX_DAYS", default=1100)
 CELERY_BEAT_SCHEDULE = {
     "system.heartbeat": {"task": "algoterm.tasks.heartbeat", "schedule": timedelta(seconds=10)},
@@ -355,6 +443,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.tasks.purge_old_notifications",
         "schedule": timedelta(hours=24),
     },
+    "strategies.expire_backtests": {"task": "strategies.tasks.expire_backtests", "schedule": timedelta(minutes=1)},
 }
 NOTIFICATION_RETENTION = timedelta(days=env.int("NOTIFICATION_RETENTION_DAYS", default=90))
 
@@ -365,7 +454,11 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
-DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Request bodies are refused with 413 before they are read (algoterm.api.middleware): any route up to
+# REQUEST_BODY_MAX_BYTES, the unauthenticated machine-to-machine routes (webhooks, broker postbacks) far less.
+REQUEST_BODY_MAX_BYTES = env.int("REQUEST_BODY_MAX_BYTES", default=2 * 1024 * 1024)
+WEBHOOK_BODY_MAX_BYTES = env.int("WEBHOOK_BODY_MAX_BYTES", default=64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_MAX_BYTES
 
 if IS_PRODUCTION:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
@@ -451,6 +544,9 @@ PAPER_SLIPPAGE_BPS = env.int("PAPER_SLIPPAGE_BPS", default=5)
 # decides from the broker's order book alone; how long Idempotency-Keys are kept.
 ORDER_RECONCILE_DELAY_SECONDS = env.float("ORDER_RECONCILE_DELAY_SECONDS", default=2.0)
 ORDER_RECONCILE_GRACE_SECONDS = env.float("ORDER_RECONCILE_GRACE_SECONDS", default=30.0)
+# A broker's push only makes us read the order from the broker: pushes for one order while a read is queued share
+# it. This bounds how long a lost queued read can hold later pushes back (reconciliation settles the order anyway).
+ORDER_PUSH_REFRESH_COALESCE_SECONDS = env.int("ORDER_PUSH_REFRESH_COALESCE_SECONDS", default=10)
 IDEMPOTENCY_KEY_TTL = timedelta(hours=env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48))
 IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=15.0)
 # How long a claimed key is held without an answer before a retry may take it over (its holder died). Longer than

@@ -237,7 +237,7 @@ def first_success_after(tally: Tally, moment: float, *, timeout: float = 90) -> 
 def inject_faults(serve: subprocess.Popen, redis: PrivateRedis, base: str, tally: Tally, gap: float) -> list[Fault]:
     faults = []
     time.sleep(gap)
-    worker = child_pid(serve, "worker")
+    worker = child_pid(serve, "worker@")  # the order worker, not the backtest worker
     if worker is not None:
         os.kill(worker, signal.SIGKILL)
         fault = Fault("worker killed (SIGKILL)", time.monotonic())

@@ -27,6 +27,7 @@ class PlanAdmin(admin.ModelAdmin):
         "is_trial",
         "max_broker_accounts",
         "max_running_strategies",
+        "max_active_backtests",
         "live_trading",
         "api_requests_per_minute",
         "websocket_symbols",

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from algoterm.api.pagination import PagePagination, paginate
 from algoterm.api.parsers import RawBodyParser
 from algoterm.api.serializers import ErrorSerializer
+from algoterm.api.throttles import BillingWebhookRateThrottle
 
 from . import selectors, services
 from .serializers import (
@@ -32,10 +33,11 @@ PROVIDER_DOWN = OpenApiResponse(ErrorSerializer, description="SERVICE_UNAVAILABL
 class PlanListApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    pagination_class = PagePagination
 
     @extend_schema(tags=TAGS, responses={200: PlanOutput(many=True)}, summary="The plans (public)", auth=[])
     def get(self, request: Request) -> Response:
-        return Response({"items": PlanOutput(selectors.plan_list(), many=True).data})
+        return paginate(request=request, queryset=selectors.plan_list(), serializer_class=PlanOutput, view=self)
 
 
 class SubscriptionStartApi(APIView):
@@ -128,6 +130,7 @@ class BillingWebhookApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
     parser_classes = [RawBodyParser]
+    throttle_classes = [BillingWebhookRateThrottle]
 
     @extend_schema(
         tags=TAGS,

@@ -30,6 +30,7 @@ class Plan(models.Model):
     is_trial = models.BooleanField(default=False)
     max_broker_accounts = models.PositiveSmallIntegerField()
     max_running_strategies = models.PositiveSmallIntegerField()
+    max_active_backtests = models.PositiveSmallIntegerField(default=2, help_text="backtests queued or running at once")
     live_trading = models.BooleanField()
     api_requests_per_minute = models.PositiveIntegerField()
     websocket_symbols = models.PositiveIntegerField()

@@ -70,6 +70,7 @@ class Entitlements:
     basis: str
     max_broker_accounts: int | None
     max_running_strategies: int | None
+    max_active_backtests: int | None
     live_trading: bool
     api_requests_per_minute: int | None
     websocket_symbols: int | None
@@ -83,6 +84,7 @@ UNLIMITED = Entitlements(
     basis="operator",
     max_broker_accounts=None,
     max_running_strategies=None,
+    max_active_backtests=None,
     live_trading=True,
     api_requests_per_minute=None,
     websocket_symbols=None,
@@ -95,6 +97,7 @@ def _of_plan(plan: Plan, *, basis: str) -> Entitlements:
         basis=basis,
         max_broker_accounts=plan.max_broker_accounts,
         max_running_strategies=plan.max_running_strategies,
+        max_active_backtests=plan.max_active_backtests,
         live_trading=plan.live_trading,
         api_requests_per_minute=plan.api_requests_per_minute,
         websocket_symbols=plan.websocket_symbols,
@@ -106,7 +109,8 @@ PLANS_VERSION_KEY = "billing:plans-version"
 
 def _cache_key(user_id: str) -> str:
     # The plans' version is part of the key: editing a plan retires every cached entitlement at once.
-    return f"billing:entitlements:{cache.get(PLANS_VERSION_KEY, 0)}:{user_id}"
+    # v2: entries cached before a field was added would not build an Entitlements.
+    return f"billing:entitlements:v2:{cache.get(PLANS_VERSION_KEY, 0)}:{user_id}"
 
 
 def plans_changed() -> None:

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from algoterm.api.serializers import InputSerializer
 
-from .models import Payment, Plan, Subscription
+from .models import Payment, Plan, Subscription, WebhookOutcome
 
 
 class PlanOutput(serializers.ModelSerializer):
@@ -26,6 +26,7 @@ class PlanOutput(serializers.ModelSerializer):
             "is_trial",
             "max_broker_accounts",
             "max_running_strategies",
+            "max_active_backtests",
             "live_trading",
             "api_requests_per_minute",
             "websocket_symbols",
@@ -92,6 +93,7 @@ class EntitlementsOutput(serializers.Serializer):
     )
     max_broker_accounts = serializers.IntegerField(allow_null=True, help_text="null: no limit")
     max_running_strategies = serializers.IntegerField(allow_null=True)
+    max_active_backtests = serializers.IntegerField(allow_null=True, help_text="backtests queued or running at once")
     live_trading = serializers.BooleanField()
     api_requests_per_minute = serializers.IntegerField(allow_null=True)
     websocket_symbols = serializers.IntegerField(allow_null=True)
@@ -123,4 +125,4 @@ class VerifyInput(InputSerializer):
 
 class WebhookOutput(serializers.Serializer):
     event_id = serializers.CharField()
-    outcome = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=WebhookOutcome.choices)

@@ -141,6 +141,20 @@ def require_running_strategy_slot(*, user: User, running: int) -> None:
         raise PlanRequired(f"Your plan allows {limit} running {noun}; stop one or upgrade.")
 
 
+def require_backtest_slot(*, user: User, active: int) -> None:
+    """`active`: the user's backtests queued or running, counted under a lock on the user's row."""
+    limit = selectors.entitlements_for(user=user).max_active_backtests
+    if limit is not None and active >= limit:
+        retry_after = settings.BACKTEST_LIMIT_RETRY_AFTER_SECONDS
+        noun = "backtest" if limit == 1 else "backtests"
+        raise AppError(
+            f"Your plan allows {limit} {noun} queued or running at once; retry when one finishes, or upgrade.",
+            code=ErrorCode.BACKTEST_LIMIT_REACHED,
+            extra={"limit": limit, "retry_after": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 # --- subscribing -------------------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from django.contrib import admin, messages
 from django.utils.html import format_html_join
 
+from accounts.services import audit_record
 from brokers import services
 from brokers.models import BrokerAccount, SimAccount, SimHolding, SimOrder, SimPosition, SimTrade
 from brokers.services import masked_proxy
@@ -18,6 +19,18 @@ class BrokerAccountAdmin(admin.ModelAdmin):
     exclude = ["credentials_encrypted", "session_encrypted", "proxy_url", "login_nonce"]
     readonly_fields = ["id", "credential_fields", "has_session", "proxy", "created_at", "connected_at", "deleted_at"]
     actions = ["expire_sessions", "check_sessions"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The credentials and sessions belong to the owner: an account never moves to another user.
+        return [*self.readonly_fields, "owner"] if obj is not None else self.readonly_fields
+
+    def save_model(self, request, obj: BrokerAccount, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and form.changed_data:
+            details = {"fields": sorted(form.changed_data)}
+            if "algo_id" in form.changed_data:
+                details["algo_id"] = obj.algo_id
+            audit_record(action="broker.admin_change", actor=request.user, target=obj, details=details)
 
     @admin.display(description="credentials (values hidden)")
     def credential_fields(self, account: BrokerAccount):

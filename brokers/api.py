@@ -92,6 +92,8 @@ class BrokerAccountListApi(APIView):
 
 
 class BrokerAccountDetailApi(APIView):
+    permission_classes = [IsAuthenticated, IsTrader]
+
     @extend_schema(tags=["brokers"], responses={204: None}, summary="Disconnect (logs out, wipes secrets)")
     def delete(self, request: Request, account_id: str) -> Response:
         account = selectors.broker_account_get(user=request.user, account_id=account_id)

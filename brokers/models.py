@@ -63,6 +63,20 @@ class BrokerAccount(models.Model):
     def __str__(self) -> str:
         return f"{self.label} ({self.broker})"
 
+    def save(self, *args, **kwargs) -> None:
+        loaded_owner_id = getattr(self, "_loaded_owner_id", None)
+        if loaded_owner_id is not None and self.owner_id != loaded_owner_id:
+            # The credentials and session are the owner's: moving the account would hand them to someone else.
+            raise ValueError("A broker account's owner cannot be changed.")
+        super().save(*args, **kwargs)
+        self._loaded_owner_id = self.owner_id
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        account = super().from_db(db, field_names, values)
+        account._loaded_owner_id = account.__dict__.get("owner_id")
+        return account
+
     @property
     def credentials(self) -> dict[str, Any]:
         return json.loads(self.credentials_encrypted) if self.credentials_encrypted else {}

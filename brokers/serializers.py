@@ -11,6 +11,7 @@ from brokers.services import masked_proxy
 
 class BrokerAccountOutput(serializers.ModelSerializer):
     proxy = serializers.SerializerMethodField(help_text="egress proxy, without its password")
+    algo_id = serializers.CharField(read_only=True, help_text="exchange algo id on every order; operators set it")
 
     class Meta:
         model = BrokerAccount
@@ -42,8 +43,14 @@ class ConnectInput(InputSerializer):
         help_text="zerodha: api_key, api_secret; fyers: client_id, secret_key; dhan: client_id, access_token; "
         "paper: optional opening_balance",
     )
-    proxy_url = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
-    algo_id = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
+    proxy_url = serializers.CharField(
+        max_length=300,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="http(s) egress proxy on a public address (loopback, private, link-local, multicast and cloud "
+        "metadata addresses are refused)",
+    )
 
 
 class ReloginInput(InputSerializer):

@@ -21,6 +21,7 @@ from accounts.services import audit_record, notification_create
 from algoterm.api.errors import InvalidState, NotFound, ValidationFailed
 from billing.services import require_broker_account_slot
 from brokers.adapters.base import BrokerError, BrokerSession
+from brokers.egress import proxy_url_is_public
 from brokers.gateway import build_adapter
 from brokers.models import AccountStatus, Broker, BrokerAccount
 
@@ -84,11 +85,15 @@ def _clean_credentials(broker: str, credentials: dict[str, Any]) -> dict[str, An
 
 
 def _validated_proxy(proxy_url: str) -> str:
+    """An http(s) proxy whose host resolves to public addresses only; one message whatever is wrong with it."""
     if not proxy_url:
         return ""
-    parts = urlsplit(proxy_url)
-    if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
-        raise ValidationFailed(errors={"proxy_url": ["A proxy URL like http://user:pass@10.0.0.5:3128."]})
+    if not proxy_url_is_public(proxy_url):
+        raise ValidationFailed(
+            errors={
+                "proxy_url": ["An http(s) proxy on a public address, like http://user:pass@proxy.example.com:3128."]
+            }
+        )
     return proxy_url
 
 
@@ -173,7 +178,6 @@ def broker_account_connect(
     credentials: dict[str, Any],
     label: str = "",
     proxy_url: str = "",
-    algo_id: str = "",
 ) -> ConnectResult:
     """Paper connects at once; Dhan's token is checked at Dhan first; OAuth brokers answer with a login URL whose
     signed, expiring state binds the callback to this user and account."""
@@ -204,7 +208,7 @@ def broker_account_connect(
             broker=broker,
             label=label.strip() or Broker(broker).label,
             proxy_url=proxy_url,
-            algo_id=algo_id.strip() or settings.BROKER_DEFAULT_ALGO_ID,
+            algo_id=settings.BROKER_DEFAULT_ALGO_ID,  # the operator's to change, per account, in the admin
         )
         account.credentials = credentials
         account.save()

@@ -76,20 +76,24 @@ class MarketDataConsumer(ProtocolConsumer):
         await self.send(text_data=text)
 
     async def _drop_slow_client(self) -> None:
-        self.dropping = True
-        self.writer.cancel()
-        await self._leave_groups(list(self.modes))
-        self.modes.clear()
         error = {
             "message": "Too slow: ticks queued faster than this connection reads them.",
             "code": str(ErrorCode.RATE_LIMITED),
         }
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(
-                self.send(text_data=json.dumps({"t": "error", "p": {**error, "recoverable": False}})),
-                _ERROR_SEND_TIMEOUT,
-            )
+        await self.send_last(json.dumps({"t": "error", "p": {**error, "recoverable": False}}))
         await self.close(code=CLOSE_TOO_SLOW)
+
+    async def send_last(self, text: str) -> None:
+        """Ahead of whatever ticks are still queued: they stop here, and the client learns why at once."""
+        if not hasattr(self, "writer"):
+            await super().send_last(text)
+            return
+        self.dropping = True
+        self.writer.cancel()
+        await self._leave_groups(list(self.modes))
+        self.modes.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.send(text_data=text), _ERROR_SEND_TIMEOUT)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "writer"):

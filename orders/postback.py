@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from algoterm.api.errors import NotFound, ValidationFailed
+from algoterm.api.throttles import BrokerPostbackRateThrottle
 from brokers.models import Broker
 from orders import postbacks
 
@@ -25,6 +26,7 @@ class BrokerPostbackApi(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [BrokerPostbackRateThrottle]
 
     @extend_schema(
         tags=["orders"],
@@ -35,8 +37,9 @@ class BrokerPostbackApi(APIView):
         description="Zerodha only (other brokers: 404). The body is Kite's postback JSON: the order's fields "
         "(order_id, status, filled_quantity, average_price, tag, order_timestamp...) and `checksum` = "
         "sha256(order_id + order_timestamp + api_secret) hex. A wrong checksum is 400 with `errors.checksum` and "
-        "changes nothing. An order we do not know is `ignored`; otherwise the update is `applied` the way every "
-        "broker update is (fills are cumulative, so a replay adds nothing).",
+        "changes nothing. An order we do not know is `ignored`. Otherwise `applied`: the postback is taken as a "
+        "signal only, and the order is read again from Kite's own order book (and trade book); its terms and fills "
+        "come from there, never from the body. Postbacks for one order while a read is queued share that read.",
     )
     def post(self, request: Request, broker: str) -> Response:
         if broker != Broker.ZERODHA:

@@ -1,5 +1,10 @@
-"""Broker postbacks and socket order updates: order updates the broker pushes to us, applied through
-`order_apply_update` like any other broker news (so a replayed or late update adds nothing)."""
+"""Broker postbacks and socket order updates: order updates the broker pushes to us.
+
+A push is a signal, never a fact. Kite's checksum covers only the order id and timestamp, and a socket message is
+only as good as the socket, so nothing in a pushed body (quantity, fills, prices, status) is written: a push that
+names one of our orders makes us read that order from the broker's own books, and what the books say is applied.
+A burst of pushes for one order costs one read: a read already queued (not yet started) covers every push that
+arrives before it starts."""
 
 from __future__ import annotations
 
@@ -9,13 +14,17 @@ import logging
 from decimal import InvalidOperation
 from typing import Any, Literal
 
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+
 from algoterm.api.errors import ValidationFailed
 from algoterm.ids import from_compact
 from brokers.adapters.base import BrokerOrder
 from brokers.adapters.zerodha import order_from_kite
 from brokers.models import Broker
-from orders.models import Order, OrderSource
-from orders.services import order_apply_update
+from orders.models import Order
+from orders.services import order_refresh_from_broker
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +58,37 @@ def _kite_update(payload: dict[str, Any]) -> BrokerOrder:
         raise _NotAKiteOrder(f"Missing or malformed field: {error}") from None
 
 
+def _refresh_key(order_id: str) -> str:
+    return f"orders:push-refresh:{order_id}"
+
+
 def _kite_apply(order: Order, update: BrokerOrder) -> PostbackResult:
-    order_apply_update(order_id=order.pk, update=update, source=OrderSource.BROKER, fresh=False)
+    """`update` was parsed only to refuse what is not a Kite order; the order is re-read from the broker."""
+    order_refresh_request(order_id=order.pk)
     return "applied"
+
+
+def order_refresh_request(*, order_id: str) -> None:
+    """Queue one read of the order from the broker, unless one is queued and not yet started (it will see
+    whatever this push announced)."""
+    if not cache.add(_refresh_key(order_id), "queued", timeout=settings.ORDER_PUSH_REFRESH_COALESCE_SECONDS):
+        return
+    from orders import tasks
+
+    def enqueue() -> None:
+        try:
+            tasks.refresh_pushed_order.delay(order_id)
+        except Exception:  # the broker must get its fast answer; reconciliation reads the book anyway
+            cache.delete(_refresh_key(order_id))
+            logger.exception("the broker read announced by a push for %s could not be queued", order_id)
+
+    transaction.on_commit(enqueue)
+
+
+def order_refresh_pushed(*, order_id: str) -> Order:
+    """The queued read: pushes from now on queue another, so none is lost to this one being under way."""
+    cache.delete(_refresh_key(order_id))
+    return order_refresh_from_broker(order_id=order_id)
 
 
 def kite_checksum(*, order_id: str, order_timestamp: str, api_secret: str) -> str:
@@ -59,8 +96,9 @@ def kite_checksum(*, order_id: str, order_timestamp: str, api_secret: str) -> st
 
 
 def kite_postback_apply(*, payload: dict[str, Any]) -> PostbackResult:
-    """Apply one Kite postback. Unknown orders are ignored (Kite also posts orders placed outside AlgoTerm); a
-    checksum that the order's account's API secret does not produce is 400 and changes nothing."""
+    """Take one Kite postback as a signal. Unknown orders are ignored (Kite also posts orders placed outside
+    AlgoTerm); a checksum that the order's account's API secret does not produce is 400 and changes nothing; a
+    valid one makes us read the order from Kite's books (its body's fields are never used)."""
     order = _kite_order_for(payload)
     if order is None:
         logger.info("Kite postback for an order we do not know (%s) ignored", payload.get("order_id"))
@@ -83,9 +121,9 @@ def kite_postback_apply(*, payload: dict[str, Any]) -> PostbackResult:
 
 
 def kite_socket_update_apply(*, account_id: str, data: dict[str, Any]) -> PostbackResult:
-    """Apply one order update from the Kite ticker opened with `account_id`'s access token. The socket is
-    authenticated by that token, so there is no checksum; only that account's orders can match. Unknown orders and
-    malformed updates are ignored and logged rather than raised: the caller is a market-data feed."""
+    """Take one order update from the Kite ticker opened with `account_id`'s access token as a signal: only that
+    account's orders can match, and a match is read from Kite's books. Unknown orders and malformed updates are
+    ignored and logged rather than raised: the caller is a market-data feed."""
     if not isinstance(data, dict):
         logger.info("Kite ticker order update for %s is not an object; ignored", account_id)
         return "ignored"

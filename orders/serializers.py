@@ -6,8 +6,8 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
-from algoterm.api.errors import ValidationFailed
-from algoterm.api.serializers import InputSerializer
+from algoterm.api.errors import ErrorCode, ValidationFailed
+from algoterm.api.serializers import BlankAsNullChoiceField, InputSerializer
 from brokers.adapters.base import OrderType, Product, Side, Validity
 from marketdata.selectors import symbol_normalize
 from orders.models import Order, OrderEvent, OrderStatus, Position, Trade
@@ -28,7 +28,8 @@ def _positive_money(**kwargs) -> serializers.DecimalField:
 
 
 class OrderEventOutput(serializers.ModelSerializer):
-    from_status = serializers.CharField(allow_blank=True)
+    from_status = BlankAsNullChoiceField(choices=OrderStatus.choices, help_text="null on the order's first event")
+    to_status = serializers.ChoiceField(choices=OrderStatus.choices)
 
     class Meta:
         model = OrderEvent
@@ -168,7 +169,7 @@ class PositionGroupOutput(serializers.Serializer):
     """One instrument and product across all the user's accounts."""
 
     symbol = serializers.CharField()
-    product = serializers.CharField()
+    product = serializers.ChoiceField(choices=[v.value for v in Product])
     quantity = serializers.IntegerField()
     average_price = _money()
     ltp = _money(allow_null=True)
@@ -203,7 +204,7 @@ class HoldingOutput(serializers.Serializer):
 
 class AccountProblemOutput(serializers.Serializer):
     account_id = serializers.CharField()
-    error_code = serializers.CharField()
+    error_code = serializers.ChoiceField(choices=[(code.value, code.value) for code in ErrorCode])
     detail = serializers.CharField()
 
 
@@ -220,7 +221,7 @@ class LegResultOutput(serializers.Serializer):
     index = serializers.IntegerField()
     status = serializers.ChoiceField(choices=["placed", "failed", "not_sent", "cancelled"])
     order = OrderOutput(allow_null=True)
-    error_code = serializers.CharField(allow_blank=True)
+    error_code = BlankAsNullChoiceField(choices=[(code.value, code.value) for code in ErrorCode])
     detail = serializers.CharField(allow_blank=True)
 
 
@@ -230,10 +231,17 @@ class BulkOutput(serializers.Serializer):
     legs = LegResultOutput(many=True)
 
 
+class SquareOffFailureOutput(serializers.Serializer):
+    order_id = serializers.CharField(required=False, help_text="a pending order that could not be cancelled")
+    account_id = serializers.CharField(required=False)
+    symbol = serializers.CharField()
+    detail = serializers.CharField()
+
+
 class SquareOffOutput(serializers.Serializer):
     cancelled = OrderOutput(many=True, help_text="pending orders cancelled first")
     placed = OrderOutput(many=True, help_text="the closing market orders")
-    failed = serializers.ListField(child=serializers.DictField())
+    failed = SquareOffFailureOutput(many=True)
 
 
 # --- inputs ------------------------------------------------------------------------------------------------------

@@ -30,10 +30,9 @@ from django.utils import timezone
 from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
 from algoterm import realtime
-from algoterm.api.errors import AppError, InvalidState, NotFound, RiskRejected, ValidationFailed
+from algoterm.api.errors import AppError, ErrorCode, InvalidState, NotFound, RiskRejected, ValidationFailed
 from algoterm.config import freeze_quantity
 from algoterm.failpoints import failpoint
-from algoterm.system import platform_state
 from billing.services import require_live_trading
 from brokers.adapters.base import (
     BrokerError,
@@ -71,7 +70,7 @@ from orders.models import (
     Trade,
     can_transition,
 )
-from rms.services import OrderIntent, check_order
+from rms.services import OrderIntent, Reason, check_order
 
 logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
@@ -254,7 +253,9 @@ def _check_exits(errors: dict[str, list[str]], *, spec: OrderSpec, reference: De
         _add(errors, "trailing_stop", "A trailing stop needs a stop_loss to trail.")
 
 
-def _reduces_position(*, account: BrokerAccount, symbol: str, product: str, side: str, quantity: int) -> bool:
+def _reduces_position(
+    *, account: BrokerAccount, symbol: str, product: str, side: str, quantity: int, exclude_order_id: str | None = None
+) -> bool:
     held = (
         Position.objects.filter(account=account, symbol=symbol, product=product)
         .values_list("quantity", flat=True)
@@ -269,6 +270,8 @@ def _reduces_position(*, account: BrokerAccount, symbol: str, product: str, side
     working = Order.objects.filter(
         account=account, symbol=symbol, product=product, side=side, status__in=LIVE_STATUSES
     ).exclude(role__in=EXIT_ROLES)
+    if exclude_order_id is not None:
+        working = working.exclude(pk=exclude_order_id)
     return abs(signed) + sum(order.pending_quantity for order in working) <= abs(held)
 
 
@@ -326,6 +329,16 @@ def orders_placed_under(*, record_id: int):
         _idempotency_record_id.reset(token)
 
 
+def risk_gate(*, user: User, intent: OrderIntent, role: str) -> None:
+    """The one gate in front of the broker for everything that adds exposure: placing (the API, bulk legs,
+    strategy fires, webhooks, re-entries, all through `order_place`) and modifications that grow an order (checked
+    as the order will stand). Raises 422 RISK_REJECTED, or 403 PLAN_REQUIRED for live exposure without the plan."""
+    check_order(user=user, intent=intent)
+    if intent.account.broker != Broker.PAPER and role == LegRole.ENTRY and not intent.reduces_position:
+        # Only new exposure needs the plan: exits (the user's, a strategy's, the RMS's) always go out.
+        require_live_trading(user=user)
+
+
 def order_place(
     *,
     user: User,
@@ -345,10 +358,7 @@ def order_place(
     reduces = _reduces_position(
         account=validated.account, symbol=spec.symbol, product=spec.product, side=spec.side, quantity=spec.quantity
     )
-    if validated.account.broker != Broker.PAPER and role == LegRole.ENTRY and not reduces:
-        # Only new exposure needs the plan: exits (the user's, a strategy's, the RMS's) always go out.
-        require_live_trading(user=user)
-    check_order(
+    risk_gate(
         user=user,
         intent=OrderIntent(
             account=validated.account,
@@ -362,6 +372,7 @@ def order_place(
             reduces_position=reduces or role in PROTECTIVE_ROLES,
             source=source,
         ),
+        role=role,
     )
     order = _order_create(
         user=user, validated=validated, source=source, role=role, parent=parent, strategy_ref=strategy_ref
@@ -800,7 +811,8 @@ def order_modify(
 ) -> Order:
     """Change a working order at the broker; 409 INVALID_STATE when it is no longer working."""
     with transaction.atomic():
-        locked = Order.objects.select_for_update(of=("self",)).select_related("account").get(pk=order.pk)
+        locked = Order.objects.select_for_update(of=("self",)).select_related("account", "user").get(pk=order.pk)
+        _require_changeable_by(locked, source=source)
         if locked.status not in WORKING_STATUSES:
             raise InvalidState(f"Order {locked.pk} is {locked.status} and cannot be modified.")
         broker_order_id = _broker_id_or_conflict(locked)
@@ -835,15 +847,15 @@ def order_modify(
         )
         if errors:
             raise ValidationFailed("The modification is invalid.", errors=errors)
-        if (
-            new_quantity > locked.quantity
-            and locked.account.broker != Broker.PAPER
-            and locked.role == LegRole.ENTRY
-            and user is not None
-        ):
-            require_live_trading(user=user)  # more exposure at a real broker is live trading like a new order
-        if new_quantity > locked.quantity and locked.role == LegRole.ENTRY and platform_state().trading_halted:
-            raise RiskRejected("Trading is stopped platform-wide; an order cannot grow.", reason="PLATFORM_HALTED")
+        _modify_gate(
+            order=locked,
+            quantity=new_quantity,
+            order_type=new_type,
+            price=new_price,
+            trigger_price=new_trigger,
+            lot_size=lot_size,
+            source=source,
+        )
         previous = locked.status
         _transition(locked, OrderStatus.PENDING_MODIFY, source=source)
         locked.save()
@@ -883,6 +895,101 @@ def order_modify(
     return locked
 
 
+# Square-off orders the risk engine placed: the user asked for none of them, so the user cannot undo them.
+RISK_ENGINE_SOURCES = (OrderSource.RMS, OrderSource.SYSTEM)
+
+
+def _require_changeable_by(order: Order, *, source: str) -> None:
+    if source == OrderSource.API and order.role == LegRole.SQUARE_OFF and order.source in RISK_ENGINE_SOURCES:
+        raise AppError(
+            f"Order {order.pk} closes a position for the risk engine; it cannot be modified or cancelled.",
+            code=ErrorCode.ORDER_LOCKED,
+        )
+
+
+def _reference_price(*, symbol: str, order_type: str, price: Decimal | None, trigger: Decimal | None) -> Decimal:
+    return price or trigger or quote_for(symbol).last_price
+
+
+def _protective_room(order: Order) -> int:
+    """How much a working exit may close, beside the position's other exits, without closing more than is held."""
+    where = {"account_id": order.account_id, "symbol": order.symbol, "product": order.product}
+    own_group = order.parent_id or order.pk
+    covered = sum(
+        _exit_cover(group)
+        for group in _exit_groups(**where, side=order.side)
+        if (group[0].parent_id or group[0].pk) != own_group
+    )
+    square_offs = Order.objects.filter(
+        **where, side=order.side, role=LegRole.SQUARE_OFF, status__in=LIVE_STATUSES
+    ).exclude(pk=order.pk)
+    covered += sum(other.pending_quantity for other in square_offs)
+    return max(_held(**where, closing_side=order.side) - covered, 0)
+
+
+def _modify_gate(
+    *,
+    order: Order,
+    quantity: int,
+    order_type: str,
+    price: Decimal | None,
+    trigger_price: Decimal | None,
+    lot_size: int,
+    source: str,
+) -> None:
+    """A modification that grows an order passes the risk gate as the order will stand: its new quantity and price
+    for lots and value, margin for what it adds, and not counted as another order of the day. An exit (target,
+    stop-loss, square-off) grows only up to the position it closes, never into a reverse one."""
+    grows_quantity = quantity > order.quantity
+    protective = order.role in PROTECTIVE_ROLES
+    new_reference = _reference_price(symbol=order.symbol, order_type=order_type, price=price, trigger=trigger_price)
+    added_value = Decimal("0")
+    if protective:
+        if not grows_quantity:
+            return  # a price or trigger moved on an exit changes no exposure (trailing stops move them all day)
+        room = _protective_room(order)
+        if quantity - order.filled_quantity > room:
+            raise RiskRejected(
+                f"This exit may close at most {room}: what the position still holds beside its other exits. More "
+                "would open a position the other way.",
+                reason=Reason.EXIT_EXCEEDS_POSITION,
+            )
+        reduces = True
+    else:
+        old_reference = _reference_price(
+            symbol=order.symbol, order_type=order.order_type, price=order.price, trigger=order.trigger_price
+        )
+        added_value = new_reference * quantity - old_reference * order.quantity
+        if not grows_quantity and added_value <= 0:
+            return  # smaller or cheaper: always allowed, halted or not
+        reduces = _reduces_position(
+            account=order.account,
+            symbol=order.symbol,
+            product=order.product,
+            side=order.side,
+            quantity=quantity - order.filled_quantity,
+            exclude_order_id=order.pk,
+        )
+    risk_gate(
+        user=order.user,
+        intent=OrderIntent(
+            account=order.account,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=quantity,
+            lot_size=lot_size,
+            order_type=order_type,
+            product=order.product,
+            reference_price=new_reference,
+            reduces_position=reduces,
+            source=source,
+            new_order=False,
+            margin_value=max(added_value, Decimal("0")).quantize(PAISE),
+        ),
+        role=order.role,
+    )
+
+
 def _enqueue_now(task_name: str, *args: Any) -> None:
     with transaction.atomic():
         _enqueue(task_name, *args, countdown=settings.ORDER_RECONCILE_DELAY_SECONDS)
@@ -907,6 +1014,7 @@ def order_cancel(*, user: User | None, order: Order, source: str = OrderSource.A
     cancelled)."""
     with transaction.atomic():
         locked = Order.objects.select_for_update(of=("self",)).select_related("account").get(pk=order.pk)
+        _require_changeable_by(locked, source=source)
         if locked.status not in CANCELLABLE:
             raise InvalidState(f"Order {locked.pk} is {locked.status} and cannot be cancelled.")
         broker_order_id = _broker_id_or_conflict(locked)
@@ -1040,6 +1148,21 @@ def order_settle_from_broker(*, order_id: str, stale: bool) -> Order:
         _order_settle(order=order, adapter=adapter, match=match, stale=stale)
     order.refresh_from_db()
     return order
+
+
+def order_refresh_from_broker(*, order_id: str) -> Order:
+    """The broker pushed news of this order (a postback, an order socket): a signal, never a fact. Read the order
+    from the broker's own books and apply that; a pushed body's terms and fills are never used. Best effort: when
+    the broker cannot be read the order stays as it is and reconciliation settles it."""
+    order = Order.objects.select_related("account").get(pk=order_id)
+    if not order.broker_order_id or _rejected_by_inference(order):
+        return order_settle_from_broker(order_id=order_id, stale=False)  # found in the book by our tag
+    try:
+        adapter = adapter_for(order.account)
+    except (BrokerError, AppError) as error:
+        logger.info("could not refresh %s from the broker: %s", order.pk, error.detail)
+        return order
+    return order_refresh(order=order, adapter=adapter, settle_pending=False)
 
 
 def _order_resubmit_protective(*, order: Order) -> None:

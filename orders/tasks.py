@@ -19,6 +19,13 @@ def reconcile_open() -> int:
     return len(account_ids)
 
 
+@shared_task(name="orders.tasks.refresh_pushed_order")
+def refresh_pushed_order(order_id: str) -> None:
+    from orders.postbacks import order_refresh_pushed
+
+    order_refresh_pushed(order_id=order_id)
+
+
 @shared_task(name="orders.tasks.place_exits")
 def place_exits(order_id: str) -> int:
     return len(services.order_exits_place(order_id=order_id))

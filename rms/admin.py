@@ -13,7 +13,15 @@ from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import ValidationFailed
 from rms import services
 from rms.admin_actions import halt_selected, resume_selected
-from rms.models import RiskProfile, RmsEvent, RmsState, TradingState, default_limits
+from rms.models import (
+    PlatformRiskCeiling,
+    RiskProfile,
+    RmsEvent,
+    RmsState,
+    TradingState,
+    UserRiskCeiling,
+    default_limits,
+)
 
 # --- profiles ----------------------------------------------------------------------------------------------------
 
@@ -95,6 +103,10 @@ class RiskProfileAdmin(admin.ModelAdmin):
         ),
         ("Clock (IST)", {"fields": [("trading_window_start", "trading_window_end"), "auto_square_off_time"]}),
         ("Kill switch", {"fields": ["kill_switch"]}),
+        (
+            "Waiting for the next trading day (the user loosened a limit after trading started)",
+            {"fields": ["pending_changes", "pending_from"]},
+        ),
     ]
 
     @admin.display(description="updated", ordering="updated_at")
@@ -103,7 +115,8 @@ class RiskProfileAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None) -> list[str]:
         # Whose profile it is never changes; a new one names its user (and account, for an override).
-        return ["user", "account", "updated_at"] if obj is not None else ["updated_at"]
+        pending = ["pending_changes", "pending_from"]
+        return ["user", "account", "updated_at", *pending] if obj is not None else ["updated_at", *pending]
 
     def get_changeform_initial_data(self, request) -> dict[str, Any]:
         # A new profile starts from what the service would create, so the form shows what will be saved.
@@ -145,6 +158,101 @@ class RiskProfileAdmin(admin.ModelAdmin):
         if getattr(request, "_rms_profile_refused", False):
             return HttpResponseRedirect(request.get_full_path())
         return super().response_change(request, obj)
+
+
+# --- ceilings ----------------------------------------------------------------------------------------------------
+
+
+class RiskCeilingForm(forms.ModelForm):
+    """Refuses what the ceiling service would refuse, field by field."""
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in services.LIST_FIELDS:
+            if name in cleaned and cleaned[name] is None:  # an emptied box means "no bound", stored as []
+                cleaned[name] = []
+        if self.errors:
+            return cleaned
+        values = {name: cleaned.get(name) for name in services.CEILING_FIELDS}
+        for name, problems in services.ceiling_validate(values).items():
+            for problem in problems:
+                self.add_error(name if name in self.fields else None, problem)
+        return cleaned
+
+
+CEILING_FIELDSETS = [
+    ("Loss (rupees of MTM)", {"fields": ["max_daily_loss"]}),
+    (
+        "Per order and per day",
+        {
+            "fields": [
+                "max_lots_per_order",
+                "max_order_value",
+                "max_open_positions",
+                "max_orders_per_day",
+                "allowed_products",
+                "allowed_segments",
+            ]
+        },
+    ),
+    ("Clock (IST)", {"fields": [("trading_window_start", "trading_window_end"), "auto_square_off_time"]}),
+    ("Kill switch (the user cannot lift it)", {"fields": ["kill_switch", "note"]}),
+    (None, {"fields": ["updated_by", "updated_at"]}),
+]
+
+
+class RiskCeilingAdminBase(admin.ModelAdmin):
+    """Ceilings bound what users set themselves: the effective limit is the tightest of the platform's ceiling,
+    the user's ceiling and the user's own setting. Saved through the ceiling service (validated, audited)."""
+
+    form = RiskCeilingForm
+    fieldsets = CEILING_FIELDSETS
+
+    def get_readonly_fields(self, request, obj=None) -> list[str]:
+        return ["updated_by", "updated_at"]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # emptying a field lifts that bound, audited; a deleted row would leave no trace
+
+    def _changed(self, form, change: bool) -> dict[str, Any]:
+        names = form.changed_data if change else [*services.CEILING_FIELDS, "note"]
+        return {name: form.cleaned_data[name] for name in names if name in (*services.CEILING_FIELDS, "note")}
+
+
+@admin.register(PlatformRiskCeiling)
+class PlatformRiskCeilingAdmin(RiskCeilingAdminBase):
+    list_display = ["__str__", "max_daily_loss", "max_lots_per_order", "max_order_value", "kill_switch", "updated_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return not PlatformRiskCeiling.objects.exists()  # one row for the whole platform
+
+    def save_model(self, request, obj: PlatformRiskCeiling, form, change: bool) -> None:
+        saved = services.platform_ceiling_update(actor=request.user, data=self._changed(form, change))
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+
+@admin.register(UserRiskCeiling)
+class UserRiskCeilingAdmin(RiskCeilingAdminBase):
+    list_display = ["user", "max_daily_loss", "max_lots_per_order", "max_order_value", "kill_switch", "updated_at"]
+    list_filter = ["kill_switch"]
+    search_fields = ["user__email"]
+    list_select_related = ["user"]
+    raw_id_fields = ["user"]
+    fieldsets = [(None, {"fields": ["user"]}), *CEILING_FIELDSETS]
+
+    def get_readonly_fields(self, request, obj=None) -> list[str]:
+        # Whose ceiling it is never changes.
+        return (
+            ["user", *super().get_readonly_fields(request, obj)]
+            if obj is not None
+            else super().get_readonly_fields(request, obj)
+        )
+
+    def save_model(self, request, obj: UserRiskCeiling, form, change: bool) -> None:
+        saved = services.user_ceiling_update(actor=request.user, user=obj.user, data=self._changed(form, change))
+        obj.pk = saved.pk
+        obj.refresh_from_db()
 
 
 # --- events and states -------------------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ class RiskConfigApi(APIView):
         responses={200: RiskConfigOutput},
         summary="Your risk limits and your accounts' overrides",
         description="The profile starts with the platform's defaults. An override's empty fields inherit the "
-        "profile; the MTM rules (loss, target, profit lock, trailing) watch your MTM across all accounts.",
+        "profile; the MTM rules (loss, target, profit lock, trailing) watch your MTM across all accounts. "
+        "`effective` is what the risk engine applies now: your settings bounded by the operator's `ceilings`; "
+        "`pending` is what waits for the next trading day.",
     )
     def get(self, request: Request) -> Response:
         return Response(RiskConfigOutput(selectors.risk_config(user=request.user)).data)
@@ -41,6 +43,13 @@ class RiskConfigApi(APIView):
         responses={200: RiskConfigOutput, 404: NOT_YOUR_ACCOUNT},
         summary="Change your risk limits, or one account's overrides",
         description="Only the fields sent change; null turns a rule off (on an override: inherits the profile). "
+        "Limits an operator set (`ceilings`) bound yours: a change beyond one is refused with 400 "
+        "VALIDATION_ERROR naming the field and the ceiling (null, no limit of your own, is accepted: the ceiling then "
+        "applies), and an operator's kill switch cannot be switched off. Tightening takes effect at once. Once "
+        "trading has started today (pre-open began on a trading day, or you placed an order today), a change that "
+        "loosens a limit (higher, a wider window, more products or segments, the kill switch off) waits for the next "
+        "trading day: the answer shows it under `pending` with `effective_from`, and `effective` keeps today's "
+        "limits. "
         "Inconsistent settings are refused with 400 naming the fields: a profit lock needs both fields and locks "
         "less than the MTM that triggers it, trailing needs a profit lock, the window's end follows its start, the "
         "auto square-off falls inside the window, money limits are positive. With `account_id` the account's "

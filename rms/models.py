@@ -47,6 +47,10 @@ class RiskProfile(models.Model):
     trading_window_end = models.TimeField(null=True, blank=True, help_text="IST")
     auto_square_off_time = models.TimeField(null=True, blank=True, help_text="IST; intraday positions closed")
     kill_switch = models.BooleanField(default=False, help_text="the user's own stop: no new orders at all")
+    # A user's loosening made after trading started for the day waits for the next trading day (as brokers' own
+    # kill switches do): the new values by field name, as JSON, and the IST day they take effect.
+    pending_changes = models.JSONField(default=dict, blank=True)
+    pending_from = models.DateField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -61,6 +65,52 @@ class RiskProfile(models.Model):
 
     def __str__(self) -> str:
         return f"risk profile of {self.user_id}" + (f" for {self.account_id}" if self.account_id else "")
+
+
+class CeilingFields(models.Model):
+    """Limits an operator sets as the outer bound of a user's own: the effective limit is the tightest of the
+    platform's ceiling, the user's ceiling and the user's own setting. Empty fields set no bound."""
+
+    max_daily_loss = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    max_lots_per_order = models.PositiveIntegerField(null=True, blank=True)
+    max_order_value = models.DecimalField(max_digits=16, decimal_places=2, null=True, blank=True)
+    max_open_positions = models.PositiveIntegerField(null=True, blank=True)
+    max_orders_per_day = models.PositiveIntegerField(null=True, blank=True)
+    allowed_products = models.JSONField(default=list, blank=True, help_text="empty: all of MIS, CNC, NRML")
+    allowed_segments = models.JSONField(default=list, blank=True, help_text="exchanges, e.g. NSE, NFO; empty: all")
+    trading_window_start = models.TimeField(null=True, blank=True, help_text="IST")
+    trading_window_end = models.TimeField(null=True, blank=True, help_text="IST")
+    auto_square_off_time = models.TimeField(
+        null=True, blank=True, help_text="IST; intraday positions are closed at this time at the latest"
+    )
+    kill_switch = models.BooleanField(default=False, help_text="no new orders at all; only an operator lifts it")
+    note = models.CharField(max_length=200, blank=True, help_text="why, shown to the user")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        abstract = True
+
+
+class PlatformRiskCeiling(CeilingFields):
+    """The platform-wide ceiling on every user's limits: one row."""
+
+    class Meta:
+        verbose_name = "platform risk ceiling"
+
+    def __str__(self) -> str:
+        return "platform risk ceiling"
+
+
+class UserRiskCeiling(CeilingFields):
+    """An operator's ceiling on one user's limits, inside the platform's."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="risk_ceiling")
+
+    def __str__(self) -> str:
+        return f"risk ceiling of {self.user_id}"
 
 
 def default_limits() -> dict:

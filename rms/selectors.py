@@ -15,7 +15,17 @@ from marketdata.models import Instrument
 from marketdata.quotes import quotes_get
 from orders.selectors import orders_placed_on, position_list
 from rms.models import RiskProfile, RmsState, TradingState
-from rms.services import PAISE, limits_for, mtm_book, profile_get_or_create, trading_day
+from rms.services import (
+    PAISE,
+    PROFILE_FIELDS,
+    ceilings_for,
+    limits_for,
+    mtm_book,
+    pending_view,
+    profiles_in_force,
+    trading_day,
+    trading_started,
+)
 
 ZERO = Decimal("0.00")
 
@@ -25,15 +35,23 @@ def broker_account_get(*, user: User, account_id: str) -> BrokerAccount:
     return _broker_account_get(user=user, account_id=account_id)
 
 
+def _profile_view(profile: RiskProfile) -> dict[str, Any]:
+    view = {name: getattr(profile, name) for name in PROFILE_FIELDS}
+    return {**view, "updated_at": profile.updated_at, "pending": pending_view(profile)}
+
+
 def risk_config(*, user: User) -> dict[str, Any]:
-    """The user's risk profile (made with the defaults on the first read) and the overrides of their accounts."""
-    profile = profile_get_or_create(user=user)
-    overrides = (
-        RiskProfile.objects.filter(user=user, account__isnull=False, account__deleted_at__isnull=True)
-        .select_related("account")
-        .order_by("account__created_at", "account_id")
-    )
-    return {"profile": profile, "overrides": list(overrides)}
+    """The user's own limits (the profile is made with the defaults on the first read) and their accounts'
+    overrides, each with what waits for the next trading day; the limits in force now; the operator's ceilings."""
+    profile, overrides = profiles_in_force(user=user)
+    return {
+        "profile": _profile_view(profile),
+        "overrides": [{**_profile_view(override), "account_id": override.account_id} for override in overrides],
+        "effective": limits_for(user=user).values,
+        "pending": pending_view(profile),
+        "ceilings": ceilings_for(user=user),
+        "trading_started": trading_started(user=user),
+    }
 
 
 def _money(value: float | Decimal | None) -> Decimal | None:

@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from algoterm.api.serializers import InputSerializer
 from brokers.adapters.base import Product
+from brokers.models import Broker
 from rms.models import TradingState
 
 PRODUCTS = [product.value for product in Product]
@@ -44,8 +45,33 @@ class RiskLimitsOutput(serializers.Serializer):
     kill_switch = serializers.BooleanField(help_text="your own stop: no new orders at all")
 
 
+class PendingChangesOutput(RiskLimitsOutput):
+    """Only the settings that will change, with their new values."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        for field in fields.values():
+            field.required = False
+        return fields
+
+    def to_representation(self, instance: dict) -> dict:
+        return {name: value for name, value in super().to_representation(instance).items() if name in instance}
+
+
+class PendingLimitsOutput(serializers.Serializer):
+    """Changes that loosen your limits, made after trading started for the day: they wait for the next trading day,
+    as a broker's own kill switch does."""
+
+    changes = PendingChangesOutput()
+    effective_from = serializers.DateField(help_text="the IST trading day they take effect")
+    message = serializers.CharField()
+
+
 class RiskProfileOutput(RiskLimitsOutput):
+    """Your own settings in force now (the effective limits are these bounded by the ceilings)."""
+
     updated_at = serializers.DateTimeField()
+    pending = PendingLimitsOutput(allow_null=True, help_text="what waits for the next trading day; null: nothing")
 
 
 class RiskOverrideOutput(RiskProfileOutput):
@@ -54,14 +80,42 @@ class RiskOverrideOutput(RiskProfileOutput):
     account_id = serializers.CharField()
 
 
+class RiskCeilingsOutput(serializers.Serializer):
+    """The bounds your operator set (platform-wide and for you; the tightest of both). Null, an empty list or false:
+    no bound. You can tighten your own limits below them, never loosen beyond."""
+
+    max_daily_loss = _money(allow_null=True)
+    max_lots_per_order = serializers.IntegerField(allow_null=True)
+    max_order_value = _money(max_digits=16, allow_null=True)
+    max_open_positions = serializers.IntegerField(allow_null=True)
+    max_orders_per_day = serializers.IntegerField(allow_null=True)
+    allowed_products = serializers.ListField(child=serializers.CharField())
+    allowed_segments = serializers.ListField(child=serializers.CharField())
+    trading_window_start = _clock(allow_null=True)
+    trading_window_end = _clock(allow_null=True)
+    auto_square_off_time = _clock(allow_null=True, help_text="the latest auto square-off")
+    kill_switch = serializers.BooleanField(help_text="your operator stopped your trading; only they can lift it")
+    notes = serializers.ListField(child=serializers.CharField(), help_text="your operator's reasons")
+
+
 class RiskConfigOutput(serializers.Serializer):
     profile = RiskProfileOutput()
     overrides = RiskOverrideOutput(many=True)
+    effective = RiskLimitsOutput(
+        help_text="the limits in force now: the tightest of your profile and the ceilings (per account, an "
+        "override's fields replace the profile's before the ceilings apply)"
+    )
+    pending = PendingLimitsOutput(allow_null=True, help_text="your profile's changes waiting for the next trading day")
+    ceilings = RiskCeilingsOutput()
+    trading_started = serializers.BooleanField(
+        help_text="trading has started today (pre-open began on a trading day, or you placed an order today): "
+        "changes that loosen your limits now wait for the next trading day"
+    )
 
 
 class AccountRiskOutput(serializers.Serializer):
     account_id = serializers.CharField()
-    broker = serializers.CharField()
+    broker = serializers.ChoiceField(choices=Broker.choices)
     mtm = _money()
     used_margin = _money(max_digits=16, allow_null=True)
     available_cash = _money(max_digits=16, allow_null=True)

@@ -24,7 +24,18 @@ from algoterm import realtime
 from algoterm.api.errors import AppError, RiskRejected, ValidationFailed
 from brokers.adapters.base import MARGIN_RATE, BrokerError, Product
 from brokers.models import BrokerAccount
-from rms.models import MONEY_FIELDS, MTM_RULES, RiskProfile, RmsEvent, RmsState, TradingState, default_limits
+from rms.models import (
+    MONEY_FIELDS,
+    MTM_RULES,
+    CeilingFields,
+    PlatformRiskCeiling,
+    RiskProfile,
+    RmsEvent,
+    RmsState,
+    TradingState,
+    UserRiskCeiling,
+    default_limits,
+)
 
 logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
@@ -44,6 +55,9 @@ class Reason:
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     PRODUCT_NOT_ALLOWED = "PRODUCT_NOT_ALLOWED"
     SEGMENT_NOT_ALLOWED = "SEGMENT_NOT_ALLOWED"
+    USER_DEACTIVATED = "USER_DEACTIVATED"  # the owner's account was deactivated
+    ROLE_CANNOT_TRADE = "ROLE_CANNOT_TRADE"  # the owner's role is view-only
+    EXIT_EXCEEDS_POSITION = "EXIT_EXCEEDS_POSITION"  # an exit grown past the position it closes would open another
     # breaches
     DAILY_PROFIT_TARGET_HIT = "DAILY_PROFIT_TARGET_HIT"
     PROFIT_LOCK_HIT = "PROFIT_LOCK_HIT"
@@ -72,7 +86,8 @@ def trading_day(at: datetime | None = None) -> date:
 
 @dataclass(frozen=True)
 class Limits:
-    """A user's effective limits for one account: the account's overrides over the user's profile."""
+    """A user's effective limits for one account: the account's overrides over the user's profile, bounded by the
+    operator's ceilings (the platform's and the user's own)."""
 
     values: dict[str, Any]
 
@@ -95,6 +110,31 @@ PROFILE_FIELDS = (
     "auto_square_off_time",
     "kill_switch",
 )
+# Lower (for a time: earlier) is tighter; empty sets no limit.
+CAP_FIELDS = (
+    "max_daily_loss",
+    "max_lots_per_order",
+    "max_order_value",
+    "max_open_positions",
+    "max_orders_per_day",
+    "auto_square_off_time",
+)
+LIST_FIELDS = ("allowed_products", "allowed_segments")  # fewer is tighter; empty allows all
+WINDOW_FIELDS = ("trading_window_start", "trading_window_end")  # narrower is tighter; empty is no window
+CEILING_FIELDS = (*CAP_FIELDS, *LIST_FIELDS, *WINDOW_FIELDS, "kill_switch")
+# The settings that change together: a unit that loosens mid-session waits for the next trading day as a whole, so
+# what is in force and what waits are each consistent. The profit rules only ever take profit early: no waiting.
+CHANGE_UNITS: tuple[tuple[str, ...], ...] = (
+    ("max_daily_loss",),
+    ("max_lots_per_order",),
+    ("max_order_value",),
+    ("max_open_positions",),
+    ("max_orders_per_day",),
+    ("allowed_products",),
+    ("allowed_segments",),
+    ("trading_window_start", "trading_window_end", "auto_square_off_time"),
+    ("kill_switch",),
+)
 
 
 def profile_get_or_create(*, user: User) -> RiskProfile:
@@ -104,19 +144,312 @@ def profile_get_or_create(*, user: User) -> RiskProfile:
     return profile
 
 
-def limits_for(*, user: User, account: BrokerAccount | None = None) -> Limits:
-    base = profile_get_or_create(user=user)
+# --- ceilings ----------------------------------------------------------------------------------------------------
+
+
+def platform_ceiling_get() -> PlatformRiskCeiling:
+    ceiling = PlatformRiskCeiling.objects.first()
+    if ceiling is None:
+        ceiling, _ = PlatformRiskCeiling.objects.get_or_create(pk=1)
+    return ceiling
+
+
+def _ceiling_values(row: CeilingFields | None) -> dict[str, Any]:
+    if row is None:
+        return {
+            name: ([] if name in LIST_FIELDS else False if name == "kill_switch" else None) for name in CEILING_FIELDS
+        }
+    return {name: getattr(row, name) for name in CEILING_FIELDS}
+
+
+def _tightest(name: str, values: list[Any]) -> Any:
+    """The tightest of several settings of one limit (empty ones set no bound)."""
+    if name == "kill_switch":
+        return any(values)
+    if name in CAP_FIELDS:
+        present = [value for value in values if value is not None]
+        return min(present) if present else None
+    if name in LIST_FIELDS:
+        lists = [list(value) for value in values if value]
+        if not lists:
+            return []
+        kept = set(lists[0]).intersection(*lists[1:])
+        return [value for value in lists[0] if value in kept]
+    raise ValueError(name)
+
+
+def _window(values: dict[str, Any]) -> tuple[time, time] | None:
+    start, end = values.get("trading_window_start"), values.get("trading_window_end")
+    return (start, end) if start is not None and end is not None else None
+
+
+def _bound(own: dict[str, Any], *ceilings: dict[str, Any]) -> dict[str, Any]:
+    """`own` (the user's limits) bounded by every ceiling, field by field."""
+    bounded = dict(own)
+    layers = [own, *ceilings]
+    for name in (*CAP_FIELDS, *LIST_FIELDS, "kill_switch"):
+        bounded[name] = _tightest(name, [layer.get(name) for layer in layers])
+    windows = [window for window in (_window(layer) for layer in layers) if window is not None]
+    if windows:
+        bounded["trading_window_start"] = max(start for start, _ in windows)
+        bounded["trading_window_end"] = min(end for _, end in windows)
+    for name in LIST_FIELDS:
+        # Bounds that share no product (or segment) leave nothing to trade: that is a stop, said as one.
+        if not bounded[name] and any(layer.get(name) for layer in layers):
+            bounded["kill_switch"] = True
+    return bounded
+
+
+def ceilings_for(*, user: User) -> dict[str, Any]:
+    """The ceilings on the user's limits: the platform's and the user's own, combined (the tightest of both), with
+    the operators' notes on why."""
+    rows = [PlatformRiskCeiling.objects.first(), UserRiskCeiling.objects.filter(user=user).first()]
+    combined = _bound(*(_ceiling_values(row) for row in rows))
+    return {
+        **{name: combined[name] for name in CEILING_FIELDS},
+        "notes": [row.note for row in rows if row and row.note],
+    }
+
+
+def _ceiling_field_errors(
+    *, data: dict[str, Any], previous: dict[str, Any], desired: dict[str, Any], ceilings: dict[str, Any]
+) -> dict[str, list[str]]:
+    """A user's changes beyond a ceiling, by field. A value left as it was is not refused (a client that sends its
+    whole form must not be blocked by a ceiling lowered since), and empty means "no limit of my own": the ceiling
+    then applies."""
+    errors: dict[str, list[str]] = {}
+    changed = {name for name in data if name in CEILING_FIELDS and data[name] != previous.get(name)}
+    for name in changed & set(CAP_FIELDS):
+        value, ceiling = data[name], ceilings[name]
+        if value is not None and ceiling is not None and value > ceiling:
+            shown = f"at the latest {ceiling:%H:%M}" if isinstance(ceiling, time) else f"at most {ceiling}"
+            errors[name] = [f"Must be {shown}, the ceiling your operator set."]
+    for name in changed & set(LIST_FIELDS):
+        beyond = sorted(set(data[name] or ()) - set(ceilings[name])) if ceilings[name] else []
+        if beyond:
+            errors[name] = [f"{', '.join(beyond)} not allowed: your operator allows only {', '.join(ceilings[name])}."]
+    ceiling_window, window = _window(ceilings), _window(desired)
+    if ceiling_window and window and changed & set(WINDOW_FIELDS):
+        start, end = ceiling_window
+        if window[0] < start and "trading_window_start" in changed:
+            errors["trading_window_start"] = [f"At the earliest {start:%H:%M}: the window your operator set."]
+        if window[1] > end and "trading_window_end" in changed:
+            errors["trading_window_end"] = [f"At the latest {end:%H:%M}: the window your operator set."]
+    if "kill_switch" in changed and ceilings["kill_switch"] and not data["kill_switch"]:
+        errors["kill_switch"] = ["Your operator has stopped trading for your account; only they can lift it."]
+    return errors
+
+
+def ceiling_validate(values: dict[str, Any]) -> dict[str, list[str]]:
+    """Field errors of an inconsistent ceiling (the values as they would be saved)."""
+    errors = profile_validate({name: value for name, value in values.items() if name in PROFILE_FIELDS})
+    errors.pop("auto_square_off_time", None)  # the latest square-off time need not fall inside a window
+    return errors
+
+
+def _ceiling_update(*, actor: User, row: CeilingFields, data: dict[str, Any], scope: str, target: User | None):
+    """Store a ceiling's changed fields, audited; the effective limits follow at once (they are computed on read)."""
+    unknown = set(data) - {*CEILING_FIELDS, "note"}
+    if unknown:
+        raise ValidationFailed("Unknown ceiling fields.", errors={name: ["Unknown field."] for name in unknown})
+    errors = ceiling_validate({name: getattr(row, name) for name in CEILING_FIELDS} | data)
+    if errors:
+        raise ValidationFailed("These ceilings are inconsistent.", errors=errors)
+    before = {name: getattr(row, name) for name in data}
+    for name, value in data.items():
+        setattr(row, name, value)
+    row.updated_by, row.updated_at = actor, timezone.now()
+    row.save()
+    changed = {
+        name: {"from": _jsonable(before[name]), "to": _jsonable(data[name])}
+        for name in data
+        if before[name] != data[name]
+    }
+    if changed:
+        audit_record(
+            action="rms.ceiling",
+            actor=actor,
+            target=target,
+            target_type="user" if target is not None else "rms_ceiling",
+            target_id=str(target.pk) if target is not None else scope,
+            details={"scope": scope, "changes": changed},
+        )
+    return row
+
+
+@transaction.atomic
+def platform_ceiling_update(*, actor: User, data: dict[str, Any]) -> PlatformRiskCeiling:
+    """An operator sets the platform-wide ceiling on every user's limits."""
+    row = PlatformRiskCeiling.objects.select_for_update().get(pk=platform_ceiling_get().pk)
+    return _ceiling_update(actor=actor, row=row, data=data, scope="platform", target=None)
+
+
+@transaction.atomic
+def user_ceiling_update(*, actor: User, user: User, data: dict[str, Any]) -> UserRiskCeiling:
+    """An operator sets one user's ceiling, inside the platform's (the tightest of both applies)."""
+    UserRiskCeiling.objects.get_or_create(user=user)
+    row = UserRiskCeiling.objects.select_for_update().get(user=user)
+    return _ceiling_update(actor=actor, row=row, data=data, scope="user", target=user)
+
+
+# --- effective limits and pending changes ------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, time):
+        return value.isoformat()
+    return value
+
+
+def _pending_values(profile: RiskProfile) -> dict[str, Any]:
+    """The profile's pending changes as model values."""
+    return {
+        name: RiskProfile._meta.get_field(name).to_python(value)
+        for name, value in (profile.pending_changes or {}).items()
+        if name in PROFILE_FIELDS
+    }
+
+
+def trading_started(*, user: User, now: datetime | None = None) -> bool:
+    """Trading has started for the day once the market's pre-open order entry began on a trading day, or the user
+    placed an order today (an after-market order counts)."""
+    from marketdata.calendar import session_bounds
+    from orders.selectors import orders_placed_on
+
+    now = now or timezone.now()
+    bounds = session_bounds(trading_day(now))
+    if bounds is not None and now >= bounds.pre_open_start:
+        return True
+    return orders_placed_on(user=user, day=trading_day(now)) > 0
+
+
+def _next_trading_day(now: datetime) -> date:
+    from marketdata.calendar import next_trading_day
+
+    return next_trading_day(trading_day(now))
+
+
+def _pending_apply(*, profile: RiskProfile, day: date) -> RiskProfile:
+    """Put the profile's pending changes in force once their day has come (locked; audited)."""
+    with transaction.atomic():
+        profile = RiskProfile.objects.select_for_update().get(pk=profile.pk)
+        if profile.pending_from is None or profile.pending_from > day:
+            return profile
+        applied = _pending_values(profile)
+        for name, value in applied.items():
+            setattr(profile, name, value)
+        profile.pending_changes, profile.pending_from = {}, None
+        profile.updated_at = timezone.now()
+        profile.save()
+        details = {"account_id": profile.account_id, "applied": {k: _jsonable(v) for k, v in applied.items()}}
+        RmsEvent.objects.create(user_id=profile.user_id, kind=RmsEvent.Kind.CONFIG, details=details)
+        audit_record(
+            action="rms.config.pending_applied",
+            actor=None,
+            target_type="user",
+            target_id=profile.user_id,
+            details=details,
+        )
+    return profile
+
+
+def _in_force(profile: RiskProfile | None, *, day: date) -> RiskProfile | None:
+    if profile is not None and profile.pending_from is not None and profile.pending_from <= day:
+        return _pending_apply(profile=profile, day=day)
+    return profile
+
+
+def profiles_in_force(*, user: User, now: datetime | None = None) -> tuple[RiskProfile, list[RiskProfile]]:
+    """The user's profile and their live accounts' overrides, pending changes whose day has come applied."""
+    day = trading_day(now)
+    base = _in_force(profile_get_or_create(user=user), day=day)
+    overrides = (
+        RiskProfile.objects.filter(user=user, account__isnull=False, account__deleted_at__isnull=True)
+        .select_related("account")
+        .order_by("account__created_at", "account_id")
+    )
+    return base, [_in_force(override, day=day) for override in overrides]
+
+
+def pending_view(profile: RiskProfile) -> dict[str, Any] | None:
+    """What waits for the next trading day on this profile, said for the user."""
+    if not profile.pending_from:
+        return None
+    return {
+        "changes": _pending_values(profile),
+        "effective_from": profile.pending_from,
+        "message": "Trading has started today, so these changes that loosen your limits take effect on "
+        f"{profile.pending_from:%Y-%m-%d}, the next trading day. Tightening takes effect at once.",
+    }
+
+
+def _own_values(base: RiskProfile, override: RiskProfile | None) -> dict[str, Any]:
+    """The user's own limits for one account: the account's overrides over the profile."""
     values = {name: getattr(base, name) for name in PROFILE_FIELDS}
+    if override is not None:
+        for name in PROFILE_FIELDS:
+            value = getattr(override, name)
+            if name == "kill_switch":
+                values[name] = values[name] or value
+            elif name not in MTM_RULES and value not in (None, []):
+                values[name] = value
+    return values
+
+
+def limits_for(*, user: User, account: BrokerAccount | None = None, now: datetime | None = None) -> Limits:
+    """The limits in force now: the user's own (pending changes whose day has come applied first) bounded by the
+    operator's ceilings."""
+    day = trading_day(now)
+    base = _in_force(profile_get_or_create(user=user), day=day)
+    override = None
     if account is not None:
-        override = RiskProfile.objects.filter(user=user, account=account).first()
-        if override is not None:
-            for name in PROFILE_FIELDS:
-                value = getattr(override, name)
-                if name == "kill_switch":
-                    values[name] = values[name] or value
-                elif name not in MTM_RULES and value not in (None, []):
-                    values[name] = value
-    return Limits(values)
+        override = _in_force(RiskProfile.objects.filter(user=user, account=account).first(), day=day)
+    ceilings = ceilings_for(user=user)
+    values = _bound(_own_values(base, override), ceilings)
+    return Limits({name: values[name] for name in PROFILE_FIELDS})
+
+
+def limits_by_user(*, user_ids: list[str], day: date) -> dict[str, dict[str, Any]]:
+    """`limits_for` (profile level) of many users at once, for the sweep: a few queries, whatever their number."""
+    profiles = {
+        profile.user_id: profile for profile in RiskProfile.objects.filter(account__isnull=True, user_id__in=user_ids)
+    }
+    personal = {row.user_id: _ceiling_values(row) for row in UserRiskCeiling.objects.filter(user_id__in=user_ids)}
+    platform = _ceiling_values(PlatformRiskCeiling.objects.first())
+    defaults = default_limits()
+    empty = _ceiling_values(None)
+    result = {}
+    for user_id in user_ids:
+        profile = _in_force(profiles.get(user_id), day=day)
+        own = (
+            {name: getattr(profile, name) for name in PROFILE_FIELDS}
+            if profile is not None
+            else {
+                name: defaults.get(name, [] if name in LIST_FIELDS else False if name == "kill_switch" else None)
+                for name in PROFILE_FIELDS
+            }
+        )
+        result[user_id] = {"user_id": user_id, **_bound(own, platform, personal.get(user_id, empty))}
+    return result
+
+
+def _looser(unit: tuple[str, ...], before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether `after` allows more than `before` in any of the unit's settings."""
+    for name in unit:
+        old, new = before.get(name), after.get(name)
+        if name == "kill_switch" and old and not new:
+            return True
+        if name in CAP_FIELDS and old is not None and (new is None or new > old):
+            return True
+        if name in LIST_FIELDS and old and (not new or set(new) - set(old)):
+            return True
+    if WINDOW_FIELDS[0] in unit:
+        old_window, new_window = _window(before), _window(after)
+        if old_window and (new_window is None or new_window[0] < old_window[0] or new_window[1] > old_window[1]):
+            return True
+    return False
 
 
 def profile_validate(data: dict[str, Any]) -> dict[str, list[str]]:
@@ -126,7 +459,7 @@ def profile_validate(data: dict[str, Any]) -> dict[str, list[str]]:
     def add(name: str, message: str) -> None:
         errors.setdefault(name, []).append(message)
 
-    for name in MONEY_FIELDS:
+    for name in (*MONEY_FIELDS, "max_lots_per_order", "max_open_positions", "max_orders_per_day"):
         value = data.get(name)
         if value is not None and value <= 0:
             add(name, "Must be positive; leave it empty to turn the rule off.")
@@ -164,10 +497,22 @@ def profile_validate(data: dict[str, Any]) -> dict[str, list[str]]:
 
 @transaction.atomic
 def profile_update(
-    *, actor: User, user: User, data: dict[str, Any], account: BrokerAccount | None = None
+    *,
+    actor: User,
+    user: User,
+    data: dict[str, Any],
+    account: BrokerAccount | None = None,
+    now: datetime | None = None,
 ) -> RiskProfile:
-    """Change the user's limits (or one account's overrides); inconsistent settings are refused field by field."""
-    base = profile_get_or_create(user=user)
+    """Change the user's limits (or one account's overrides); inconsistent settings are refused field by field.
+
+    A user's change beyond an operator's ceiling is refused (400 naming the field and the ceiling). Once trading
+    has started for the day, a user's loosening (a higher limit, a wider window, more products, the kill switch
+    off) is kept as pending and takes effect on the next trading day; tightening applies at once. An operator's
+    edit applies at once."""
+    now = now or timezone.now()
+    day = trading_day(now)
+    base = _in_force(profile_get_or_create(user=user), day=day)
     profile = base
     user_wide = [name for name in MTM_RULES if data.get(name) is not None]
     if account is not None and user_wide:
@@ -177,25 +522,65 @@ def profile_update(
         )
     if account is not None:
         profile, _ = RiskProfile.objects.get_or_create(user=user, account=account)
-    profile = RiskProfile.objects.select_for_update().get(pk=profile.pk)
-    before = {name: getattr(profile, name) for name in PROFILE_FIELDS}
-    merged = dict(before) | data
+    profile = RiskProfile.objects.select_for_update().get(pk=_in_force(profile, day=day).pk)
+    stored = {name: getattr(profile, name) for name in PROFILE_FIELDS}
+    pending = _pending_values(profile)
+    previous = stored | pending
+    desired = previous | data
+    merged = desired
     if account is not None:  # an override is judged with what it inherits
-        merged = {
-            name: (merged[name] if merged[name] not in (None, []) else getattr(base, name)) for name in PROFILE_FIELDS
-        }
+        merged = {name: (value if value not in (None, []) else getattr(base, name)) for name, value in desired.items()}
     errors = profile_validate(merged)
+    by_user = actor.pk == user.pk
+    if by_user:
+        ceilings = ceilings_for(user=user)
+        for name, problems in _ceiling_field_errors(
+            data=data, previous=previous, desired=merged, ceilings=ceilings
+        ).items():
+            errors.setdefault(name, []).extend(problems)
     if errors:
-        raise ValidationFailed("These risk settings are inconsistent.", errors=errors)
-    for name, value in data.items():
+        raise ValidationFailed("These risk settings are inconsistent or beyond your ceilings.", errors=errors)
+
+    wait = by_user and trading_started(user=user, now=now)
+
+    def resolve(values: dict[str, Any]) -> dict[str, Any]:
+        """What the values mean in force: an override's empty fields are the profile's."""
+        if account is None:
+            return values
+        return {name: (value if value not in (None, []) else getattr(base, name)) for name, value in values.items()}
+
+    in_force, waiting = dict(stored), dict(pending)
+    touched_units = [unit for unit in CHANGE_UNITS if set(unit) & set(data)]
+    for unit in touched_units:
+        target = {name: desired[name] for name in unit}
+        for name in unit:
+            waiting.pop(name, None)
+        if wait and _looser(unit, resolve(stored), resolve(stored | target)):
+            waiting.update(target)
+        else:
+            in_force.update(target)
+    for name in set(data) - {name for unit in CHANGE_UNITS for name in unit}:
+        in_force[name] = data[name]
+        waiting.pop(name, None)
+
+    for name, value in in_force.items():
         setattr(profile, name, value)
+    profile.pending_changes = {name: _jsonable(value) for name, value in waiting.items()}
+    if not waiting:
+        profile.pending_from = None
+    elif waiting != pending or profile.pending_from is None:
+        profile.pending_from = _next_trading_day(now)
     profile.updated_at = timezone.now()
     profile.save()
-    changed = {name: str(data[name]) for name in data if before.get(name) != data[name]}
-    if changed:
-        RmsEvent.objects.create(user=user, kind=RmsEvent.Kind.CONFIG, actor=actor, details=changed)
+    changed = {name: str(in_force[name]) for name in PROFILE_FIELDS if stored[name] != in_force[name]}
+    if changed or waiting != pending:
+        details = {**changed}
+        if waiting != pending:
+            details["pending"] = {name: _jsonable(value) for name, value in waiting.items()}
+            details["pending_from"] = profile.pending_from and profile.pending_from.isoformat()
+        RmsEvent.objects.create(user=user, kind=RmsEvent.Kind.CONFIG, actor=actor, details=details)
         audit_record(
-            action="rms.config", actor=actor, target=user, details={"account_id": account and account.pk, **changed}
+            action="rms.config", actor=actor, target=user, details={"account_id": account and account.pk, **details}
         )
     return profile
 
@@ -216,7 +601,9 @@ def state_today(*, user_id: str, day: date | None = None, lock: bool = False) ->
 
 @dataclass(frozen=True)
 class OrderIntent:
-    """What the pre-trade check sees of an order about to be placed."""
+    """What the pre-trade check sees of an order about to be placed, or of a working order as a modification
+    would leave it (`new_order` False: it is not another order of the day, and it needs margin only for
+    `margin_value`, what the modification adds)."""
 
     account: BrokerAccount
     symbol: str
@@ -228,38 +615,64 @@ class OrderIntent:
     reference_price: Decimal
     reduces_position: bool
     source: str
+    new_order: bool = True
+    margin_value: Decimal | None = None
 
 
 def _refuse(reason: str, detail: str) -> None:
     raise RiskRejected(detail, reason=reason)
 
 
-def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None) -> None:
-    """Raise `RiskRejected` (422 RISK_REJECTED with `reason`) when the order breaks a rule.
+def _check_may_trade(user: User) -> None:
+    """The owner as stored now, not as a caller loaded them: a strategy or webhook may act for a user deactivated
+    or demoted a moment ago."""
+    current = User.objects.filter(pk=user.pk).values("is_active", "role").first() or {"is_active": False}
+    if not current["is_active"]:
+        _refuse(Reason.USER_DEACTIVATED, "The account is deactivated; new orders are refused. Exits still go out.")
+    if not User(role=current["role"]).can_trade:
+        _refuse(Reason.ROLE_CANNOT_TRADE, "The account is view-only; new orders are refused. Exits still go out.")
 
-    Exits (orders that only reduce a position) pass every rule but the exchange's own: a risk engine must never
-    stand between a trader and closing a position. The RMS's own orders always pass.
-    """
-    if intent.source == "rms":
-        return
-    now = now or timezone.now()
-    limits = limits_for(user=user, account=intent.account)
-    state = RmsState.objects.filter(user=user, trading_day=trading_day(now)).first()
-    status = state.status if state else TradingState.NORMAL
-    if intent.reduces_position:
-        return
+
+def _check_not_halted(*, limits: Limits, state: RmsState | None) -> None:
     from algoterm.system import platform_state
 
     platform = platform_state()
     if platform.trading_halted:
         _refuse(
             Reason.PLATFORM_HALTED,
-            f"Trading is stopped platform-wide ({platform.halt_reason}); new orders are refused. Exits are still "
-            "allowed.",
+            f"Trading is stopped platform-wide ({platform.halt_reason}); new orders are refused and working orders "
+            "cannot grow. Exits are still allowed.",
         )
-    if limits.kill_switch or status == TradingState.HALTED:
+    if limits.kill_switch or (state is not None and state.status == TradingState.HALTED):
         why = "your kill switch is on" if limits.kill_switch else f"trading is halted today ({state.reason})"
-        _refuse(Reason.TRADING_HALTED, f"New orders are refused: {why}. Exits are still allowed.")
+        _refuse(
+            Reason.TRADING_HALTED,
+            f"New orders are refused and working orders cannot grow: {why}. Exits are still allowed.",
+        )
+
+
+def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None) -> None:
+    """The risk gate: raise `RiskRejected` (422 RISK_REJECTED with `reason`) when the order, as it will stand,
+    breaks a rule. Every path that adds exposure comes here: placing (API, bulk, strategies, webhooks, re-entries)
+    and modifications that grow an order.
+
+    Exits (orders that only reduce a position) pass every rule but the exchange's own: a risk engine must never
+    stand between a trader and closing a position, whoever the owner is now. Growing a working exit is still
+    growth: the kill switch and a halt refuse it. The RMS's own orders always pass.
+    """
+    if intent.source == "rms":
+        return
+    if intent.reduces_position and intent.new_order:
+        return
+    now = now or timezone.now()
+    limits = limits_for(user=user, account=intent.account)
+    state = RmsState.objects.filter(user=user, trading_day=trading_day(now)).first()
+    status = state.status if state else TradingState.NORMAL
+    if intent.reduces_position:
+        _check_not_halted(limits=limits, state=state)
+        return
+    _check_may_trade(user)
+    _check_not_halted(limits=limits, state=state)
     if status == TradingState.REDUCING:
         _refuse(Reason.REDUCE_ONLY, f"Only exits are allowed for the rest of the day ({state.reason}).")
     local = timezone.localtime(now, IST).time()
@@ -286,7 +699,7 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
         _refuse(Reason.MAX_ORDER_VALUE_EXCEEDED, f"Order value {value} is over your limit {limits.max_order_value}.")
     from orders.selectors import open_position_symbols, orders_placed_on
 
-    if limits.max_orders_per_day:
+    if limits.max_orders_per_day and intent.new_order:
         placed = orders_placed_on(user=user, day=trading_day(now))
         if placed >= limits.max_orders_per_day:
             _refuse(Reason.MAX_ORDERS_PER_DAY, f"You have placed {placed} orders today, your daily limit.")
@@ -298,7 +711,7 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
         mtm = user_mtm(user=user, day=trading_day(now)) - (state.mtm_baseline if state else Decimal("0"))
         if mtm <= -limits.max_daily_loss:
             _refuse(Reason.DAILY_LOSS_LIMIT_HIT, f"Today's MTM {mtm} has reached your loss limit.")
-    _check_funds(intent, value)
+    _check_funds(intent, value if intent.margin_value is None else intent.margin_value)
 
 
 def _check_funds(intent: OrderIntent, value: Decimal) -> None:
@@ -403,9 +816,6 @@ class SweepResult:
     auto_squared_off: int = 0
 
 
-_PROFILE_VALUES = ("user_id", *MTM_RULES, "auto_square_off_time")
-
-
 def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act: bool = True) -> SweepResult:
     """Evaluate every user with positions today (or just `user_ids`) in one pass; handle what breached."""
     now = now or timezone.now()
@@ -414,10 +824,7 @@ def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act
     result = SweepResult(evaluated=len(book.user_ids))
     if not book.user_ids:
         return result
-    profiles = {
-        row["user_id"]: row
-        for row in RiskProfile.objects.filter(account__isnull=True, user_id__in=book.user_ids).values(*_PROFILE_VALUES)
-    }
+    profiles = limits_by_user(user_ids=book.user_ids, day=day)
     states = {
         row["user_id"]: row
         for row in RmsState.objects.filter(trading_day=day, user_id__in=book.user_ids).values(

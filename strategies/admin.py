@@ -24,6 +24,7 @@ from .models import (
     StrategyFire,
     StrategyRun,
     StrategyStatus,
+    WebhookRejectionCount,
 )
 
 
@@ -101,6 +102,15 @@ class SignalAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ["id", "strategy__name", "user__email", "symbol"]
     list_select_related = ["strategy"]
     date_hierarchy = "received_at"
+
+
+@admin.register(WebhookRejectionCount)
+class WebhookRejectionCountAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["strategy", "day", "count", "last_reason", "last_at"]
+    list_filter = ["day", "last_reason"]
+    search_fields = ["strategy__id", "strategy__name", "strategy__user__email"]
+    list_select_related = ["strategy"]
+    date_hierarchy = "day"
 
 
 @admin.register(Backtest)

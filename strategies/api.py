@@ -16,6 +16,7 @@ from algoterm.api.pagination import PagePagination, paginate
 from algoterm.api.parsers import RawBodyParser
 from algoterm.api.permissions import IsTrader
 from algoterm.api.serializers import ErrorSerializer
+from algoterm.api.throttles import StrategyWebhookRateThrottle
 
 from . import selectors, services
 from .models import SignalStatus
@@ -130,6 +131,11 @@ class StrategyStartApi(APIView):
                 ErrorSerializer,
                 description="INVALID_STATE: already running, no account, paper mode without a paper account, live "
                 "with a paper account; BROKER_SESSION_EXPIRED: a live account needs a login.",
+            ),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description="BACKTEST_LIMIT_REACHED: your plan's backtests (queued or running) are all in use; "
+                "`limit` says how many, Retry-After when to ask again.",
             ),
         },
         summary="Start a strategy: backtest, paper or live",
@@ -249,6 +255,7 @@ class StrategyWebhookApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
     parser_classes = [RawBodyParser]
+    throttle_classes = [StrategyWebhookRateThrottle]
 
     @extend_schema(
         tags=TAGS,
@@ -275,8 +282,11 @@ class StrategyWebhookApi(APIView):
         "ChartInk: its scan JSON (stocks, trigger_prices, triggered_at, scan_name) with `?secret=...&action=BUY"
         "&quantity=10` in the URL. BUY/SHORT open or add, SELL/COVER close the strategy's own long/short (never "
         "more), EXIT closes the strategy's positions in the symbol (or all). The same alert (same `id`, or the "
-        "same body) is acted on once; a timestamp more than 5 minutes old is refused. Every call is recorded as a "
-        "signal with its outcome (GET /api/signals).",
+        "same body) is acted on once; a timestamp more than 5 minutes old is refused; `quantity` is at most "
+        "100000 units (a derivative's freeze quantity when lower). Every call is recorded as a signal with its "
+        "outcome (GET /api/signals), except that refused calls beyond the first 50 of a strategy's day are only "
+        "counted (`webhook_rejections_today` on the strategy). Bodies over 64 KB answer 413; calls are throttled "
+        "per client IP (429).",
     )
     def post(self, request: Request, strategy_id: str) -> Response:
         call = services.WebhookCall(

@@ -6,3 +6,9 @@ class StrategiesConfig(AppConfig):
 
     default_auto_field = "django.db.models.BigAutoField"
     name = "strategies"
+
+    def ready(self) -> None:
+        from accounts.signals import trading_revoked
+        from strategies.receivers import on_trading_revoked
+
+        trading_revoked.connect(on_trading_revoked, dispatch_uid="strategies.stop_on_trading_revoked")

@@ -248,6 +248,24 @@ class Signal(models.Model):
         return f"{self.id} {self.action} {self.symbol} {self.status}"
 
 
+class WebhookRejectionCount(models.Model):
+    """Refused webhook calls of one strategy on one day (IST), all counted, while only the first few are kept as
+    Signal rows: a flood of bad calls costs one counter, not one row each."""
+
+    strategy = models.ForeignKey(Strategy, on_delete=models.CASCADE, related_name="webhook_rejection_counts")
+    day = models.DateField()
+    count = models.PositiveIntegerField(default=0)
+    last_reason = models.CharField(max_length=32, blank=True)
+    last_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-day"]
+        constraints = [models.UniqueConstraint(fields=["strategy", "day"], name="webhook_rejection_count_per_day")]
+
+    def __str__(self) -> str:
+        return f"{self.strategy_id} {self.day}: {self.count} refused"
+
+
 class BacktestStatus(models.TextChoices):
     QUEUED = "queued"
     RUNNING = "running"

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from accounts.models import User
 from algoterm.api.errors import NotFound
 
-from .models import Backtest, RunStatus, Signal, Strategy, StrategyRun
-from .services import RunPnl, run_pnl
+from .models import Backtest, RunStatus, Signal, Strategy, StrategyRun, WebhookRejectionCount
+from .services import IST, RunPnl, run_pnl
+
+
+def _today_ist():
+    return timezone.localdate(timezone=IST)
+
+
+def _with_webhook_rejections_today(strategies: QuerySet[Strategy]) -> QuerySet[Strategy]:
+    today_counts = WebhookRejectionCount.objects.filter(strategy=OuterRef("pk"), day=_today_ist())
+    return strategies.annotate(webhook_rejections_today_count=Coalesce(Subquery(today_counts.values("count")[:1]), 0))
+
+
+def webhook_rejections_today(*, strategy: Strategy) -> int:
+    """Webhook calls refused today (IST), from the list's annotation when there is one."""
+    annotated = getattr(strategy, "webhook_rejections_today_count", None)
+    if annotated is not None:
+        return annotated
+    counts = WebhookRejectionCount.objects.filter(strategy_id=strategy.pk, day=_today_ist())
+    return counts.values_list("count", flat=True).first() or 0
 
 
 def strategy_list(*, user: User, status: str | None = None, kind: str | None = None) -> QuerySet[Strategy]:
-    strategies = Strategy.objects.filter(user=user).prefetch_related("legs", "accounts")
+    strategies = _with_webhook_rejections_today(Strategy.objects.filter(user=user)).prefetch_related("legs", "accounts")
     if status:
         strategies = strategies.filter(status=status)
     if kind:
@@ -23,7 +43,8 @@ def strategy_list(*, user: User, status: str | None = None, kind: str | None = N
 
 
 def strategy_get(*, user: User, strategy_id: str) -> Strategy:
-    strategy = Strategy.objects.filter(user=user, pk=strategy_id).prefetch_related("legs", "accounts").first()
+    strategies = _with_webhook_rejections_today(Strategy.objects.filter(user=user, pk=strategy_id))
+    strategy = strategies.prefetch_related("legs", "accounts").first()
     if strategy is None:
         raise NotFound()
     return strategy

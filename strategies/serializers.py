@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
-from algoterm.api.serializers import InputSerializer
+from algoterm.api.serializers import BlankAsNullChoiceField, InputSerializer, ItemInputSerializer
 from brokers.adapters.base import Product, Side
 
 from .definitions import ExitUnit, ExpiryChoice, LegInstrument, StrikeChoice
@@ -22,6 +22,7 @@ from .models import (
     StrategyRun,
     StrategyStatus,
 )
+from .selectors import webhook_rejections_today
 from .services import AccountInput, BacktestInput, LegInput, StrategyInput
 
 MONEY = {"max_digits": 14, "decimal_places": 2, "coerce_to_string": False}
@@ -31,17 +32,22 @@ def _money(**kwargs) -> serializers.DecimalField:
     return serializers.DecimalField(**MONEY, **kwargs)
 
 
-def _optional_money(**kwargs) -> serializers.DecimalField:
-    return serializers.DecimalField(**MONEY, min_value=Decimal("0.01"), required=False, allow_null=True, **kwargs)
+def _optional_money(*, default: Decimal | None = None, **kwargs) -> serializers.DecimalField:
+    # null means "none" only where none is the default: a field that has a value by default (capital) refuses null
+    return serializers.DecimalField(
+        **MONEY, min_value=Decimal("0.01"), required=False, allow_null=default is None, default=default, **kwargs
+    )
 
 
 # --- inputs ------------------------------------------------------------------------------------------------------
 
 
-class LegInputSerializer(InputSerializer):
+class LegInputSerializer(ItemInputSerializer):
     underlying = serializers.RegexField(r"^[A-Za-z0-9&\-]{1,32}$", help_text="NIFTY, BANKNIFTY, SENSEX, RELIANCE...")
     instrument = serializers.ChoiceField(choices=[value.value for value in LegInstrument])
-    option_type = serializers.ChoiceField(choices=["CE", "PE"], required=False, default="")
+    option_type = serializers.ChoiceField(
+        choices=["CE", "PE"], required=False, allow_null=True, help_text="options only; null (or absent) otherwise"
+    )
     side = serializers.ChoiceField(choices=[Side.BUY.value, Side.SELL.value])
     lots = serializers.IntegerField(min_value=1, max_value=1000)
     expiry = serializers.ChoiceField(choices=[value.value for value in ExpiryChoice], default=ExpiryChoice.CURRENT_WEEK)
@@ -51,19 +57,26 @@ class LegInputSerializer(InputSerializer):
     premium = _optional_money(default=None)
     strike_price = _optional_money(default=None)
     stop_loss_unit = serializers.ChoiceField(
-        choices=[value.value for value in ExitUnit], required=False, default="", allow_blank=True
+        choices=[value.value for value in ExitUnit], required=False, allow_null=True, help_text="with stop_loss"
     )
     stop_loss = _optional_money(default=None)
     target_unit = serializers.ChoiceField(
-        choices=[value.value for value in ExitUnit], required=False, default="", allow_blank=True
+        choices=[value.value for value in ExitUnit], required=False, allow_null=True, help_text="with target"
     )
     target = _optional_money(default=None)
 
     def validate_underlying(self, value: str) -> str:
         return value.upper()
 
+    def validate(self, attrs: dict) -> dict:
+        # null, as GET answers an absent option type or exit unit, is stored as the blank the model keeps
+        for name in ("option_type", "stop_loss_unit", "target_unit"):
+            if name in attrs and attrs[name] is None:
+                attrs[name] = ""
+        return super().validate(attrs)
 
-class AccountInputSerializer(InputSerializer):
+
+class AccountInputSerializer(ItemInputSerializer):
     account_id = serializers.CharField(max_length=40)
     multiplier = serializers.IntegerField(min_value=1, max_value=100, default=1)
 
@@ -84,7 +97,7 @@ class StrategyInputSerializer(InputSerializer):
     mtm_target = _optional_money(default=None)
     reentries = serializers.IntegerField(min_value=0, max_value=10, default=0)
     trailing_stop = _optional_money(default=None)
-    rule_symbol = serializers.CharField(max_length=64, required=False, default="")
+    rule_symbol = serializers.CharField(max_length=64, required=False, allow_blank=True, help_text="rule strategies")
     timeframe_minutes = serializers.ChoiceField(choices=[1, 3, 5, 15, 30, 60], default=1)
     entry_rule = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
     exit_rule = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
@@ -170,6 +183,10 @@ class SignalListQuery(InputSerializer):
 
 
 class LegOutput(serializers.ModelSerializer):
+    option_type = BlankAsNullChoiceField(choices=["CE", "PE"], help_text="options only")
+    side = serializers.ChoiceField(choices=[Side.BUY.value, Side.SELL.value])
+    stop_loss_unit = BlankAsNullChoiceField(choices=[value.value for value in ExitUnit])
+    target_unit = BlankAsNullChoiceField(choices=[value.value for value in ExitUnit])
     premium = _money(allow_null=True)
     strike_price = _money(allow_null=True)
     stop_loss = _money(allow_null=True)
@@ -191,12 +208,19 @@ class StrategyAccountOutput(serializers.ModelSerializer):
 
 
 class StrategyOutput(serializers.ModelSerializer):
+    weekdays = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=4), help_text="0 = Monday ... 4 = Friday"
+    )
+    product = serializers.ChoiceField(choices=[Product.MIS.value, Product.NRML.value])
     mtm_stop_loss = _money(allow_null=True)
     mtm_target = _money(allow_null=True)
     trailing_stop = _money(allow_null=True)
     accounts = StrategyAccountOutput(many=True)
     legs = LegOutput(many=True)
     webhook_url = serializers.SerializerMethodField()
+    webhook_rejections_today = serializers.SerializerMethodField(
+        help_text="Webhook calls refused today (IST): all are counted, the first few are kept as signals."
+    )
 
     class Meta:
         model = Strategy
@@ -222,6 +246,7 @@ class StrategyOutput(serializers.ModelSerializer):
             "legs",
             "webhook_url",
             "webhook_secret_rotated_at",
+            "webhook_rejections_today",
             "created_at",
             "updated_at",
         ]
@@ -229,6 +254,9 @@ class StrategyOutput(serializers.ModelSerializer):
 
     def get_webhook_url(self, strategy: Strategy) -> str:
         return f"/api/strategies/{strategy.pk}/webhook"
+
+    def get_webhook_rejections_today(self, strategy: Strategy) -> int:
+        return webhook_rejections_today(strategy=strategy)
 
 
 class StrategyCreatedOutput(StrategyOutput):
@@ -256,7 +284,7 @@ class RunOutput(serializers.ModelSerializer):
 class RunPositionOutput(serializers.Serializer):
     account_id = serializers.CharField()
     symbol = serializers.CharField()
-    product = serializers.CharField()
+    product = serializers.ChoiceField(choices=[value.value for value in Product])
     quantity = serializers.IntegerField()
     last_price = _money(allow_null=True)
     pnl = _money()
@@ -278,15 +306,56 @@ class StrategyDetailOutput(StrategyOutput):
         read_only_fields = fields
 
 
+def _number(**kwargs) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=None, decimal_places=None, coerce_to_string=False, **kwargs)
+
+
+class BacktestTradeOutput(serializers.Serializer):
+    leg = serializers.IntegerField(help_text="index into the legs; webhook trades: the symbol's order of appearance")
+    symbol = serializers.CharField()
+    side = serializers.ChoiceField(choices=[Side.BUY.value, Side.SELL.value], help_text="the entry's side")
+    quantity = serializers.IntegerField()
+    entry_at = serializers.DateTimeField()
+    entry_price = _money()
+    exit_at = serializers.DateTimeField()
+    exit_price = _money()
+    exit_reason = serializers.CharField()
+    pnl = _money()
+    priced_by = serializers.CharField(help_text="candles, or the model used where an option had no candles")
+
+
+class EquityPointOutput(serializers.Serializer):
+    at = serializers.DateTimeField()
+    equity = _money()
+
+
+class BacktestResultOutput(serializers.Serializer):
+    """A finished backtest's metrics; money as numbers, like the rest of the API."""
+
+    total_pnl = _money()
+    win_rate = _number(help_text="percent of trades with PnL above 0")
+    max_drawdown = _money(help_text="rupees, peak to trough of the equity curve")
+    max_drawdown_pct = _number(help_text="the largest fall as a percent of the peak it fell from")
+    sharpe = _number(allow_null=True, help_text="annualised; null under 2 days or without variation")
+    days = serializers.IntegerField()
+    bars = serializers.IntegerField()
+    trades = BacktestTradeOutput(many=True)
+    equity_curve = EquityPointOutput(
+        many=True, help_text="the capital at the first open, then capital + cumulative PnL at each day's close"
+    )
+
+    def to_representation(self, instance):
+        # Stored as [[moment, equity], ...]: a typed client reads objects, not positional pairs.
+        points = [{"at": moment, "equity": equity} for moment, equity in instance.get("equity_curve", [])]
+        return super().to_representation({**instance, "equity_curve": points})
+
+
 class BacktestOutput(serializers.ModelSerializer):
     strategy_id = serializers.CharField()
     capital = _money()
     volatility = serializers.DecimalField(max_digits=6, decimal_places=4, coerce_to_string=False)
     chart_url = serializers.SerializerMethodField()
-    result = serializers.JSONField(
-        allow_null=True,
-        help_text="total_pnl, win_rate, max_drawdown, max_drawdown_pct, sharpe, days, bars, trades, equity_curve",
-    )
+    result = BacktestResultOutput(allow_null=True, help_text="null until the backtest has succeeded")
 
     class Meta:
         model = Backtest
@@ -321,13 +390,20 @@ class BacktestSummaryOutput(BacktestOutput):
 
 
 class StartOutput(serializers.Serializer):
-    mode = serializers.CharField()
+    mode = serializers.ChoiceField(choices=["backtest", "paper", "live"])
     run = RunOutput(required=False, help_text="paper and live")
     backtest = BacktestSummaryOutput(required=False, help_text="backtest: poll GET .../backtests/{id}")
 
 
 class SignalOutput(serializers.ModelSerializer):
     strategy_id = serializers.CharField()
+    source = serializers.ChoiceField(choices=["tradingview", "chartink", "rule", "other"])
+    action = BlankAsNullChoiceField(
+        choices=["BUY", "SELL", "SHORT", "COVER", "EXIT", "ENTRY"],
+        help_text="webhooks: BUY, SELL, SHORT, COVER, EXIT; rules: ENTRY, EXIT; null when the call named none",
+    )
+    payload = serializers.DictField(read_only=True, help_text="the body as received, without the secret")
+    order_ids = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = Signal

@@ -13,19 +13,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from time import monotonic
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import AppError, ErrorCode, InvalidState, NotFound, ValidationFailed
-from billing.services import require_live_trading, require_running_strategy_slot
+from algoterm.config import freeze_quantity
+from billing.services import require_backtest_slot, require_live_trading, require_running_strategy_slot
 from brokers.adapters.base import OrderType, Side
 from brokers.models import AccountStatus, Broker, BrokerAccount
 from brokers.selectors import broker_account_get, broker_account_list
@@ -62,6 +64,7 @@ from .models import (
     StrategyFire,
     StrategyRun,
     StrategyStatus,
+    WebhookRejectionCount,
 )
 
 logger = logging.getLogger(__name__)
@@ -507,6 +510,37 @@ def strategy_stop(*, user: User, strategy_id: str, exit_positions: bool) -> Stra
         StrategyRun.objects.filter(pk=run.pk).update(final_pnl=run_pnl(run=run).total)
     run.refresh_from_db()
     return run
+
+
+@transaction.atomic
+def strategies_stop_for_user(*, user: User, actor: User | None, reason: str) -> list[str]:
+    """Stop every running strategy of a user who may no longer trade (deactivated, or moved to a view-only role),
+    each audited and announced to its owner. Open positions and their exits stay: the RMS and the exits still
+    close them, and nothing the strategy would place next gets past the risk gate anyway."""
+    stopped = []
+    running = Strategy.objects.select_for_update().filter(user=user, status=StrategyStatus.RUNNING).order_by("pk")
+    for strategy in running:
+        run = strategy.runs.filter(status=RunStatus.RUNNING).first()
+        if run is None:
+            continue
+        _run_end(strategy=strategy, run=run, status=RunStatus.STOPPED, message=f"stopped: {reason}")
+        audit_record(
+            action="strategy.stop",
+            actor=actor,
+            target=strategy,
+            details={"run": run.pk, "exit": False, "reason": reason},
+        )
+        notification_create(
+            user=user,
+            kind="strategy",
+            title=f"{strategy.name} was stopped",
+            body=f"Your account can no longer trade ({reason}), so the strategy places no more orders. Its open "
+            "positions and their stop-loss and target orders stay in place.",
+            level=Notification.Level.WARNING,
+            data={"strategy_id": strategy.pk, "run_id": run.pk},
+        )
+        stopped.append(strategy.pk)
+    return stopped
 
 
 # --- the strategy's own orders and positions ---------------------------------------------------------------------
@@ -1107,10 +1141,10 @@ def _rule_act(*, run: StrategyRun, day: date, action: str, bar_minute: int, at: 
 
 
 class WebhookRefused(AppError):
-    """A webhook call refused after it was recorded; `signal` is the rejected Signal."""
+    """A webhook call refused after it was counted; `signal` is the rejected Signal, None past the day's bound."""
 
-    def __init__(self, detail: str, *, code: ErrorCode, signal: Signal) -> None:
-        super().__init__(detail, code=code, extra={"signal_id": signal.pk})
+    def __init__(self, detail: str, *, code: ErrorCode, signal: Signal | None) -> None:
+        super().__init__(detail, code=code, extra={"signal_id": signal.pk if signal is not None else None})
         self.signal = signal
 
 
@@ -1148,9 +1182,30 @@ def _redacted(payload: dict[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in payload.items() if key.lower() not in ("secret", "passphrase", "token")}
 
 
+def _webhook_rejection_count(*, strategy: Strategy, reason: str) -> int:
+    """Count one refused call on the strategy's day (IST); returns the day's count including this one."""
+    now = timezone.now()
+    counts = WebhookRejectionCount.objects.filter(strategy=strategy, day=_today_ist(now))
+    with transaction.atomic():
+        if not counts.update(count=F("count") + 1, last_reason=reason, last_at=now):
+            try:
+                with transaction.atomic():
+                    WebhookRejectionCount.objects.create(
+                        strategy=strategy, day=_today_ist(now), count=1, last_reason=reason, last_at=now
+                    )
+            except IntegrityError:  # a concurrent refusal created the day's row first
+                counts.update(count=F("count") + 1, last_reason=reason, last_at=now)
+        return counts.values_list("count", flat=True).first() or 1
+
+
 def _reject(
     *, strategy: Strategy, call: WebhookCall, payload, code: ErrorCode, reason: str, detail: str, parsed=None
 ) -> WebhookRefused:
+    """Every refusal is counted; only the day's first STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY are kept as
+    signals, so unauthenticated callers cannot grow the table without bound."""
+    refused_today = _webhook_rejection_count(strategy=strategy, reason=reason)
+    if refused_today > settings.STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY:
+        return WebhookRefused(detail, code=code, signal=None)
     signal = Signal.objects.create(
         strategy=strategy,
         user=strategy.user,
@@ -1204,10 +1259,16 @@ def _parse_signal(*, call: WebhookCall, payload: dict[str, Any], strategy: Strat
     if action in ("BUY", "SHORT") or quantity_text:
         try:
             quantity = int(quantity_text)
-            if quantity <= 0:
-                raise ValueError
         except ValueError:
             errors["quantity"] = ["quantity must be a positive whole number of units."]
+        else:
+            quantity_limit = _webhook_quantity_limit(symbols)
+            if quantity <= 0:
+                errors["quantity"] = ["quantity must be a positive whole number of units."]
+            elif quantity > quantity_limit:
+                errors["quantity"] = [f"quantity must be at most {quantity_limit} units."]
+            if "quantity" in errors:
+                quantity = None
     digest = hashlib.sha256(f"{strategy.pk}|{source}|{identity}".encode()).hexdigest()
     parsed = ParsedSignal(
         source=source, action=action, symbols=symbols, quantity=quantity, dedupe_key=digest, sent_at=sent_at
@@ -1215,6 +1276,16 @@ def _parse_signal(*, call: WebhookCall, payload: dict[str, Any], strategy: Strat
     if errors:
         raise _ParseFailed(parsed=parsed, errors=errors)
     return parsed
+
+
+def _webhook_quantity_limit(symbols: list[str]) -> int:
+    """The documented maximum, or a derivative's exchange freeze quantity when that is lower."""
+    limit = settings.STRATEGY_WEBHOOK_MAX_QUANTITY
+    for symbol in symbols:
+        instrument = instrument_get(symbol=symbol)
+        if instrument is not None and instrument.instrument_type != InstrumentType.EQ:
+            limit = min(limit, freeze_quantity(underlying=instrument.underlying) or limit)
+    return limit
 
 
 class _ParseFailed(Exception):
@@ -1435,7 +1506,11 @@ def backtest_start(*, user: User, strategy_id: str, data: BacktestInput) -> Back
     if errors:
         raise ValidationFailed(errors=errors)
     with transaction.atomic():
+        # The user's row is the lock two concurrent starts queue on, so both cannot pass the plan's cap.
+        User.objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).get()
         strategy = _lock_own(user=user, strategy_id=strategy_id)
+        active = Backtest.objects.filter(user=user, status__in=ACTIVE_BACKTEST_STATUSES).count()
+        require_backtest_slot(user=user, active=active)
         backtest = Backtest.objects.create(
             strategy=strategy,
             user=user,
@@ -1458,8 +1533,28 @@ def _definition_json(strategy: Strategy) -> dict[str, Any]:
     return json.loads(json.dumps(snapshot, default=str))
 
 
+ACTIVE_BACKTEST_STATUSES = (BacktestStatus.QUEUED, BacktestStatus.RUNNING)
+
+
+class _BacktestTimedOut(Exception):
+    """The backtest ran past its soft time limit (Celery's, or the deadline checked after every day)."""
+
+
+def _time_limit_message() -> str:
+    return (
+        f"The backtest ran past its time limit of {settings.BACKTEST_SOFT_TIME_LIMIT_SECONDS} seconds and was "
+        "stopped; backtest a shorter period."
+    )
+
+
 def backtest_execute_stored(*, backtest_id: str) -> Backtest:
-    """Run a queued backtest once: a second delivery of the task finds it no longer queued."""
+    """Run a queued backtest once: a second delivery of the task finds it no longer queued. Past its soft time
+    limit it stops and is marked failed with the reason (thread pools have no Celery time limits: the deadline
+    checked after every day applies everywhere)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from algoterm.failpoints import failpoint
+
     from .backtest import BacktestError, BacktestSignal, backtest_execute
     from .charts import equity_chart_png
 
@@ -1474,8 +1569,12 @@ def backtest_execute_stored(*, backtest_id: str) -> Backtest:
         backtest.save(update_fields=["status", "started_at"])
     strategy = backtest.strategy
     last_reported = [-1]
+    deadline = monotonic() + settings.BACKTEST_SOFT_TIME_LIMIT_SECONDS
 
     def progress(done: int, total: int) -> None:
+        failpoint("strategies.backtest.day")
+        if monotonic() > deadline:
+            raise _BacktestTimedOut
         percent = int(done * 100 / total) if total else 100
         if percent >= last_reported[0] + 2 or percent == 100:
             last_reported[0] = percent
@@ -1501,6 +1600,9 @@ def backtest_execute_stored(*, backtest_id: str) -> Backtest:
         chart = equity_chart_png(result, title=f"{strategy.name}: {backtest.start_date} to {backtest.end_date}")
     except BacktestError as error:
         return _backtest_finish(backtest=backtest, status=BacktestStatus.FAILED, error=str(error))
+    except (SoftTimeLimitExceeded, _BacktestTimedOut):
+        logger.warning("backtest %s ran past its time limit", backtest.pk)
+        return _backtest_finish(backtest=backtest, status=BacktestStatus.FAILED, error=_time_limit_message())
     except Exception:
         logger.exception("backtest %s failed", backtest.pk)
         return _backtest_finish(backtest=backtest, status=BacktestStatus.FAILED, error="The backtest failed.")
@@ -1516,7 +1618,13 @@ def _backtest_finish(
     backtest.chart_png = chart
     backtest.progress = 100
     backtest.finished_at = timezone.now()
-    backtest.save(update_fields=["status", "error", "result", "chart_png", "progress", "finished_at"])
+    with transaction.atomic():
+        backtest.save(update_fields=["status", "error", "result", "chart_png", "progress", "finished_at"])
+        audit_record(
+            action=f"strategy.backtest_{status}",
+            target=backtest,
+            details={"strategy": backtest.strategy_id, **({"error": backtest.error} if error else {})},
+        )
     notification_create(
         user=backtest.user,
         kind="strategy",
@@ -1526,3 +1634,35 @@ def _backtest_finish(
         data={"strategy_id": backtest.strategy_id, "backtest_id": backtest.pk},
     )
     return backtest
+
+
+def backtests_expire(*, now: datetime | None = None) -> int:
+    """Fail the backtests no worker will finish: running past the hard time limit (its worker child was killed, or
+    the worker died) or queued so long that their message was lost. Each held one of its user's backtest slots."""
+    now = now or timezone.now()
+    grace = timedelta(seconds=60)
+    running_since = now - timedelta(seconds=settings.BACKTEST_HARD_TIME_LIMIT_SECONDS) - grace
+    queued_since = now - timedelta(seconds=settings.BACKTEST_QUEUED_EXPIRY_SECONDS)
+    stale = Backtest.objects.filter(
+        Q(status=BacktestStatus.RUNNING, started_at__lt=running_since)
+        | Q(status=BacktestStatus.QUEUED, created_at__lt=queued_since)
+    ).values_list("pk", flat=True)
+    expired = 0
+    for backtest_id in stale:
+        with transaction.atomic():
+            backtest = (
+                Backtest.objects.select_for_update(of=("self",))
+                .select_related("strategy")
+                .filter(pk=backtest_id, status__in=ACTIVE_BACKTEST_STATUSES)
+                .first()
+            )
+            if backtest is None:
+                continue
+            error = (
+                _time_limit_message()
+                if backtest.status == BacktestStatus.RUNNING
+                else "The backtest waited too long for a worker and was dropped; start it again."
+            )
+            _backtest_finish(backtest=backtest, status=BacktestStatus.FAILED, error=error)
+            expired += 1
+    return expired

@@ -1,6 +1,7 @@
 """Strategy tasks: each parses its arguments and calls one service; all are safe to run twice."""
 
 from celery import shared_task
+from django.conf import settings
 
 from strategies import services
 
@@ -16,6 +17,16 @@ def evaluate_rules() -> int:
     return services.rules_evaluate()
 
 
-@shared_task(name="strategies.tasks.backtest_run")
+@shared_task(
+    name="strategies.tasks.backtest_run",
+    soft_time_limit=settings.BACKTEST_SOFT_TIME_LIMIT_SECONDS,
+    time_limit=settings.BACKTEST_HARD_TIME_LIMIT_SECONDS,
+)
 def backtest_run(backtest_id: str) -> None:
     services.backtest_execute_stored(backtest_id=backtest_id)
+
+
+@shared_task(name="strategies.tasks.expire_backtests")
+def expire_backtests() -> int:
+    """Beat: backtests no worker will finish are failed, freeing their users' backtest slots."""
+    return services.backtests_expire()

@@ -112,23 +112,35 @@ def test_deactivated_user_cannot_log_in(api_client, trader):
     assert_error(login(api_client, trader.email, "Wrong-password-1"), 401, "AUTH_INVALID")
 
 
-def test_five_failures_per_email_lock_that_email_with_retry_after(api_client, trader):
-    for attempt in range(5):
-        assert_error(login(api_client, trader.email, "Wrong-password-1", ip=f"10.1.0.{attempt}"), 401, "AUTH_INVALID")
+def test_failures_from_another_ip_cannot_lock_the_owner_out(api_client, trader):
+    for _ in range(5):
+        assert_error(login(api_client, trader.email, "Wrong-password-1", ip="203.0.113.9"), 401, "AUTH_INVALID")
 
-    locked = login(api_client, trader.email, ip="10.2.0.1")  # even the right password, from a new IP
+    attacker = login(api_client, trader.email, ip="203.0.113.9")  # even with the right password, from that IP
+    owner = login(api_client, trader.email, ip="198.51.100.7")
 
-    assert_error(locked, 429, "RATE_LIMITED")
-    assert 800 < int(locked["Retry-After"]) <= 901
-    assert login(api_client, UserFactory().email, ip="10.2.0.2").status_code == 200
+    assert_error(attacker, 429, "RATE_LIMITED")
+    assert 800 < int(attacker["Retry-After"]) <= 901
+    assert owner.status_code == 200
+    assert AccessToken(owner.json()["access"])["user_id"] == trader.pk
 
 
-def test_five_failures_from_one_ip_lock_that_ip_for_every_email(api_client, trader):
+def test_failures_from_one_ip_over_many_emails_lock_that_ip(api_client, trader, settings):
+    settings.LOGIN_FAILURE_IP_LIMIT = 5
     for attempt in range(5):
         login(api_client, f"guess{attempt}@example.com", "Wrong-password-1", ip="10.9.9.9")
 
     assert_error(login(api_client, trader.email, ip="10.9.9.9"), 429, "RATE_LIMITED")
     assert login(api_client, trader.email, ip="10.9.9.10").status_code == 200
+
+
+def test_a_distributed_guess_leaves_each_ip_one_attempt_and_the_owner_in(api_client, trader, settings):
+    settings.LOGIN_FAILURE_EMAIL_LIMIT = 3
+    for attempt in range(4):
+        assert_error(login(api_client, trader.email, "Wrong-password-1", ip=f"10.5.0.{attempt}"), 401, "AUTH_INVALID")
+
+    assert_error(login(api_client, trader.email, "Wrong-password-1", ip="10.5.0.0"), 429, "RATE_LIMITED")
+    assert login(api_client, trader.email, ip="10.5.1.1").status_code == 200
 
 
 def test_a_successful_login_resets_the_email_count(api_client, trader):
@@ -159,7 +171,37 @@ def test_refresh_rotates_and_a_used_refresh_token_is_refused(api_client, trader)
 
     assert_error(api_client.post(REFRESH, {"refresh": first["refresh"]}, format="json"), 401, "AUTH_INVALID")
     assert AuditEvent.objects.filter(action="auth.refresh_reused", actor=trader).exists()
-    assert api_client.post(REFRESH, {"refresh": rotated.json()["refresh"]}, format="json").status_code == 200
+
+
+def test_a_reused_refresh_token_ends_every_session_and_tells_the_user(api_client, trader, time_machine):
+    time_machine.move_to("2026-03-02T05:00:00+00:00", tick=False)
+    phone = login(api_client, trader.email, ip="10.0.0.1").json()
+    laptop = login(api_client, trader.email, ip="10.0.0.2").json()
+    stolen = phone["refresh"]
+    time_machine.shift(5)
+    rotated_by_thief = APIClient().post(REFRESH, {"refresh": stolen}, format="json").json()
+
+    time_machine.shift(5)
+    reused = APIClient().post(REFRESH, {"refresh": stolen}, format="json")  # the phone presents its (spent) copy
+
+    assert_error(reused, 401, "AUTH_INVALID")
+    for refresh in (rotated_by_thief["refresh"], laptop["refresh"]):
+        assert_error(APIClient().post(REFRESH, {"refresh": refresh}, format="json"), 401, "AUTH_INVALID")
+    for access in (rotated_by_thief["access"], laptop["access"], phone["access"]):
+        other = APIClient()
+        other.credentials(HTTP_AUTHORIZATION=f"Bearer {access}")
+        assert_error(other.get(ME), 401, "AUTH_INVALID")
+    notice = Notification.objects.get(user=trader, kind="account.sessions_revoked")
+    assert notice.level == "warning"
+    audit = AuditEvent.objects.get(action="auth.refresh_reused", actor=trader)
+    assert audit.details["revoked_refresh_tokens"] == 2
+
+    time_machine.shift(5)
+    again = login(api_client, trader.email, ip="10.0.0.1").json()  # the owner logs in again with the password
+    fresh = APIClient()
+    fresh.credentials(HTTP_AUTHORIZATION=f"Bearer {again['access']}")
+    assert fresh.get(ME).status_code == 200
+    assert APIClient().post(REFRESH, {"refresh": again["refresh"]}, format="json").status_code == 200
 
 
 @pytest.mark.parametrize("token", ["garbage", "a.b.c", ""])

@@ -12,7 +12,8 @@ import logging
 from enum import StrEnum
 from typing import Any
 
-from django.core.exceptions import ObjectDoesNotExist
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
@@ -29,6 +30,7 @@ class ErrorCode(StrEnum):
     VALIDATION_ERROR = "VALIDATION_ERROR"
     AUTH_REQUIRED = "AUTH_REQUIRED"
     AUTH_INVALID = "AUTH_INVALID"
+    AUTH_EXPIRED = "AUTH_EXPIRED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     ACCOUNT_DEACTIVATED = "ACCOUNT_DEACTIVATED"
     PLAN_REQUIRED = "PLAN_REQUIRED"
@@ -39,11 +41,13 @@ class ErrorCode(StrEnum):
     INVALID_STATE = "INVALID_STATE"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     CONFLICT = "CONFLICT"
+    ORDER_LOCKED = "ORDER_LOCKED"
     BROKER_SESSION_EXPIRED = "BROKER_SESSION_EXPIRED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     RISK_REJECTED = "RISK_REJECTED"
     ORDER_REJECTED = "ORDER_REJECTED"
     RATE_LIMITED = "RATE_LIMITED"
+    BACKTEST_LIMIT_REACHED = "BACKTEST_LIMIT_REACHED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     BROKER_ERROR = "BROKER_ERROR"
     BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
@@ -55,6 +59,7 @@ ERROR_REGISTRY: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.VALIDATION_ERROR: (400, "The request is invalid."),
     ErrorCode.AUTH_REQUIRED: (401, "Authentication credentials were not provided."),
     ErrorCode.AUTH_INVALID: (401, "The credentials are invalid or have expired."),
+    ErrorCode.AUTH_EXPIRED: (401, "The access token has expired; refresh it and authenticate again."),
     ErrorCode.PERMISSION_DENIED: (403, "You do not have permission to perform this action."),
     ErrorCode.ACCOUNT_DEACTIVATED: (403, "This account has been deactivated."),
     ErrorCode.PLAN_REQUIRED: (403, "Your subscription plan does not include this."),
@@ -64,12 +69,14 @@ ERROR_REGISTRY: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INVALID_STATE: (409, "The resource is not in a state that allows this."),
     ErrorCode.IDEMPOTENCY_KEY_REUSED: (409, "This Idempotency-Key was already used with a different request."),
     ErrorCode.CONFLICT: (409, "The request conflicts with the current state."),
+    ErrorCode.ORDER_LOCKED: (409, "The risk engine placed this order to close positions; it cannot be changed."),
     ErrorCode.BROKER_SESSION_EXPIRED: (409, "The broker session has expired; log in to the broker again."),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, "The request body is too large."),
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: (415, "Unsupported media type; send application/json."),
     ErrorCode.RISK_REJECTED: (422, "The risk engine rejected the order."),
     ErrorCode.ORDER_REJECTED: (422, "The broker rejected the order."),
     ErrorCode.RATE_LIMITED: (429, "Too many requests; retry later."),
+    ErrorCode.BACKTEST_LIMIT_REACHED: (429, "Your plan's backtests are all in use; retry when one finishes."),
     ErrorCode.INTERNAL_ERROR: (500, "An internal error occurred. It has been logged."),
     ErrorCode.BROKER_ERROR: (502, "The broker answered with an error."),
     ErrorCode.BROKER_UNAVAILABLE: (503, "The broker is unavailable; retry later."),
@@ -137,6 +144,15 @@ class RiskRejected(AppError):
     def __init__(self, detail: str | None = None, *, reason: str) -> None:
         super().__init__(detail, extra={"reason": reason})
         self.reason = reason
+
+
+class PayloadTooLarge(AppError):
+    """The body is over the route's limit (`max_bytes`); refused before it is read."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+    def __init__(self, detail: str | None = None, *, max_bytes: int) -> None:
+        super().__init__(detail, extra={"max_bytes": max_bytes})
 
 
 class RateLimited(AppError):
@@ -240,6 +256,8 @@ def _drf_detail_text(detail: Any) -> str | None:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's EXCEPTION_HANDLER: every exception a view raises becomes the envelope."""
     exc = service_unavailable_for(exc) or exc
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge(max_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
     if isinstance(exc, AppError):
         return Response(
             envelope(code=exc.code, detail=exc.detail, errors=exc.errors, extra=exc.extra),

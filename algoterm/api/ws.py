@@ -5,15 +5,23 @@ means a dependency (Redis, the database) is down and the client should reconnect
 Restart) is sent by the web server (uvicorn) to every open socket when it shuts down, and means reconnect now. Every
 (re)connection starts with `server_ready`, and subscribing (or, on /ws/events, connecting) sends a `snapshot` of the
 current state, so a client that reconnects never needs what it missed while away.
+
+A socket lives as long as the session that opened it: it closes with 4401 when its access token expires (AUTH_EXPIRED)
+or is logged out (AUTH_INVALID), and with 4403 when the account is deactivated, each time after a non-recoverable
+`error` saying why. `{"t": "auth", "p": {"token": <access JWT>}}` renews the token in-band (answered by
+`auth_renewed` with the new expiry); a token that is invalid or another user's closes the socket with 4401.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,11 +32,13 @@ from channels.middleware import BaseMiddleware
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from rest_framework.fields import DateTimeField
 from rest_framework.utils.encoders import JSONEncoder
 
 from algoterm import metrics
-from algoterm.api.errors import AppError, ErrorCode
+from algoterm.api.errors import AppError, ErrorCode, ValidationFailed
 from algoterm.outages import DEPENDENCY_ERRORS, outage_report
+from algoterm.realtime import user_sockets_group
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +47,26 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's "Try Again Later": a dependency is down, reconnect with backoff
 OUTAGE_MESSAGE = "A required service is unavailable; reconnect in a few seconds."
+EXPIRED_MESSAGE = "The access token expired; refresh it and reconnect (renew it in-band before it expires)."
+# An ended session closes with 4403 when the account may no longer use the socket at all, else 4401 (log in again).
+CLOSE_FORBIDDEN_FOR = frozenset({ErrorCode.ACCOUNT_DEACTIVATED, ErrorCode.PERMISSION_DENIED})
+
+
+@dataclass(frozen=True)
+class SocketToken:
+    """The access token a socket is authenticated with: its id (a logout names it) and when it expires."""
+
+    jti: str
+    expires_at: datetime
+
+    @classmethod
+    def from_access_token(cls, token) -> SocketToken:
+        return cls(jti=str(token["jti"]), expires_at=datetime.fromtimestamp(token["exp"], tz=UTC))
+
+    def wire(self) -> dict[str, Any]:
+        """As the REST API renders an expiry: a timestamp and seconds from now."""
+        remaining = (self.expires_at - datetime.now(tz=UTC)).total_seconds()
+        return {"expires_at": DateTimeField().to_representation(self.expires_at), "expires_in": max(0, int(remaining))}
 
 
 def _token_from_scope(scope: dict[str, Any]) -> str | None:
@@ -58,23 +88,30 @@ class JwtAuthMiddleware(BaseMiddleware):
         scope = dict(scope)
         raw_token = _token_from_scope(scope)
         if raw_token is None:
-            scope["user"], scope["auth_error"] = AnonymousUser(), ErrorCode.AUTH_REQUIRED
+            scope["user"], scope["auth_error"], scope["auth_token"] = AnonymousUser(), ErrorCode.AUTH_REQUIRED, None
         else:
-            scope["user"], scope["auth_error"] = await _user_for_token(raw_token)
+            scope["user"], scope["auth_error"], scope["auth_token"] = await _user_for_token(raw_token)
         return await self.inner(scope, receive, send)
 
 
 @database_sync_to_async
-def _user_for_token(raw_token: str):
+def _authenticated(raw_token: str):
+    """(user, SocketToken); raises AppError for a bad token and the database's errors when it is down."""
     from accounts.authentication import authenticate_access_token
 
+    user, token = authenticate_access_token(raw_token)
+    return user, SocketToken.from_access_token(token)
+
+
+async def _user_for_token(raw_token: str):
     try:
-        return authenticate_access_token(raw_token), None
+        user, token = await _authenticated(raw_token)
     except AppError as error:
-        return AnonymousUser(), error.code
+        return AnonymousUser(), error.code, None
     except DEPENDENCY_ERRORS as error:  # the database is down: the token may be fine, so not 4401
         outage_report(error)
-        return AnonymousUser(), ErrorCode.SERVICE_UNAVAILABLE
+        return AnonymousUser(), ErrorCode.SERVICE_UNAVAILABLE, None
+    return user, None, token
 
 
 class TokenClientOriginValidator(OriginValidator):
@@ -164,18 +201,19 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         await self.accept()
-        user = self.scope.get("user")
-        if self.scope.get("auth_error") == ErrorCode.SERVICE_UNAVAILABLE:
-            await self.send_message("error", self._outage_error())
-            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+        if await self._refused_at_handshake(self.scope.get("user"), self.scope.get("auth_error")):
             return
-        if user is None or not user.is_authenticated:
-            code = self.scope.get("auth_error") or ErrorCode.AUTH_INVALID
-            message = "Account deactivated." if code == ErrorCode.ACCOUNT_DEACTIVATED else "Authentication failed."
-            await self.send_error(message, code=code, recoverable=False)
-            await self.close(code=CLOSE_AUTH_FAILED)
+        self.token: SocketToken = self.scope["auth_token"]
+        self._session_ended = False
+        self._sockets_group = user_sockets_group(self.scope["user"].pk)
+        await self.channel_layer.group_add(self._sockets_group, self.channel_name)
+        # A logout or deactivation that committed after the handshake's check was announced before this socket could
+        # hear it; from now on it hears them, so check once more.
+        user, error, _ = await _user_for_token(_token_from_scope(self.scope) or "")
+        if await self._refused_at_handshake(user, error):
             return
         self.user = user
+        self._expiry_task = asyncio.create_task(self._close_at_expiry())
         self.connection_id = uuid.uuid4().hex
         self._window_started = time.monotonic()
         self._window_count = 0
@@ -183,15 +221,86 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
         self._counted_endpoint = metrics.ws_endpoint(self.scope.get("path", ""))
         await metrics.ws_connection_opened(self._counted_endpoint)
         await self.send_message(
-            "server_ready", {"connection_id": self.connection_id, "protocol_version": settings.WS_PROTOCOL_VERSION}
+            "server_ready",
+            {
+                "connection_id": self.connection_id,
+                "protocol_version": settings.WS_PROTOCOL_VERSION,
+                "token_expires_at": self.token.wire()["expires_at"],
+            },
         )
         await self.on_ready()
+
+    async def _refused_at_handshake(self, user, auth_error: str | None) -> bool:
+        if auth_error == ErrorCode.SERVICE_UNAVAILABLE:
+            await self.send_message("error", self._outage_error())
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return True
+        if user is None or not user.is_authenticated:
+            code = auth_error or ErrorCode.AUTH_INVALID
+            message = "Account deactivated." if code == ErrorCode.ACCOUNT_DEACTIVATED else "Authentication failed."
+            await self.send_error(message, code=code, recoverable=False)
+            await self.close(code=CLOSE_AUTH_FAILED)
+            return True
+        return False
 
     async def websocket_disconnect(self, message) -> None:
         endpoint, self._counted_endpoint = getattr(self, "_counted_endpoint", None), None
         if endpoint is not None:
             await metrics.ws_connection_closed(endpoint)
+        if getattr(self, "_expiry_task", None) is not None:
+            self._expiry_task.cancel()
+        group, self._sockets_group = getattr(self, "_sockets_group", None), None
+        if group is not None:
+            # In a Redis outage the membership stays behind and expires with the channel layer's group expiry.
+            with contextlib.suppress(*DEPENDENCY_ERRORS):
+                await self.channel_layer.group_discard(group, self.channel_name)
         await super().websocket_disconnect(message)
+
+    # --- the session: expiry, in-band renewal, logout and deactivation -------------------------------------------
+
+    async def _close_at_expiry(self) -> None:
+        await asyncio.sleep(max(0.0, (self.token.expires_at - datetime.now(tz=UTC)).total_seconds()))
+        with contextlib.suppress(OSError):  # the client left meanwhile
+            await self.session_end(code=ErrorCode.AUTH_EXPIRED, message=EXPIRED_MESSAGE)
+
+    async def session_end(self, *, code: str, message: str) -> None:
+        """Tell the client why in a non-recoverable `error`, then close: 4403 if the account may not use the socket,
+        else 4401."""
+        if self._session_ended or self._closed:
+            return
+        self._session_ended = True
+        await self.send_last(json.dumps({"t": "error", "p": {"message": message, "code": code, "recoverable": False}}))
+        await self.close(code=CLOSE_FORBIDDEN if code in CLOSE_FORBIDDEN_FOR else CLOSE_AUTH_FAILED)
+
+    async def send_last(self, text: str) -> None:
+        """The last message before closing; a consumer that queues what it sends overrides this to skip its queue."""
+        await self.send(text_data=text)
+
+    async def handle_auth(self, payload: dict[str, Any]) -> None:
+        raw_token = payload.get("token")
+        if not isinstance(raw_token, str) or not raw_token:
+            raise ValidationFailed('"token" must be an access token.')
+        try:
+            user, token = await _authenticated(raw_token)
+        except AppError as error:
+            await self.session_end(code=error.code, message=error.detail)
+            return
+        if self._session_ended:  # the old token expired or was logged out while this one was being checked
+            return
+        if user.pk != self.user.pk:
+            await self.session_end(code=ErrorCode.AUTH_INVALID, message="The token belongs to another account.")
+            return
+        self.user, self.token = user, token
+        self._expiry_task.cancel()
+        self._expiry_task = asyncio.create_task(self._close_at_expiry())
+        # Joining again renews the membership, which the Redis layer otherwise drops after its group expiry (a day).
+        await self.channel_layer.group_add(self._sockets_group, self.channel_name)
+        await self.send_message("auth_renewed", self.token.wire())
+
+    async def sockets_close(self, event: dict[str, Any]) -> None:
+        """From `realtime.user_sockets_close`: the session ended elsewhere (logout, deactivation)."""
+        if event.get("jti") is None or event["jti"] == self.token.jti:
+            await self.session_end(code=event["code"], message=event["reason"])
 
     async def on_authenticated(self) -> None:
         """Join groups and set up state; the user is in self.user."""
@@ -204,6 +313,8 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
         return json.dumps(content, cls=JSONEncoder)
 
     async def send_message(self, message_type: str, payload: dict[str, Any]) -> None:
+        if self._closed:  # a group message racing the close; the web server refuses sends after it
+            return
         await self.send_json({"t": message_type, "p": payload})
 
     async def send_error(self, message: str, *, code: ErrorCode | str, recoverable: bool = True) -> None:
@@ -217,7 +328,7 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
         return self._window_count > settings.WS_MAX_MESSAGES_PER_SECOND
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not hasattr(self, "user"):
+        if not hasattr(self, "user") or self._session_ended:
             return
         if self._over_rate_limit():
             await self.send_error("Too many messages; slow down.", code=ErrorCode.RATE_LIMITED)

@@ -372,6 +372,7 @@ async def test_websocket_symbols_beyond_a_small_plan_for_admins_and_the_servers_
 TRIAL_LIMITS = {
     "max_broker_accounts": 3,
     "max_running_strategies": 3,
+    "max_active_backtests": 2,
     "live_trading": True,
     "api_requests_per_minute": 300,
     "websocket_symbols": 100,
@@ -411,6 +412,7 @@ def test_me_on_a_paid_plan(trader_client, razorpay):
         "basis": "subscription",
         "max_broker_accounts": 10,
         "max_running_strategies": 25,
+        "max_active_backtests": 5,
         "live_trading": True,
         "api_requests_per_minute": 1200,
         "websocket_symbols": 500,
@@ -457,6 +459,7 @@ def test_me_for_an_admin(admin_client):
         "basis": "operator",
         "max_broker_accounts": None,
         "max_running_strategies": None,
+        "max_active_backtests": None,
         "live_trading": True,
         "api_requests_per_minute": None,
         "websocket_symbols": None,

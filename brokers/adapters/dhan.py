@@ -47,6 +47,7 @@ from brokers.adapters.base import (
     split_symbol,
     to_decimal,
 )
+from brokers.egress import PublicProxyAdapter, session_guard
 
 IST = ZoneInfo("Asia/Kolkata")
 
@@ -341,6 +342,7 @@ class DhanAdapter(BrokerAdapter):
         if self.config.base_url:
             http.base_url = self.config.base_url.rstrip("/")
         http.timeout = self.config.timeout
+        session_guard(http.session, PublicProxyAdapter(self.config.proxy_url))
         if self.config.proxy_url:
             http.session.proxies = {"http": self.config.proxy_url, "https": self.config.proxy_url}
             # requests lets HTTP(S)_PROXY from the environment win over session proxies; the account's proxy must win.

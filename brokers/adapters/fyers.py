@@ -41,7 +41,8 @@ from zoneinfo import ZoneInfo
 import requests
 from django.conf import settings
 from fyers_apiv3 import fyersModel
-from requests.adapters import HTTPAdapter
+
+from brokers.egress import PublicProxyAdapter, session_guard
 
 from .base import (
     AdapterConfig,
@@ -263,9 +264,9 @@ class _WireOutcome:
     failure: str = ""  # the transport exception's class name (Timeout, ConnectionError...)
 
 
-class _DefaultTimeoutAdapter(HTTPAdapter):
-    def __init__(self, timeout: float, on_failure: Callable[[Exception], None]) -> None:
-        super().__init__()
+class _DefaultTimeoutAdapter(PublicProxyAdapter):
+    def __init__(self, timeout: float, on_failure: Callable[[Exception], None], *, user_proxy: str = "") -> None:
+        super().__init__(user_proxy)
         self._timeout = timeout
         self._on_failure = on_failure
 
@@ -283,9 +284,7 @@ class _Transport:
     def __init__(self, *, timeout: float, proxy_url: str) -> None:
         self._local = threading.local()
         self.session = requests.Session()
-        adapter = _DefaultTimeoutAdapter(timeout, self._record_failure)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        session_guard(self.session, _DefaultTimeoutAdapter(timeout, self._record_failure, user_proxy=proxy_url))
         if proxy_url:
             self.session.proxies = {"http": proxy_url, "https": proxy_url}
             # requests lets HTTP(S)_PROXY from the environment override session proxies; the account's wins.

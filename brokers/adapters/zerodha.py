@@ -39,6 +39,7 @@ from brokers.adapters.base import (
     split_symbol,
     to_decimal,
 )
+from brokers.egress import PublicProxyAdapter, session_guard
 from brokers.instruments import by_symbol
 
 T = TypeVar("T")
@@ -181,6 +182,7 @@ class ZerodhaAdapter(BrokerAdapter):
             proxies={"http": self.config.proxy_url, "https": self.config.proxy_url} if self.config.proxy_url else None,
         )
         kite._default_login_uri = self.config.extra.get("login_url", kite._default_login_uri)
+        session_guard(kite.reqsession, PublicProxyAdapter(self.config.proxy_url))
         return kite
 
     # --- login ----------------------------------------------------------------------------------------------------

@@ -55,3 +55,53 @@ def test_expire_action_goes_through_the_service(console, account):
 def test_exchange_pages_render(console):
     for url in ("/admin/brokers/simaccount/", "/admin/brokers/simorder/", "/admin/brokers/simposition/"):
         assert console.get(url).status_code == 200
+
+
+def _change_form(account: BrokerAccount, **changes) -> dict:
+    """The change form as an operator submits it (owner included, as a forged form would send it)."""
+    return {
+        "owner": account.owner_id,
+        "broker": account.broker,
+        "label": account.label,
+        "client_id": account.client_id,
+        "status": account.status,
+        "session_expires_at_0": "",
+        "session_expires_at_1": "",
+        "last_error": account.last_error,
+        "last_error_at_0": "",
+        "last_error_at_1": "",
+        "algo_id": account.algo_id,
+        **changes,
+    }
+
+
+def test_an_operator_sets_an_accounts_algo_id_and_it_is_audited(console, account):
+    from accounts.models import AuditEvent
+
+    url = f"/admin/brokers/brokeraccount/{account.pk}/change/"
+
+    response = console.post(url, _change_form(account, algo_id="NSE-ALGO-42"))
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    account.refresh_from_db()
+    assert account.algo_id == "NSE-ALGO-42"
+    event = AuditEvent.objects.filter(action="broker.admin_change").latest("occurred_at")
+    assert event.details["algo_id"] == "NSE-ALGO-42"
+
+
+def test_an_operator_cannot_reassign_a_broker_accounts_owner(console, account):
+    from accounts.tests.factories import UserFactory
+
+    someone_else = UserFactory()
+    url = f"/admin/brokers/brokeraccount/{account.pk}/change/"
+    assert 'name="owner"' not in console.get(url).content.decode()
+
+    response = console.post(url, _change_form(account, owner=someone_else.pk, label="Moved"))
+
+    assert response.status_code == 302
+    account.refresh_from_db()
+    assert account.owner_id != someone_else.pk and account.label == "Moved"
+    account.owner = someone_else
+    with pytest.raises(ValueError, match="owner cannot be changed"):
+        account.save()
+    assert BrokerAccount.objects.get(pk=account.pk).owner_id != someone_else.pk

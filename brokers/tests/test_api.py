@@ -84,6 +84,17 @@ def test_connect_rejects_bad_input(trader_client, payload, field):
     assert not BrokerAccount.objects.exists()
 
 
+def test_the_algo_id_is_the_operators_not_the_users(trader_client, settings):
+    body = assert_error(connect_paper(trader_client, algo_id="MY-OWN-ALGO"), 400, "VALIDATION_ERROR")
+    assert "algo_id" in body["errors"]
+    assert not BrokerAccount.objects.exists()
+
+    account = connect_paper(trader_client).json()["account"]
+
+    assert account["algo_id"] == settings.BROKER_DEFAULT_ALGO_ID
+    assert BrokerAccount.objects.get(pk=account["id"]).algo_id == settings.BROKER_DEFAULT_ALGO_ID
+
+
 def test_a_view_only_user_cannot_connect():
     viewer = UserFactory(role=Role.USER)
     assert_error(connect_paper(client_for(viewer)), 403, "PERMISSION_DENIED")

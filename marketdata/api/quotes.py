@@ -74,13 +74,15 @@ class CandleOutput(serializers.Serializer):
 
 class CandlesOutput(serializers.Serializer):
     symbol = serializers.CharField()
-    interval = serializers.CharField()
+    interval = serializers.ChoiceField(choices=INTERVALS)
     candles = CandleOutput(many=True)
 
 
 class QuotesQuery(InputSerializer):
+    # 100 symbols fit in 4,000 characters; the bound keeps the request line, percent-encoded, under the HTTP
+    # server's limit, past which the server answers a plain-text 400 before the API sees the request.
     symbols = serializers.CharField(
-        max_length=8000, help_text=f"comma-separated, at most {selectors.MAX_SYMBOLS_PER_REQUEST}"
+        max_length=4000, help_text=f"comma-separated, at most {selectors.MAX_SYMBOLS_PER_REQUEST}"
     )
 
     def validate_symbols(self, raw: str) -> list[str]:

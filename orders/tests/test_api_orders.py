@@ -255,7 +255,7 @@ def test_an_order_is_read_with_its_events_and_only_by_its_owner(trader_client, p
     detail = response.json()
     assert detail["id"] == order["id"] and detail["status"] == "FILLED"
     assert [e["to_status"] for e in detail["events"]] == ["PENDING", "SUBMITTING", "OPEN", "FILLED"]
-    assert [e["from_status"] for e in detail["events"]] == ["", "PENDING", "SUBMITTING", "OPEN"]
+    assert [e["from_status"] for e in detail["events"]] == [None, "PENDING", "SUBMITTING", "OPEN"]
     assert detail["events"][-1]["filled_quantity"] == 10
     assert D(detail["average_price"]) > 0
     assert_other_user_gets_404("GET", f"/api/orders/{order['id']}")

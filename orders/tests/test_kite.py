@@ -376,3 +376,73 @@ def test_a_late_postback_does_not_undo_a_modification(
     assert post_back(signed(stale)).status_code == 200
     order.refresh_from_db()
     assert (order.quantity, order.price, order.status) == (20, Decimal("1480"), OrderStatus.OPEN)
+
+
+# --- pushes are signals ------------------------------------------------------------------------------------------
+
+
+def test_a_self_signed_postback_cannot_write_fills_kites_books_do_not_have(
+    kite, zerodha, trader_client, publish_quote, received, eager_tasks
+):
+    publish_quote(EQUITY, "1500")
+    order = Order.objects.get(pk=place(trader_client, zerodha, quantity=1).json()["id"])
+    wait_until(lambda: received, what="the placement's postback")
+    publish_quote(EQUITY, "1400")  # a real loss of 100 on the one share
+    [sim] = at_exchange(order)
+    assert (sim.quantity, sim.filled_quantity, sim.status) == (1, 1, "FILLED")
+    real_mtm = trader_client.get("/api/rms/status").json()["mtm"]
+    assert real_mtm < -99
+    genuine = received[0][0]
+
+    # The user knows their own API secret, and Kite's checksum covers only order_id and order_timestamp.
+    forged = signed(
+        genuine,
+        status="COMPLETE",
+        quantity=1_000_000,
+        filled_quantity=1_000_000,
+        pending_quantity=0,
+        average_price=1.0,
+        price=1.0,
+    )
+    answered = post_back(forged)
+
+    assert answered.status_code == 200 and answered.json() == {"status": "applied"}
+    order.refresh_from_db()
+    sim.refresh_from_db()
+    assert (order.quantity, order.filled_quantity, order.status) == (sim.quantity, sim.filled_quantity, "FILLED")
+    assert order.average_price == sim.average_price > 1400
+    assert [(trade.quantity, trade.price) for trade in Trade.objects.filter(order=order)] == [(1, sim.average_price)]
+    position = Position.objects.get(account=zerodha, symbol=EQUITY)
+    assert (position.quantity, position.average_price) == (1, sim.average_price)
+    assert trader_client.get("/api/rms/status").json()["mtm"] == real_mtm  # the daily-loss rule sees the real loss
+
+
+def test_a_burst_of_postbacks_for_one_order_is_one_read_of_kites_books(
+    kite_without_postbacks, zerodha, trader_client, publish_quote
+):
+    from celery.signals import before_task_publish
+
+    from orders import tasks
+
+    publish_quote(EQUITY, "1500")
+    order = Order.objects.get(pk=place(trader_client, zerodha, order_type="LIMIT", price=1490).json()["id"])
+    [sim] = at_exchange(order)
+    pushed = signed(kite_without_postbacks._kite_order(sim, "zx9876"))
+    queued: list[str] = []
+
+    def published(sender=None, body=None, **kwargs) -> None:
+        if sender == "orders.tasks.refresh_pushed_order":
+            queued.append(body[0][0])
+
+    before_task_publish.connect(published, weak=False)
+    try:
+        for _ in range(5):
+            assert post_back(pushed).json() == {"status": "applied"}
+        assert queued == [order.pk]
+
+        tasks.refresh_pushed_order(order.pk)  # the worker runs the queued read; pushes after it queue anew
+        assert post_back(pushed).json() == {"status": "applied"}
+    finally:
+        before_task_publish.disconnect(published)
+
+    assert queued == [order.pk, order.pk]

@@ -77,7 +77,7 @@ def resting_limit_order(client, account: BrokerAccount) -> Order:
 
 
 def test_a_fill_pushed_on_the_ticker_fills_our_order(
-    kite_sim, ticker_sim, zerodha, trader_client, publish_quote, socket_updates
+    kite_sim, ticker_sim, zerodha, trader_client, publish_quote, socket_updates, eager_tasks
 ):
     publish_quote(EQUITY, "1500")
     order = resting_limit_order(trader_client, zerodha)
@@ -109,7 +109,7 @@ def test_a_fill_pushed_on_the_ticker_fills_our_order(
 
 
 def test_updates_for_other_accounts_unknown_or_malformed_orders_are_ignored(
-    kite_sim, ticker_sim, zerodha, trader_client, publish_quote, socket_updates
+    kite_sim, ticker_sim, zerodha, trader_client, publish_quote, socket_updates, eager_tasks
 ):
     other_client = client_for(UserFactory())
     other_account = BrokerAccount.objects.get(pk=connect_zerodha(other_client)[0]["id"])

@@ -3,6 +3,7 @@ quotes on, eager tasks) and helpers that set limits and trade through the API, t
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -25,6 +26,18 @@ MONEY_LIMITS = {
 def no_tick_evaluation(settings):
     """Quotes move prices without evaluating their holders at once: the test decides when the RMS looks."""
     settings.RMS_TICK_EVALUATION = False
+
+
+@pytest.fixture
+def before_the_open(time_machine) -> datetime:
+    """The shared test clock's trading day at 08:00 IST, before trading starts: a user's loosening applies at once
+    (once trading has started it waits for the next trading day). Ask for it before any client fixture, so their
+    tokens are minted on this clock."""
+    from conftest import MARKET_OPEN_AT
+
+    moment = MARKET_OPEN_AT.replace(hour=8, minute=0)
+    time_machine.move_to(moment, tick=True)
+    return moment
 
 
 def set_limits(user, account=None, **data):

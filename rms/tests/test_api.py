@@ -94,7 +94,7 @@ def test_config_starts_with_the_defaults(settings, trader, trader_client):
     body = response.json()
     assert body["overrides"] == []
     profile = body["profile"]
-    assert set(profile) == {*PROFILE_FIELDS, "updated_at"}
+    assert set(profile) == {*PROFILE_FIELDS, "updated_at", "pending"}
     assert (profile["trading_window_start"], profile["trading_window_end"], profile["auto_square_off_time"]) == (
         "09:15",
         "15:30",
@@ -117,7 +117,7 @@ def test_config_starts_with_the_defaults(settings, trader, trader_client):
     assert trader_client.get(CONFIG).json() == body  # read again: the same profile, not another
 
 
-def test_update_then_read_back(trader, trader_client):
+def test_update_then_read_back(before_the_open, trader, trader_client):
     response = configure(
         trader_client,
         max_daily_loss=5000,
@@ -226,7 +226,7 @@ def test_auto_square_off_must_fall_inside_an_existing_window(trader_client):
     assert configure(trader_client, auto_square_off_time="15:30").status_code == 200
 
 
-def test_override_for_an_account(trader, trader_client, paper, second):
+def test_override_for_an_account(before_the_open, trader, trader_client, paper, second):
     assert configure(trader_client, profit_lock_at=2000, profit_lock_amount=1000).status_code == 200
     response = configure(trader_client, account_id=second.pk, max_lots_per_order=2, allowed_products=["CNC"])
     assert response.status_code == 200, response.json()
@@ -236,7 +236,7 @@ def test_override_for_an_account(trader, trader_client, paper, second):
     assert override["account_id"] == second.pk
     assert (override["max_lots_per_order"], override["allowed_products"]) == (2, ["CNC"])
     assert override["profit_lock_at"] is None and override["kill_switch"] is False  # inherited
-    assert set(override) == {*PROFILE_FIELDS, "updated_at", "account_id"}
+    assert set(override) == {*PROFILE_FIELDS, "updated_at", "pending", "account_id"}
     assert trader_client.get(CONFIG).json() == body
     assert limits_for(user=trader, account=second).max_lots_per_order == 2
     assert limits_for(user=trader, account=second).profit_lock_at == Decimal("2000")

@@ -538,6 +538,10 @@ def test_patch_replaces_legs_and_accounts_when_sent(trader, trader_client, paper
         ({"kind": "scalper"}, "kind"),
         ({"legs": []}, "legs"),
         ({"legs": [option_leg(option_type=DROP)]}, "legs.0.option_type"),
+        # a PATCH replaces the legs and accounts whole, so each item is checked whole (these were 500s)
+        ({"legs": [equity_leg(underlying=DROP)]}, "legs.0.underlying"),
+        ({"legs": [equity_leg(), equity_leg(side=DROP)]}, "legs.1.side"),
+        ({"accounts": [{"multiplier": 2}]}, "accounts.0.account_id"),
         ({"entry_rule": "close > 1"}, "entry_rule"),
         ({"exit_time": None}, "exit_time"),
     ],
@@ -691,6 +695,7 @@ def future_day() -> str:
         ({"mode": "backtest", "start": "2024-01-10", "end": "2024-01-05"}, {"end"}),
         ({"mode": "backtest", "start": "2024-01-10", "end": "future"}, {"end"}),
         ({"mode": "backtest", "start": "2024-01-10", "end": "2024-01-20", "capital": "0"}, {"capital"}),
+        ({"mode": "backtest", "start": "2024-01-10", "end": "2024-01-20", "capital": None}, {"capital"}),  # was a 500
         ({"mode": "backtest", "start": "2024-01-10", "end": "2024-01-20", "volatility": "9"}, {"volatility"}),
         ({"mode": "backtest", "start": "yesterday", "end": "2024-01-20"}, {"start"}),
         ({"mode": "paper", "start": "2024-01-10"}, {"start"}),

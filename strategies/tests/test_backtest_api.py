@@ -74,8 +74,10 @@ def test_a_backtest_runs_on_the_worker_path_and_serves_metrics_and_chart(trader_
     # (no option candles are stored), and the total is the sum of the trades.
     trades = result["trades"]
     assert len(trades) >= 6 and {trade["priced_by"] for trade in trades} == {"black_scholes"}
-    assert sum(Decimal(trade["pnl"]) for trade in trades) == Decimal(result["total_pnl"])
-    assert Decimal(result["equity_curve"][-1][1]) == Decimal("500000") + Decimal(result["total_pnl"])
+    assert all(isinstance(trade["pnl"], int | float) for trade in trades)  # money is a JSON number, as everywhere
+    assert sum(Decimal(str(trade["pnl"])) for trade in trades) == Decimal(str(result["total_pnl"]))
+    final = result["equity_curve"][-1]
+    assert Decimal(str(final["equity"])) == Decimal("500000") + Decimal(str(result["total_pnl"]))
     assert detail["chart_url"] == f"/api/strategies/{strategy['id']}/backtests/{backtest_id}/chart.png"
 
     chart = trader_client.get(detail["chart_url"])

@@ -193,7 +193,7 @@ def test_a_leg_that_cannot_be_placed_marks_the_fire_failed_and_tells_the_user(tr
     from accounts.models import Notification
 
     body = straddle_body(paper)
-    body["legs"][0].update({"strike": "fixed", "strike_price": "30000", "stop_loss_unit": "", "stop_loss": None})
+    body["legs"][0].update({"strike": "fixed", "strike_price": "30000", "stop_loss_unit": None, "stop_loss": None})
     body["legs"] = body["legs"][:1]
     strategy = create(trader_client, body)
     run_id = start(trader_client, strategy["id"]).json()["run"]["id"]

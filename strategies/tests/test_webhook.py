@@ -339,3 +339,77 @@ def test_signals_of_the_webhook_are_listed_for_the_owner(strategy, trader_client
         ("accepted", ""),
     ]
     assert all(strategy["webhook_secret"] not in json.dumps(item) for item in listed["items"])
+
+
+# --- abuse: bounded storage, counted refusals, quantity bound, size and rate limits -------------------------------
+
+
+def test_a_flood_of_refused_calls_is_counted_in_full_but_stored_only_up_to_the_bound(
+    strategy, trader_client, admin_user, client, settings
+):
+    settings.STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY = 5
+    statuses = [call(strategy["id"], tv(strategy, secret=f"guess-{attempt}")).status_code for attempt in range(12)] + [
+        call(strategy["id"], "not json at all").status_code for _ in range(3)
+    ]
+
+    assert statuses == [401] * 15
+    assert signals_of(strategy).count() == 5
+    shown = trader_client.get(f"/api/strategies/{strategy['id']}").json()
+    assert shown["webhook_rejections_today"] == 15
+    listed = trader_client.get("/api/strategies").json()["items"]
+    assert [item["webhook_rejections_today"] for item in listed if item["id"] == strategy["id"]] == [15]
+    client.force_login(admin_user)
+    operators_view = client.get("/admin/strategies/webhookrejectioncount/")
+    assert operators_view.status_code == 200 and strategy["name"] in operators_view.content.decode()
+
+
+def test_a_refusal_past_the_bound_still_answers_the_error_without_a_signal(strategy, settings):
+    settings.STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY = 1
+    call(strategy["id"], tv(strategy, secret="guess-1"))
+
+    body = assert_error(call(strategy["id"], tv(strategy, secret="guess-2")), 401, "AUTH_INVALID")
+
+    assert body["signal_id"] is None and signals_of(strategy).count() == 1
+
+
+@pytest.mark.parametrize("quantity", [10**12, 2**31, 100_001])
+def test_a_huge_quantity_is_a_validation_error_not_a_server_error(strategy, paper, quantity):
+    body = assert_error(call(strategy["id"], tv(strategy, quantity=quantity)), 400, "VALIDATION_ERROR")
+
+    assert "at most 100000" in body["errors"]["quantity"][0]
+    assert not orders_of(strategy).exists()
+    [signal] = signals_of(strategy)
+    assert (signal.reason, signal.quantity) == ("BAD_PAYLOAD", None)
+
+
+def test_a_negative_quantity_is_a_validation_error(strategy, paper):
+    assert_error(call(strategy["id"], tv(strategy, quantity=-5)), 400, "VALIDATION_ERROR")
+
+
+def test_an_oversized_webhook_is_413_before_its_secret_is_checked(strategy):
+    padding = "x" * (70 * 1024)
+
+    body = assert_error(call(strategy["id"], tv(strategy, note=padding)), 413, "PAYLOAD_TOO_LARGE")
+
+    assert body["max_bytes"] == 64 * 1024
+    assert not signals_of(strategy).exists()
+
+
+def test_webhook_calls_from_one_address_are_throttled(strategy, settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "strategy_webhook": "3/minute"},
+    }
+    statuses = [
+        call(strategy["id"], tv(strategy, secret="guess"), REMOTE_ADDR="198.51.100.20").status_code for _ in range(3)
+    ]
+    refused = call(strategy["id"], tv(strategy, secret="guess"), REMOTE_ADDR="198.51.100.20")
+    unknown = call("stg_doesnotexist", tv(strategy), REMOTE_ADDR="198.51.100.20")
+    elsewhere = call(strategy["id"], tv(strategy, secret="guess"), REMOTE_ADDR="198.51.100.21")
+
+    assert statuses == [401] * 3
+    body = assert_error(refused, 429, "RATE_LIMITED")
+    assert int(refused["Retry-After"]) >= 1 and body["retry_after"] >= 1
+    assert_error(unknown, 429, "RATE_LIMITED")
+    assert elsewhere.status_code == 401
+    assert signals_of(strategy).count() == 4

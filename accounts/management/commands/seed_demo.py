@@ -1,7 +1,8 @@
 """Seed the demo: an admin, a trader, the trader's paper broker account, the instruments and a draft strategy
-(idempotent: existing ones are kept)."""
+(idempotent: existing ones are kept). Refused in production, where the published demo passwords would be a way in."""
 
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts.models import Role, User
@@ -27,8 +28,16 @@ DEMO_USERS = [
 class Command(BaseCommand):
     help = "Create the demo admin and trader if they do not exist, and print the demo logins."
 
-    @transaction.atomic
     def handle(self, *args, **options):
+        if settings.DJANGO_ENV == "production":
+            raise CommandError(
+                "seed_demo creates accounts with published passwords and is refused with DJANGO_ENV=production; "
+                "create the first admin with `manage.py createsuperuser`."
+            )
+        self._seed()
+
+    @transaction.atomic
+    def _seed(self) -> None:
         for spec in DEMO_USERS:
             fields = {key: value for key, value in spec.items() if key not in ("email", "password")}
             if User.objects.filter(email=spec["email"]).exists():

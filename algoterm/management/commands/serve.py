@@ -1,9 +1,11 @@
 """Serve the whole stack: web (ASGI: REST, WebSockets, admin, docs), Celery worker, beat, and with the demo
 settings the simulated market feed and the broker simulators.
 
-Embedded (no REDIS_URL): one process; worker and beat are threads on an in-memory broker.
-Distributed (REDIS_URL set): web, worker, beat and the rest run as child processes under algoterm.supervisor: a
-child that dies is restarted with backoff and operators are alerted; a crash loop stops the stack.
+Embedded (no REDIS_URL): one process; the workers (orders and housekeeping; backtests) and beat are threads on an
+in-memory broker.
+Distributed (REDIS_URL set): web, worker, backtest worker, beat and the rest run as child processes under
+algoterm.supervisor: a child that dies is restarted with backoff and operators are alerted; a crash loop stops the
+stack. Either way backtests run on workers of their own, never in the slots order and risk work needs.
 """
 
 from __future__ import annotations
@@ -68,12 +70,20 @@ class Command(BaseCommand):
             f"  Admin      {base}/admin/",
             f"  Health     {base}/api/health",
             f"  WebSocket  ws://{host}:{port}/ws/events?token=<access token>",
-            "  Demo logins:",
-            *(f"    {user['role']:<7} {user['email']:<20} {user['password']}" for user in DEMO_USERS),
+            *self._demo_login_lines(DEMO_USERS),
             *self._simulator_lines(),
             "",
         ]
         self.stdout.write("\n".join(lines))
+
+    def _demo_login_lines(self, demo_users) -> list[str]:
+        # Production never has the demo users (seed_demo refuses it): their published passwords are not printed.
+        if settings.IS_PRODUCTION:
+            return []
+        return [
+            "  Demo logins:",
+            *(f"    {user['role']:<7} {user['email']:<20} {user['password']}" for user in demo_users),
+        ]
 
     def _simulator_lines(self) -> list[str]:
         if not settings.BROKER_SIMULATORS:
@@ -100,6 +110,7 @@ class Command(BaseCommand):
         from algoterm import embedded, realtime
 
         embedded.start_worker()
+        embedded.start_backtest_worker()
         embedded.start_beat()
         if settings.BROKER_SIMULATORS:
             from brokers.simulators.demo import available_simulators, demo_simulators_start
@@ -174,7 +185,10 @@ class Command(BaseCommand):
         celery = [python, "-m", "celery", "-A", "algoterm"]
         children = [
             ChildSpec("web", [*web, "--no-access-log", "--lifespan", "off"], ports=((host, port),)),
-            ChildSpec("worker", [*celery, "worker", "-l", "INFO", "--concurrency", "2"]),
+            ChildSpec("worker", [*celery, "worker", *main_worker_options()]),
+            # Backtests on workers of their own: a long one never delays an order, an exit or the risk engine. Not
+            # required: without it backtests wait, trading does not.
+            ChildSpec("backtest-worker", [*celery, "worker", *backtest_worker_options()], required=False),
             ChildSpec("beat", [*celery, "beat", "-l", "INFO", "-S", "django_celery_beat.schedulers:DatabaseScheduler"]),
         ]
         source, interval = market_feed_choice()
@@ -200,6 +214,17 @@ class Command(BaseCommand):
                 ChildSpec("razorpay-simulator", command, ports=(("127.0.0.1", razorpay_port),), required=False)
             )
         return children
+
+
+def main_worker_options() -> list[str]:
+    """The worker for orders, exits, the risk engine and housekeeping: every queue but the backtests'."""
+    queues = ",".join(settings.WORKER_QUEUES)
+    return ["-Q", queues, "-n", "worker@%h", "-l", "INFO", "--concurrency", "2"]
+
+
+def backtest_worker_options() -> list[str]:
+    concurrency = str(settings.BACKTEST_WORKER_CONCURRENCY)
+    return ["-Q", settings.TASK_QUEUE_BACKTESTS, "-n", "backtests@%h", "-l", "INFO", "--concurrency", concurrency]
 
 
 def operators_alert(event: ChildEvent) -> None:
