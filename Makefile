@@ -10,7 +10,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 # Parallel test workers (pytest-xdist): each has its own test database and Redis key prefix.
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint bench drill migrate seed clean-venv
+.PHONY: run test lint bench drill fuzz migrate seed clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: $(VENV)/.dev-installed
 # `make drill QUICK=1` is CI's shorter run.
 drill: $(VENV)/.dev-installed
 	$(BIN)/python bench/drill.py $(if $(QUICK),--quick,)
+
+# Schema-driven fuzzing (Schemathesis) of every operation in /api/schema against the running stack, stateful phase
+# included: no 5xx, no undocumented status, no answer outside its schema. `make fuzz QUICK=1` is CI's shorter run.
+fuzz: $(VENV)/.dev-installed
+	$(BIN)/python bench/fuzz.py $(if $(QUICK),--quick,)
 
 clean-venv:
 	rm -rf $(VENV)

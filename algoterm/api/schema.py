@@ -21,7 +21,6 @@ _DESCRIPTIONS = {
     "413": "PAYLOAD_TOO_LARGE: the body is over the route's limit (`max_bytes`).",
     "415": "UNSUPPORTED_MEDIA_TYPE: send application/json.",
     "422": "RISK_REJECTED (`reason` names the rule) or ORDER_REJECTED by the broker (`order_id`).",
-    "502": "BROKER_ERROR: the broker answered with an error.",
     "429": "RATE_LIMITED, with a Retry-After header.",
     "500": "INTERNAL_ERROR.",
     "503": "SERVICE_UNAVAILABLE: a dependency (database, Redis, task queue) is down; retry after Retry-After.",
