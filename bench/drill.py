@@ -18,6 +18,7 @@ development data or the machine's Redis.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -223,6 +224,39 @@ def wait_healthy(base: str, *, since: float, timeout: float = 90) -> float | Non
     return None
 
 
+@contextlib.contextmanager
+def demo_stack_served(
+    *, env: dict[str, str], port: int, database_variable: str, log_path: str = "", start_seconds: float = START_SECONDS
+):
+    """The run's own database (named by `database_variable`) migrated and seeded with the demo, and `serve` on
+    `port` until healthy; on the way out the stack is stopped and the database dropped, whatever happened."""
+    database_recreate(database_variable)
+    serve = None
+    try:
+        manage(env, "migrate", "--noinput")
+        manage(env, "sync_periodic_tasks")
+        manage(env, "seed_demo")
+        log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed with the stack)
+        serve = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait_healthy(f"http://127.0.0.1:{port}", since=time.monotonic(), timeout=start_seconds) is None:
+            raise SystemExit("the stack did not become healthy")
+        yield serve
+    finally:
+        if serve is not None:
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+        database_recreate(database_variable, drop_only=True)
+
+
 def first_success_after(tally: Tally, moment: float, *, timeout: float = 90) -> float | None:
     deadline = moment + timeout
     while time.monotonic() < deadline:
@@ -330,65 +364,44 @@ def main() -> int:
     env = stack_environment(redis.url)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    database_recreate("DRILL_DATABASE_URL")
-    serve = None
     started = time.monotonic()
     try:
-        manage(env, "migrate", "--noinput")
-        manage(env, "sync_periodic_tasks")
-        manage(env, "seed_demo")
-        log = open(args.log, "w") if args.log else subprocess.DEVNULL  # noqa: SIM115 (closed with the stack)
-        serve = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        if wait_healthy(base, since=time.monotonic(), timeout=START_SECONDS) is None:
-            raise SystemExit("the stack did not become healthy")
-        token = login(base, "trader@example.com", "Trader@Demo2026")
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {token}"
-        account = next(a for a in session.get(f"{base}/api/brokers/accounts", timeout=30).json()["items"])
-        equities = session.get(f"{base}/api/instruments", params={"instrument_type": "EQ"}, timeout=30).json()
-        symbol = equities["items"][0]["symbol"]
+        with demo_stack_served(env=env, port=port, database_variable="DRILL_DATABASE_URL", log_path=args.log) as serve:
+            token = login(base, "trader@example.com", "Trader@Demo2026")
+            session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {token}"
+            account = next(a for a in session.get(f"{base}/api/brokers/accounts", timeout=30).json()["items"])
+            equities = session.get(f"{base}/api/instruments", params={"instrument_type": "EQ"}, timeout=30).json()
+            symbol = equities["items"][0]["symbol"]
 
-        def body_for(index: int) -> dict:
-            # Buys and sells by turns, so the position stays small and no risk limit is reached.
-            return {
-                "account_id": account["id"],
-                "symbol": symbol,
-                "side": "BUY" if index % 2 == 0 else "SELL",
-                "quantity": 1,
-                "order_type": "MARKET",
-                "product": "MIS",
-            }
+            def body_for(index: int) -> dict:
+                # Buys and sells by turns, so the position stays small and no risk limit is reached.
+                return {
+                    "account_id": account["id"],
+                    "symbol": symbol,
+                    "side": "BUY" if index % 2 == 0 else "SELL",
+                    "quantity": 1,
+                    "order_type": "MARKET",
+                    "product": "MIS",
+                }
 
-        keys = [f"drill-{uuid.uuid4().hex}" for _ in range(total)]
-        per_client = [keys[i::clients] for i in range(clients)]
-        tally = Tally()
-        threads = [
-            threading.Thread(target=client_loop, args=(base, token, body_for, chunk, tally, pace))
-            for chunk in per_client
-        ]
-        load_started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        faults = inject_faults(serve, redis, base, tally, gap)
-        for thread in threads:
-            thread.join()
-        load_seconds = time.monotonic() - load_started
-        books = settle_and_count(keys, tally, env)
+            keys = [f"drill-{uuid.uuid4().hex}" for _ in range(total)]
+            per_client = [keys[i::clients] for i in range(clients)]
+            tally = Tally()
+            threads = [
+                threading.Thread(target=client_loop, args=(base, token, body_for, chunk, tally, pace))
+                for chunk in per_client
+            ]
+            load_started = time.monotonic()
+            for thread in threads:
+                thread.start()
+            faults = inject_faults(serve, redis, base, tally, gap)
+            for thread in threads:
+                thread.join()
+            load_seconds = time.monotonic() - load_started
+            books = settle_and_count(keys, tally, env)
     finally:
-        if serve is not None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
         redis.close()
-        database_recreate("DRILL_DATABASE_URL", drop_only=True)
 
     five_hundreds = tally.statuses.get(500, 0)
     other_5xx = sum(count for status, count in tally.statuses.items() if status > 500)

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.database import database_recreate  # noqa: E402
-from bench.drill import PrivateRedis, free_port, login, manage, wait_healthy  # noqa: E402
+from bench.drill import PrivateRedis, demo_stack_served, free_port, login  # noqa: E402
 
 os.environ.setdefault("FUZZ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/algoterm_bench_fuzz")
 START_SECONDS = 120
@@ -202,39 +200,20 @@ def main() -> int:
     env = stack_environment(redis.url)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    database_recreate("FUZZ_DATABASE_URL")
     report_dir = Path(args.reports) if args.reports else Path(tempfile.mkdtemp(prefix="fuzz-reports-"))
     report_dir.mkdir(parents=True, exist_ok=True)
-    serve = None
     started = time.monotonic()
     codes = []
     passes = [p for p in fuzz_passes() if p.name.startswith(args.only)]
     try:
-        manage(env, "migrate", "--noinput")
-        manage(env, "sync_periodic_tasks")
-        manage(env, "seed_demo")
-        log = open(args.log, "w") if args.log else subprocess.DEVNULL  # noqa: SIM115 (closed with the stack)
-        serve = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        if wait_healthy(base, since=time.monotonic(), timeout=START_SECONDS) is None:
-            raise SystemExit("the stack did not become healthy")
-        login(base, *TRADER)
-        for fuzz in passes:
-            codes.append(run_pass(fuzz, base=base, env=env, args=args, report_dir=report_dir))
+        with demo_stack_served(
+            env=env, port=port, database_variable="FUZZ_DATABASE_URL", log_path=args.log, start_seconds=START_SECONDS
+        ):
+            login(base, *TRADER)
+            for fuzz in passes:
+                codes.append(run_pass(fuzz, base=base, env=env, args=args, report_dir=report_dir))
     finally:
-        if serve is not None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
         redis.close()
-        database_recreate("FUZZ_DATABASE_URL", drop_only=True)
         if not args.reports:
             shutil.rmtree(report_dir, ignore_errors=True)
     print_table(passes)

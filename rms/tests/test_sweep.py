@@ -10,7 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import connection, connections
 
-from accounts.models import AuditEvent, Notification
+from accounts.models import AuditEvent, Notification, Role
 from accounts.tests.factories import UserFactory
 from accounts.tests.test_events_ws import connect, token_for
 from algoterm.api.errors import RiskRejected
@@ -28,6 +28,7 @@ from rms.services import (
     Reason,
     check_order,
     mtm_book,
+    profile_update,
     state_today,
     sweep,
     trading_day,
@@ -395,8 +396,10 @@ def test_the_auto_square_off_closes_intraday_positions_once_at_its_time(
     state = state_today(user_id=trader.pk)
     assert state.auto_square_off_done_at is not None and state.status == TradingState.NORMAL
 
-    set_limits(trader, auto_square_off_time=None)
-    hold(trader_client, paper, market, quantity=2)  # a new intraday position after it
+    # An operator lifts it (the trader's own loosening would wait for the next trading day) for a new intraday
+    # position after it.
+    profile_update(actor=UserFactory(role=Role.ADMIN), user=trader, data={"auto_square_off_time": None})
+    hold(trader_client, paper, market, quantity=2)
     set_limits(trader, auto_square_off_time=time(15, 15))
     assert sweep(now=at("15:20")).auto_squared_off == 0  # once a day
     assert len(square_off_orders(trader)) == 1 and len(events(trader, RmsEvent.Kind.AUTO_SQUARE_OFF)) == 1
