@@ -43,8 +43,11 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Each benchmark makes its own database (or a throw-away SQLite one): never the one DATABASE_URL names.
 bench: $(VENV)/.dev-installed
-	@for script in bench/bench_*.py; do BENCH_QUICK=$(if $(QUICK),1,) $(BIN)/python $$script || exit 1; done
+	@for script in bench/bench_*.py; do \
+		env -u DATABASE_URL BENCH_QUICK=$(if $(QUICK),1,) $(BIN)/python $$script || exit 1; \
+	done
 
 # The fault drill: the distributed stack under retrying clients while a worker, the web process and Redis fail.
 # `make drill QUICK=1` is CI's shorter run.
