@@ -42,6 +42,7 @@ test: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # Each benchmark makes its own database (or a throw-away SQLite one): never the one DATABASE_URL names.
 bench: $(VENV)/.dev-installed

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import admin_api, api
+from accounts import api
 
 urlpatterns = [
     path("auth/register", api.RegisterApi.as_view(), name="auth-register"),
@@ -12,10 +12,4 @@ urlpatterns = [
     path("notifications", api.NotificationListApi.as_view(), name="notifications-list"),
     path("notifications/read-all", api.NotificationReadAllApi.as_view(), name="notifications-read-all"),
     path("notifications/<str:notification_id>/read", api.NotificationReadApi.as_view(), name="notifications-read"),
-    path("admin/users", admin_api.AdminUserListApi.as_view(), name="admin-users"),
-    path(
-        "admin/users/<str:user_id>/deactivate", admin_api.AdminUserDeactivateApi.as_view(), name="admin-user-deactivate"
-    ),
-    path("admin/payments", admin_api.AdminPaymentListApi.as_view(), name="admin-payments"),
-    path("admin/logs", admin_api.AdminAuditListApi.as_view(), name="admin-logs"),
 ]

@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "rms",
     "strategies",
     "billing",
+    "algoterm.console.apps.ConsoleConfig",
 ]
 
 MIDDLEWARE = [
@@ -505,6 +506,11 @@ LOGGING = {
 # Brokers. Base URLs point the SDKs at the brokers or, with BROKER_SIMULATORS (on by default outside production and
 # tests), at the local simulators that `manage.py serve` starts, so the demo trades "at Zerodha" with no internet.
 BROKER_SIMULATORS = env.bool("BROKER_SIMULATORS", default=DJANGO_ENV == "development")
+# The sandbox (simulators, demo seeding) is for the demo and the tests; a production server without the simulators
+# never loads it. Outside production it stays installed with the simulators off, so a laptop can still seed the demo.
+SANDBOX_INSTALLED = BROKER_SIMULATORS or not IS_PRODUCTION
+if SANDBOX_INSTALLED:
+    INSTALLED_APPS.append("algoterm.sandbox.apps.SandboxConfig")
 SIMULATOR_PORTS = {
     "kite": env.int("KITE_SIMULATOR_PORT", default=8101),
     "dhan": env.int("DHAN_SIMULATOR_PORT", default=8102),

@@ -2,8 +2,8 @@ from datetime import datetime
 
 from celery import shared_task
 
+from algoterm.console.system import holiday_lists_alert
 from algoterm.health import heartbeat_record
-from algoterm.system import holiday_lists_alert
 
 
 @shared_task(name="algoterm.tasks.heartbeat", ignore_result=True, expires=30)

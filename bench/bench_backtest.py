@@ -150,7 +150,7 @@ def engine_run(runs: Runs) -> None:
 
 def load_run(runs: Runs) -> None:
     """The floor: the engine's own loading step (its one values_list query, fetched into numpy), nothing else."""
-    from strategies.backtest import _minutes_load
+    from strategies.candles import _minutes_load
 
     started = time.perf_counter()
     minutes = _minutes_load(SPOT_SYMBOL, since=YEAR_START, until=YEAR_END)

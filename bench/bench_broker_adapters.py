@@ -27,9 +27,9 @@ django.setup()
 
 from django.core.management import call_command  # noqa: E402
 
+from algoterm.sandbox.simulators.base import RateWindows, SimulatorServer  # noqa: E402
 from brokers.adapters.base import AdapterConfig, BrokerSession, OrderRequest, OrderType, Product, Side  # noqa: E402
 from brokers.prices import quote_at, quote_publish  # noqa: E402
-from brokers.simulators.base import RateWindows, SimulatorServer  # noqa: E402
 
 ROUNDS = sized(150, 10)
 SYMBOL = "NSE:INFY"
@@ -53,8 +53,8 @@ def timed_pair(bare, ours) -> tuple[list[float], list[float]]:
 def zerodha_pair():
     from kiteconnect import KiteConnect
 
+    from algoterm.sandbox.simulators.kite import KiteSimulator
     from brokers.adapters.zerodha import ZerodhaAdapter
-    from brokers.simulators.kite import KiteSimulator
 
     app = KiteSimulator()
     app.order_limits = app.other_limits = RateWindows(UNLIMITED)
@@ -92,8 +92,8 @@ def zerodha_pair():
 def dhan_pair():
     from dhanhq import DhanContext, dhanhq
 
+    from algoterm.sandbox.simulators.dhan import DhanSimulator
     from brokers.adapters.dhan import DhanAdapter
-    from brokers.simulators.dhan import DhanSimulator
 
     app = DhanSimulator(rate_limits={"orders": UNLIMITED, "quotes": UNLIMITED, "data": UNLIMITED})
     app.register_client("1100000001", "bench-token")
@@ -129,8 +129,8 @@ def dhan_pair():
 def fyers_pair():
     from fyers_apiv3 import fyersModel
 
+    from algoterm.sandbox.simulators.fyers import FyersSimulator
     from brokers.adapters.fyers import FyersAdapter
-    from brokers.simulators.fyers import FyersSimulator
 
     app = FyersSimulator()
     app._order_limits = app._other_limits = RateWindows(UNLIMITED)

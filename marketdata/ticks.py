@@ -1,7 +1,8 @@
 """The tick bus: one call takes a batch of fresh quotes to every consumer of market data.
 
 `ticks_publish` updates the quote cache, lets the simulated exchange fill resting paper orders the new prices
-cross, and fans the ticks out to the `/ws/market-data` groups (one group per symbol).
+cross, announces the moved symbols (`marketdata.signals.ticks_published`: tick-driven RMS listens) and fans the ticks
+out to the `/ws/market-data` groups (one group per symbol).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from channels.layers import get_channel_layer
 
 from brokers.adapters.base import Quote
 from marketdata.quotes import _encode, quotes_put
+from marketdata.signals import ticks_published
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +37,6 @@ async def ticks_fan_out(quotes: list[Quote]) -> None:
         await layer.group_send(symbol_group(quote.symbol), tick_message(quote))
 
 
-def _risk_evaluate(symbols: list[str]) -> None:
-    """Tick-driven RMS: the users holding these symbols are evaluated at once rather than at the next sweep."""
-    from django.conf import settings
-
-    if not settings.RMS_TICK_EVALUATION:
-        return
-    from rms.tasks import evaluate_symbols
-
-    try:
-        evaluate_symbols.delay(symbols)
-    except Exception:  # the sweep still runs; a tick must reach its subscribers whatever happens here
-        logger.exception("tick-driven risk evaluation could not be queued")
-
-
 def ticks_publish(quotes: list[Quote], *, fan_out: bool = True) -> int:
     """Returns how many paper/simulator orders the ticks filled."""
     if not quotes:
@@ -61,7 +49,8 @@ def ticks_publish(quotes: list[Quote], *, fan_out: bool = True) -> int:
     except Exception:  # one bad order must not stop ticks reaching subscribers and candles
         logger.exception("matching resting orders failed")
         fills = 0
-    _risk_evaluate([quote.symbol for quote in quotes])
+    # Listeners are best effort: a tick must reach its subscribers whatever happens in them.
+    ticks_published.send_robust(sender=ticks_publish, symbols=[quote.symbol for quote in quotes])
     if fan_out:
         try:
             async_to_sync(ticks_fan_out)(quotes)

@@ -34,6 +34,9 @@ class OrdersConfig(AppConfig):
     def ready(self) -> None:
         from algoterm.realtime import snapshot_part_register
         from brokers.exchange import order_changes_listen
+        from marketdata.signals import kite_order_update_received
+        from orders.receivers import on_kite_order_update_received
 
         order_changes_listen(_paper_fills_reconcile)
         snapshot_part_register(_events_snapshot)
+        kite_order_update_received.connect(on_kite_order_update_received, dispatch_uid="orders.kite_socket_update")

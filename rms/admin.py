@@ -14,6 +14,7 @@ from algoterm.api.errors import ValidationFailed
 from rms import services
 from rms.admin_actions import halt_selected, resume_selected
 from rms.models import (
+    MTM_RULES,
     PlatformRiskCeiling,
     RiskProfile,
     RmsEvent,
@@ -49,7 +50,7 @@ class RiskProfileForm(forms.ModelForm):
             self.add_error("account", "This broker account belongs to another user.")
             return cleaned
         if account is not None:
-            for name in services.MTM_RULES:
+            for name in MTM_RULES:
                 if cleaned.get(name) is not None:
                     self.add_error(name, "MTM rules watch all the user's accounts; set this on the user's profile.")
             if self.errors:

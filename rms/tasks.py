@@ -3,16 +3,15 @@
 from celery import shared_task
 
 from rms import services
+from rms.signals import sweep_finished
 
 
 @shared_task(name="rms.tasks.sweep")
 def sweep() -> int:
-    """Beat: every user with positions today, in one pass; then the running strategies' own MTM limits and
-    re-entries, on the same clock."""
-    from strategies.services import strategies_monitor
-
+    """Beat: every user with positions today, in one pass; then, on the same clock, what listens to
+    `sweep_finished` (the running strategies' own MTM limits and re-entries)."""
     breaches = len(services.sweep().breaches)
-    strategies_monitor()
+    sweep_finished.send(sender=None)
     return breaches
 
 

@@ -9,6 +9,8 @@ class StrategiesConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts.signals import trading_revoked
-        from strategies.receivers import on_trading_revoked
+        from rms.signals import sweep_finished
+        from strategies.receivers import on_sweep_finished, on_trading_revoked
 
         trading_revoked.connect(on_trading_revoked, dispatch_uid="strategies.stop_on_trading_revoked")
+        sweep_finished.connect(on_sweep_finished, dispatch_uid="strategies.monitor_after_rms_sweep")

@@ -12,7 +12,8 @@ from accounts.models import User
 from algoterm.api.errors import NotFound
 
 from .models import Backtest, RunStatus, Signal, Strategy, StrategyRun, WebhookRejectionCount
-from .services import IST, RunPnl, run_pnl
+from .services import RunPnl, run_pnl
+from .services.clock import IST
 
 
 def _today_ist():

@@ -168,7 +168,7 @@ def test_production_refuses_the_demo_universe(console, settings, instruments):  
 
 @committing
 def test_resync_reads_a_connected_zerodha_accounts_dump(console, settings, admin_user, trader):
-    from brokers.simulators.kite import KiteSimulator
+    from algoterm.sandbox.simulators.kite import KiteSimulator
     from brokers.tests.conftest import serving
 
     app = KiteSimulator()

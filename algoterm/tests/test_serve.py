@@ -131,7 +131,7 @@ def base_env() -> dict:
 
 def connect_zerodha_through_the_demo_simulator(base: str) -> None:
     """The demo's promise: a 'zerodha' account connected end to end, login page included, with no internet."""
-    from brokers.simulators.demo import DEMO_CREDENTIALS
+    from algoterm.sandbox.demo import DEMO_CREDENTIALS
     from brokers.tests.test_zerodha import submit_login_form
 
     _, login = http("POST", f"{base}/api/auth/login", {"email": "trader@example.com", "password": "Trader@Demo2026"})
@@ -204,7 +204,7 @@ def test_serve_refuses_a_busy_web_port_in_one_line(django_db_setup):
 @pytest.mark.django_db
 def test_serve_runs_the_broker_simulators_as_optional_children_with_their_ports(settings):
     from algoterm.management.commands.serve import Command
-    from brokers.simulators.demo import available_simulators
+    from algoterm.sandbox.demo import available_simulators
 
     settings.BROKER_SIMULATORS = True
     children = {child.name: child for child in Command()._distributed_children("0.0.0.0", 9000)}

@@ -2,8 +2,8 @@
 
 from io import StringIO
 
-from accounts.management.commands.seed_demo import DEMO_USERS
 from algoterm.management.commands.serve import Command
+from algoterm.sandbox.demo import DEMO_USERS
 
 
 def banner() -> str:

@@ -15,12 +15,12 @@ from django.conf import settings as django_settings
 
 from accounts.models import AuditEvent, Notification
 from accounts.tests.factories import AdminFactory
-from algoterm import system
+from algoterm.console import system
 from algoterm.models import PlatformMode, PlatformState
+from algoterm.sandbox.simulators.kite import KiteSimulator
 from algoterm.testing import assert_error, assert_requires_auth, client_for
 from brokers.gateway import adapter_for
 from brokers.models import BrokerAccount, SimAccount, SimOrder, Venue
-from brokers.simulators.kite import KiteSimulator
 from brokers.tests.conftest import serving
 from brokers.tests.test_api import KITE_KEY, KITE_SECRET, connect_zerodha
 from orders.models import Order, OrderSource, OrderStatus, Position

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from billing.simulator import RazorpaySimulator, SimWebhook
-from brokers.simulators.base import SimulatorServer
+from algoterm.sandbox.simulators.base import SimulatorServer
+from algoterm.sandbox.simulators.razorpay import RazorpaySimulator, SimWebhook
 
 KEY_ID, KEY_SECRET, WEBHOOK_SECRET = "rzp_test_key", "test-key-secret", "test-webhook-secret"
 

@@ -16,11 +16,11 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.tests.factories import UserFactory
+from algoterm.sandbox.simulators.base import SimulatorServer
+from algoterm.sandbox.simulators.razorpay import RazorpaySimulator
 from algoterm.testing import client_for
 from billing.models import Payment, Plan, Subscription, WebhookEvent
-from billing.simulator import RazorpaySimulator
 from billing.tests.conftest import KEY_ID, KEY_SECRET, WEBHOOK_SECRET, deliver_all
-from brokers.simulators.base import SimulatorServer
 
 pytestmark = pytest.mark.django_db
 

@@ -18,13 +18,13 @@ from rest_framework_simplejwt.tokens import AccessToken
 from accounts.models import User
 from accounts.tests.factories import AdminFactory, UserFactory
 from algoterm.asgi import application
+from algoterm.sandbox.simulators.kite import KiteSimulator
 from algoterm.testing import assert_error, client_for
 from billing.models import Plan, Subscription
 from billing.selectors import entitlements_forget
 from billing.tests.conftest import deliver_all
 from brokers.models import BrokerAccount, SimOrder, Venue
 from brokers.prices import quote_at
-from brokers.simulators.kite import KiteSimulator
 from brokers.tests.conftest import serving
 from brokers.tests.test_api import KITE_KEY, KITE_SECRET, connect_zerodha
 from marketdata.quotes import quotes_put

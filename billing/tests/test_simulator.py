@@ -16,8 +16,8 @@ import pytest
 import razorpay
 from razorpay.errors import BadRequestError, ServerError, SignatureVerificationError
 
-from billing.simulator import IST, RazorpaySimulator, RazorpaySimulatorError, SimWebhook, advance
-from brokers.simulators.base import SimulatorServer
+from algoterm.sandbox.simulators.base import SimulatorServer
+from algoterm.sandbox.simulators.razorpay import IST, RazorpaySimulator, RazorpaySimulatorError, SimWebhook, advance
 
 KEY_ID, KEY_SECRET, WEBHOOK_SECRET = "rzp_test_simulator", "simulator-key-secret", "simulator-webhook-secret"
 JAN_15 = int(datetime(2026, 1, 15, 10, 0, tzinfo=IST).timestamp())

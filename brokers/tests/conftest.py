@@ -3,7 +3,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from brokers.simulators.base import SimulatorApp, SimulatorServer
+from algoterm.sandbox.simulators.base import SimulatorApp, SimulatorServer
 
 
 @contextlib.contextmanager

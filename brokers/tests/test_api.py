@@ -10,9 +10,9 @@ from rest_framework.test import APIClient
 
 from accounts.models import Notification, Role
 from accounts.tests.factories import UserFactory
+from algoterm.sandbox.simulators.kite import KiteSimulator
 from algoterm.testing import assert_error, assert_other_user_gets_404, assert_requires_auth, client_for
 from brokers.models import AccountStatus, BrokerAccount
-from brokers.simulators.kite import KiteSimulator
 from brokers.tests.conftest import serving
 from brokers.tests.test_zerodha import submit_login_form
 

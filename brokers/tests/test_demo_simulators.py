@@ -5,7 +5,7 @@ import socket
 import pytest
 from websockets.sync.client import connect
 
-from brokers.simulators.demo import DEMO_CREDENTIALS, FEED_PORT_OFFSET, demo_simulators_start
+from algoterm.sandbox.demo import DEMO_CREDENTIALS, FEED_PORT_OFFSET, demo_simulators_start
 
 
 def free_port() -> int:

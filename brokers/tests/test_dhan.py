@@ -11,6 +11,7 @@ import pytest
 import requests
 from dhanhq import DhanHTTP
 
+from algoterm.sandbox.simulators.dhan import DhanSimulator
 from brokers import exchange
 from brokers.adapters.base import (
     AdapterConfig,
@@ -49,7 +50,6 @@ from brokers.adapters.dhan import (
     order_status,
     symbol_from_dhan,
 )
-from brokers.simulators.dhan import DhanSimulator
 from brokers.tests.conftest import serving
 
 CLIENT_ID = "1100000001"

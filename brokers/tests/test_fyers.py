@@ -18,6 +18,8 @@ import pytest
 import requests
 from fyers_apiv3 import fyersModel
 
+from algoterm.sandbox.simulators.base import SimulatorServer
+from algoterm.sandbox.simulators.fyers import FyersSimulator, app_id_hash
 from brokers import exchange
 from brokers.adapters import fyers as fy
 from brokers.adapters.base import (
@@ -38,8 +40,6 @@ from brokers.adapters.base import (
     Validity,
 )
 from brokers.adapters.fyers import FyersAdapter
-from brokers.simulators.base import SimulatorServer
-from brokers.simulators.fyers import FyersSimulator, app_id_hash
 
 from .conftest import serving
 

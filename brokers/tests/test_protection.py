@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from accounts.tests.factories import UserFactory
+from algoterm.sandbox.simulators.kite import KiteSimulator
 from brokers.adapters.base import BrokerUnavailable
 from brokers.gateway import adapter_for
 from brokers.models import AccountStatus, BrokerAccount
 from brokers.protection import order_limits
-from brokers.simulators.kite import KiteSimulator
 from brokers.tests.conftest import serving
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from accounts.tests.factories import UserFactory
+from algoterm.sandbox.simulators.dhan import DhanSimulator
 from algoterm.testing import assert_error, client_for
 from brokers.egress import PROXY_UNREACHABLE
 from brokers.models import BrokerAccount
-from brokers.simulators.dhan import DhanSimulator
 from brokers.tests.conftest import serving
 from brokers.tests.test_api import CONNECT, KITE_KEY, KITE_SECRET, connect_zerodha, kite_sim  # noqa: F401
 

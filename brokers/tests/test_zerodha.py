@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from algoterm.sandbox.simulators.kite import KITE_STATUS, KiteSimulator
 from brokers.adapters import zerodha
 from brokers.adapters.base import (
     AdapterConfig,
@@ -25,7 +26,6 @@ from brokers.adapters.base import (
     Validity,
 )
 from brokers.adapters.zerodha import ZerodhaAdapter
-from brokers.simulators.kite import KITE_STATUS, KiteSimulator
 from brokers.tests.conftest import serving
 
 API_KEY, API_SECRET = "test-key", "test-secret"

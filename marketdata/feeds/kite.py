@@ -8,7 +8,8 @@ connection subscribes to the feed's current symbols in `on_open`, so a reconnect
 
 Threads: the reactor thread only parses frames (the SDK does) and queues tick batches and order updates; the thread
 running `stream` converts ticks to Quotes and publishes them, and hands the connecting user's order updates
-(postback-like dicts) to `on_order_update`, so a slow publish or database write never stalls the socket.
+(postback-like dicts) to `on_order_update`, so a slow publish or database write never stalls the socket. A feed
+built for an account announces them as `kite_order_update_received`, which the orders app applies.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from brokers.adapters.base import BrokerUnavailable, InvalidInput, Quote, SessionExpired
 from brokers.instruments import by_symbol
 from marketdata.feeds.base import BrokerFeed
+from marketdata.signals import kite_order_update_received
 
 if TYPE_CHECKING:
     from brokers.models import BrokerAccount
@@ -148,9 +150,7 @@ class KiteFeed(BrokerFeed):
             raise InvalidInput(f"A Kite feed needs a Zerodha account; {account} is {account.broker}.")
 
         def order_update_apply(data: dict[str, Any]) -> None:
-            from orders.postbacks import kite_socket_update_apply
-
-            kite_socket_update_apply(account_id=account.pk, data=data)
+            kite_order_update_received.send(sender=cls, account_id=account.pk, data=data)
 
         options.setdefault("on_order_update", order_update_apply)
         return cls(

@@ -189,8 +189,8 @@ def test_a_missing_next_year_list_warns_in_health_and_alerts_each_admin_once(adm
 @pytest.mark.django_db
 def test_no_warning_and_no_alert_once_the_operator_adds_next_years_list(admin_user):
     from accounts.models import Notification
+    from algoterm.console.system import holiday_lists_alert
     from algoterm.health import check_holidays
-    from algoterm.system import holiday_lists_alert
 
     store_holidays([*calendar.NSE_TRADING_HOLIDAYS.items(), (date(2028, 1, 26), "Republic Day")])
 
@@ -201,8 +201,8 @@ def test_no_warning_and_no_alert_once_the_operator_adds_next_years_list(admin_us
 
 @pytest.mark.django_db
 def test_before_december_next_years_missing_list_is_no_warning(admin_user):
+    from algoterm.console.system import holiday_lists_alert
     from algoterm.health import check_holidays
-    from algoterm.system import holiday_lists_alert
 
     november = datetime(2027, 11, 30, 9, 0, tzinfo=IST)
 
@@ -216,7 +216,7 @@ def test_a_run_that_finds_another_one_alerting_leaves_it_to_that_run(admin_user)
     from django.core.cache import cache
 
     from accounts.models import Notification
-    from algoterm.system import holiday_lists_alert
+    from algoterm.console.system import holiday_lists_alert
 
     cache.add("system:holidays_alert:2028", "2027-12-05", timeout=60)  # a concurrent delivery is at work
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
+from algoterm.sandbox.simulators.dhan_feed import FULL, QUOTE, TICKER, DhanFeedSimulator
 from brokers.adapters.base import BrokerUnavailable, InvalidInput, Quote, SessionExpired
-from brokers.simulators.dhan_feed import FULL, QUOTE, TICKER, DhanFeedSimulator
 from marketdata.feeds.base import Backoff
 from marketdata.feeds.dhan import DhanFeed
 from marketdata.tests.feed_helpers import WAIT, Collector, running

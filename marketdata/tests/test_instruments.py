@@ -14,6 +14,7 @@ from marketdata.instruments import (
     instruments_load_kite_csv,
     kite_csv_text,
     kite_option_tradingsymbol,
+    loader,
     monthly_expiry,
     weekly_expiries,
 )
@@ -166,7 +167,7 @@ def test_a_header_without_kite_columns_is_refused():
 def test_a_failure_while_writing_rolls_the_whole_load_back(monkeypatch):
     load(KITE_CSV)
     before = list(Instrument.objects.order_by("symbol").values())
-    monkeypatch.setattr(master, "WRITE_BATCH_SIZE", 3)
+    monkeypatch.setattr(loader, "WRITE_BATCH_SIZE", 3)
     real_bulk_create = Instrument.objects.bulk_create.__func__
     calls = []
 
@@ -335,10 +336,10 @@ def test_command_loads_the_demo_universe():
 
 @pytest.mark.django_db(transaction=True)
 def test_the_kite_adapter_reads_the_simulators_dump_and_it_loads():
+    from algoterm.sandbox.simulators.kite import KiteSimulator
     from brokers.adapters.base import AdapterConfig, BrokerSession, InvalidInput
     from brokers.adapters.paper import PaperAdapter
     from brokers.adapters.zerodha import ZerodhaAdapter
-    from brokers.simulators.kite import KiteSimulator
     from brokers.tests.conftest import serving
 
     app = KiteSimulator()

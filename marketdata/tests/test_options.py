@@ -7,15 +7,14 @@ import math
 import numpy as np
 import pytest
 
+from algoterm.sandbox.options_reference import black_scholes_greeks_scalar, implied_volatility_scalar
 from marketdata.options import (
     IV_LOWER_BOUND,
     IV_UPPER_BOUND,
     black_scholes_greeks,
-    black_scholes_greeks_scalar,
     black_scholes_price,
     implied_volatility,
     implied_volatility_and_greeks,
-    implied_volatility_scalar,
 )
 
 ONE_DAY = 1.0 / 365.0

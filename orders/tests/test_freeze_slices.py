@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from algoterm.config import config_put
-from algoterm.system import trading_stop
+from algoterm.console.system import trading_stop
 from brokers.prices import quote_at, quote_publish
 from marketdata.models import Instrument, InstrumentType
 from orders.models import LegRole, Order, OrderStatus, Position

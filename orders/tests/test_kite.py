@@ -10,10 +10,10 @@ import pytest
 from rest_framework.test import APIClient
 
 from algoterm.api.errors import AppError
+from algoterm.sandbox.simulators.kite import KiteSimulator
 from algoterm.testing import assert_error
 from brokers import exchange
 from brokers.models import BrokerAccount, SimOrder
-from brokers.simulators.kite import KiteSimulator
 from brokers.tests.conftest import serving
 from brokers.tests.test_api import KITE_KEY, KITE_SECRET, connect_zerodha
 from orders import postbacks as postback_services

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from accounts.tests.factories import UserFactory
+from algoterm.sandbox.simulators.kite import KiteSimulator
+from algoterm.sandbox.simulators.kite_ticker import KiteTickerSimulator
 from algoterm.testing import client_for
 from brokers.models import BrokerAccount
-from brokers.simulators.kite import KiteSimulator
-from brokers.simulators.kite_ticker import KiteTickerSimulator
 from brokers.tests.test_api import connect_zerodha
 from marketdata.feeds.kite import KiteFeed
 from marketdata.tests.feed_helpers import running

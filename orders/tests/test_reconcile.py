@@ -22,6 +22,8 @@ from brokers.gateway import adapter_for
 from brokers.models import SimOrder
 from orders import services
 from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus, Position, Trade
+from orders.services.placement import _order_create, _order_mark_unknown
+from orders.services.reconcile import _order_resubmit_protective
 from orders.tasks import reconcile_account
 from orders.tests.factories import EQUITY
 
@@ -44,9 +46,7 @@ def spec(account, **fields) -> services.OrderSpec:
 def saved_not_submitted(user, account, *, role=LegRole.ENTRY, parent=None, source=OrderSource.API, **fields) -> Order:
     """What a process leaves behind when it dies after committing the order and before calling the broker."""
     validated = services.order_validate(user=user, spec=spec(account, **fields))
-    order = services._order_create(
-        user=user, validated=validated, source=source, role=role, parent=parent, strategy_ref=""
-    )
+    order = _order_create(user=user, validated=validated, source=source, role=role, parent=parent, strategy_ref="")
     assert order.status == OrderStatus.SUBMITTING and not order.broker_order_id
     return order
 
@@ -211,7 +211,7 @@ def test_two_reconciliations_that_both_saw_a_stuck_exit_send_it_once(trader, pap
     services.orders_reconcile(account_id=paper.pk, now=after_grace())  # ...and the first one sent it
     assert len(at_broker(leg)) == 1
 
-    services._order_resubmit_protective(order=seen_by_second)
+    _order_resubmit_protective(order=seen_by_second)
 
     assert len(at_broker(leg)) == 1
 
@@ -231,7 +231,7 @@ def test_a_stuck_exit_claimed_by_another_reconciliation_is_left_to_it(trader, pa
     # Another reconciliation has just claimed it (its claim touches the row) and is calling the broker now.
     Order.objects.filter(pk=leg.pk).update(updated_at=timezone.now())
 
-    services._order_resubmit_protective(order=seen)
+    _order_resubmit_protective(order=seen)
 
     assert at_broker(leg) == []
     leg.refresh_from_db()
@@ -244,7 +244,7 @@ def test_a_stuck_exit_claimed_by_another_reconciliation_is_left_to_it(trader, pa
 def test_an_unknown_order_the_broker_has_is_settled_from_its_book(trader, paper, quoted):
     order = saved_not_submitted(trader, paper)
     broker_order_id = send_ourselves(order)
-    services._order_mark_unknown(order_id=order.pk, error=BrokerUnavailable("timed out"))
+    _order_mark_unknown(order_id=order.pk, error=BrokerUnavailable("timed out"))
     order.refresh_from_db()
     assert order.status == OrderStatus.UNKNOWN
 
@@ -264,7 +264,7 @@ def test_an_unknown_order_the_broker_has_is_settled_from_its_book(trader, paper,
 
 def test_an_unknown_order_the_broker_never_got_is_rejected_after_the_grace_period_not_resent(trader, paper, quoted):
     order = saved_not_submitted(trader, paper)
-    services._order_mark_unknown(order_id=order.pk, error=BrokerUnavailable("timed out"))
+    _order_mark_unknown(order_id=order.pk, error=BrokerUnavailable("timed out"))
 
     services.orders_reconcile(account_id=paper.pk)
     order.refresh_from_db()
@@ -375,7 +375,7 @@ def test_a_real_worker_settles_an_unknown_order_and_a_second_delivery_changes_no
 
     with celery_worker_process():
         # The lost answer schedules reconcile_account (through Redis, after ORDER_RECONCILE_DELAY_SECONDS).
-        services._order_mark_unknown(order_id=order.pk, error=BrokerUnavailable("timed out"))
+        _order_mark_unknown(order_id=order.pk, error=BrokerUnavailable("timed out"))
         _wait_for(
             lambda: Order.objects.get(pk=order.pk).status != OrderStatus.UNKNOWN,
             what="the worker never reconciled the UNKNOWN order",

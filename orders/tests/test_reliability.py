@@ -16,6 +16,8 @@ from algoterm.testing import client_for
 from brokers.models import SimOrder
 from orders import services
 from orders.models import IdempotencyRecord, LegRole, Order, OrderStatus, Position, Trade
+from orders.services import exits as exit_services
+from orders.services import placement as placement_services
 from orders.tests.factories import EQUITY, paper_account
 
 # Transactional: the follow-ups of a fill run after its commit, as they do in production.
@@ -155,7 +157,7 @@ def test_an_error_after_the_broker_accepted_answers_the_order_and_never_places_i
     market(EQUITY, "1500")
     account = paper_account(trader)
     client = client_for(trader)
-    real_mark_accepted = services._order_mark_accepted
+    real_mark_accepted = placement_services._order_mark_accepted
     calls = {"n": 0}
 
     def fails_once(**kwargs):
@@ -166,7 +168,7 @@ def test_an_error_after_the_broker_accepted_answers_the_order_and_never_places_i
             raise OperationalError("deadlock detected")
         return real_mark_accepted(**kwargs)
 
-    monkeypatch.setattr(services, "_order_mark_accepted", fails_once)
+    monkeypatch.setattr(placement_services, "_order_mark_accepted", fails_once)
     body = entry_body(account)
     del body["target"], body["stop_loss"]
     first = client.post("/api/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="after-send")
@@ -226,7 +228,7 @@ def test_exits_owed_to_an_entry_are_only_placed_for_what_is_still_held(trader, p
     """Exits that could not go out with the fill (a broker hiccup) are placed later by reconciliation: for the
     part of the position still held, and not at all when it was closed meanwhile."""
     market(EQUITY, "1500")
-    monkeypatch.setattr(services, "order_exits_place", lambda **kwargs: [])
+    monkeypatch.setattr(exit_services, "order_exits_place", lambda **kwargs: [])
     entry = services.order_place(
         user=trader,
         spec=services.OrderSpec(
@@ -259,15 +261,15 @@ def test_a_bulk_order_that_fails_after_a_send_answers_each_legs_real_state(trade
     market(EQUITY, "1500")
     account = paper_account(trader)
     client = client_for(trader)
-    real_mark_accepted = services._order_mark_accepted
+    real_mark_accepted = placement_services._order_mark_accepted
 
     def fails_on_the_first_leg(**kwargs):
         from django.db import OperationalError
 
-        monkeypatch.setattr(services, "_order_mark_accepted", real_mark_accepted)
+        monkeypatch.setattr(placement_services, "_order_mark_accepted", real_mark_accepted)
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(services, "_order_mark_accepted", fails_on_the_first_leg)
+    monkeypatch.setattr(placement_services, "_order_mark_accepted", fails_on_the_first_leg)
     leg = entry_body(account)
     del leg["target"], leg["stop_loss"]
     body = {"legs": [leg, {**leg, "quantity": 2}], "all_or_none": False}

@@ -11,6 +11,7 @@ import pytest
 from django.test import Client
 
 from accounts.models import AuditEvent
+from algoterm.api.errors import RiskRejected
 from orders import services as order_services
 from orders.models import LegRole, Order, OrderSource, OrderStatus, Position
 from orders.tests.conftest import eager_tasks, instruments, market, paper, publish_quote  # noqa: F401
@@ -162,7 +163,7 @@ def test_halt_action_halts_and_squares_off_a_paper_position(console, admin_user,
     assert Order.objects.filter(role=LegRole.SQUARE_OFF).count() == 1
     assert any("already halted" in text for text in texts(response)), texts(response)
     # A halted user's new entries are refused.
-    with pytest.raises(services.RiskRejected):
+    with pytest.raises(RiskRejected):
         order_services.order_place(
             user=trader,
             spec=order_services.OrderSpec(

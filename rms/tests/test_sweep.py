@@ -409,7 +409,7 @@ def test_the_auto_square_off_closes_intraday_positions_once_at_its_time(
 def test_an_auto_square_off_that_could_not_run_is_retried(
     trader, trader_client, paper, market, settings, no_tick_evaluation
 ):
-    from orders.services import _square_off_lock
+    from orders.services.square_off import _square_off_lock
 
     settings.SQUARE_OFF_LOCK_WAIT_SECONDS = 0.2
     hold(trader_client, paper, market)
@@ -484,7 +484,7 @@ def test_a_square_off_the_broker_refused_is_completed_by_a_later_sweep(trader, t
 def test_a_user_whose_square_off_cannot_run_now_does_not_stop_the_sweep(
     trader, trader_client, paper, market, settings, no_tick_evaluation
 ):
-    from orders.services import _square_off_lock
+    from orders.services.square_off import _square_off_lock
 
     settings.SQUARE_OFF_LOCK_WAIT_SECONDS = 0.2
     other = UserFactory()

@@ -358,7 +358,7 @@ def test_an_option_with_stored_candles_that_day_is_priced_from_them_stop_loss_in
 
 def test_the_portable_contract_query_returns_what_the_postgresql_one_does():
     # Embedded mode runs on SQLite, which has no unnest: both ways of fetching contracts' days must agree.
-    from strategies.backtest import _day_candles_portable, _day_candles_postgresql
+    from strategies.backtest.contract_candles import _day_candles_portable, _day_candles_postgresql
 
     store_closes("NFO:NIFTY2631024000CE", PLAIN_MONDAY, [100, 101, 102])
     store_closes("NFO:NIFTY2631024000CE", PLAIN_MONDAY + timedelta(days=1), [90, 91])

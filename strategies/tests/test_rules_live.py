@@ -264,6 +264,7 @@ def test_the_rule_history_holds_the_bars_an_hourly_ema_200_needs(db):
 
 def test_live_evaluation_and_the_backtest_read_rule_history_through_the_same_function(hourly_ema_strategy, monkeypatch):
     from strategies import rules
+    from strategies.backtest import engine
 
     real_rule_history = rules.rule_history
     calls = []
@@ -273,7 +274,9 @@ def test_live_evaluation_and_the_backtest_read_rule_history_through_the_same_fun
         calls.append((arguments["first_day"], arguments["end"], len(history.series)))
         return history
 
+    # Recorded where each caller looks the function up: live evaluation, and the backtest engine.
     monkeypatch.setattr(rules, "rule_history", recorded)
+    monkeypatch.setattr(engine, "rule_history", recorded)
     definition = StrategyDefinition(
         kind=Kind.RULE,
         legs=(LegDefinition(underlying="INFY", instrument=LegInstrument.EQUITY, side="BUY", lots=1),),

@@ -55,8 +55,6 @@ class Command(BaseCommand):
             self._serve_distributed(host, port)
 
     def _print_banner(self, host: str, port: int) -> None:
-        from accounts.management.commands.seed_demo import DEMO_USERS
-
         base = f"http://{host}:{port}"
         mode = (
             "embedded (SQLite or DATABASE_URL, in-process worker and beat)"
@@ -70,25 +68,28 @@ class Command(BaseCommand):
             f"  Admin      {base}/admin/",
             f"  Health     {base}/api/health",
             f"  WebSocket  ws://{host}:{port}/ws/events?token=<access token>",
-            *self._demo_login_lines(DEMO_USERS),
+            *self._demo_login_lines(),
             *self._simulator_lines(),
             "",
         ]
         self.stdout.write("\n".join(lines))
 
-    def _demo_login_lines(self, demo_users) -> list[str]:
+    def _demo_login_lines(self) -> list[str]:
         # Production never has the demo users (seed_demo refuses it): their published passwords are not printed.
         if settings.IS_PRODUCTION:
             return []
+        from algoterm.sandbox.demo import DEMO_USERS  # the sandbox is only loaded where it is installed
+
         return [
             "  Demo logins:",
-            *(f"    {user['role']:<7} {user['email']:<20} {user['password']}" for user in demo_users),
+            *(f"    {user['role']:<7} {user['email']:<20} {user['password']}" for user in DEMO_USERS),
         ]
 
     def _simulator_lines(self) -> list[str]:
         if not settings.BROKER_SIMULATORS:
             return []
-        from brokers.simulators.demo import BROKER_OF_SIMULATOR, DEMO_CREDENTIALS, available_simulators
+        # The sandbox: only with the simulators on.
+        from algoterm.sandbox.demo import BROKER_OF_SIMULATOR, DEMO_CREDENTIALS, available_simulators
 
         lines = ["  Broker simulators (connect these brokers with POST /api/brokers/connect):"]
         for name in available_simulators():
@@ -113,12 +114,11 @@ class Command(BaseCommand):
         embedded.start_backtest_worker()
         embedded.start_beat()
         if settings.BROKER_SIMULATORS:
-            from brokers.simulators.demo import available_simulators, demo_simulators_start
+            # The sandbox: only with the simulators on.
+            from algoterm.sandbox.demo import available_simulators, demo_simulators_start, razorpay_simulator_start
 
             for name in available_simulators():
                 demo_simulators_start(name, port=settings.SIMULATOR_PORTS[name])
-            from billing.demo import razorpay_simulator_start
-
             razorpay_simulator_start(port=settings.SIMULATOR_PORTS["razorpay"])
         source, interval = market_feed_choice()
         if source == "simulated":
@@ -198,7 +198,8 @@ class Command(BaseCommand):
         elif source:
             self._broker_feed_note(source)
         if settings.BROKER_SIMULATORS:
-            from brokers.simulators.demo import FEED_PORT_OFFSET, available_simulators
+            # The sandbox: only with the simulators on.
+            from algoterm.sandbox.demo import FEED_PORT_OFFSET, available_simulators
 
             # The simulators are demo conveniences: one that cannot run must not take the stack down with it.
             for name in available_simulators():
@@ -234,7 +235,7 @@ def operators_alert(event: ChildEvent) -> None:
 
     from accounts.models import Notification
     from accounts.services import audit_record
-    from algoterm.system import admins_notify
+    from algoterm.console.system import admins_notify
 
     title, level, action = {
         EventKind.RESTARTING: (f"{event.child} crashed and is restarting", Notification.Level.WARNING, "restart"),

@@ -1,0 +1,213 @@
+"""Placing an order: the risk gate, the SUBMITTING row committed first, then one hand-over to the broker."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.services import audit_record
+from algoterm.failpoints import failpoint
+from billing.services import require_live_trading
+from brokers.adapters.base import (
+    BrokerError,
+    BrokerRateLimited,
+    InvalidInput,
+    OrderRejected,
+    OrderRequest,
+    OrderType,
+    Product,
+    SessionExpired,
+    Side,
+    Validity,
+)
+from brokers.gateway import adapter_for, require_connected
+from brokers.models import Broker
+from brokers.protection import CircuitOpen
+from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus
+from orders.services.exposure import _reduces_position
+from orders.services.idempotency import _idempotency_record_id
+from orders.services.transitions import PROTECTIVE_ROLES, _enqueue, _notify_rejection, _push_order, _transition
+from orders.services.updates import order_refresh
+from orders.services.validation import OrderSpec, ValidatedOrder, order_validate
+from rms.services import OrderIntent, check_order
+
+
+def risk_gate(*, user: User, intent: OrderIntent, role: str) -> None:
+    """The one gate in front of the broker for everything that adds exposure: placing (the API, bulk legs,
+    strategy fires, webhooks, re-entries, all through `order_place`) and modifications that grow an order (checked
+    as the order will stand). Raises 422 RISK_REJECTED, or 403 PLAN_REQUIRED for live exposure without the plan."""
+    check_order(user=user, intent=intent)
+    if intent.account.broker != Broker.PAPER and role == LegRole.ENTRY and not intent.reduces_position:
+        # Only new exposure needs the plan: exits (the user's, a strategy's, the RMS's) always go out.
+        require_live_trading(user=user)
+
+
+def order_place(
+    *,
+    user: User,
+    spec: OrderSpec,
+    source: str = OrderSource.API,
+    role: str = LegRole.ENTRY,
+    parent: Order | None = None,
+    strategy_ref: str = "",
+) -> Order:
+    """Validate, check risk, commit the order as SUBMITTING, then hand it to the broker within this call.
+
+    Raises 422 ORDER_REJECTED when the broker refuses (the REJECTED order stays in the history); a lost answer
+    leaves the order UNKNOWN for reconciliation and returns it.
+    """
+    validated = order_validate(user=user, spec=spec)
+    require_connected(validated.account)
+    reduces = _reduces_position(
+        account=validated.account, symbol=spec.symbol, product=spec.product, side=spec.side, quantity=spec.quantity
+    )
+    risk_gate(
+        user=user,
+        intent=OrderIntent(
+            account=validated.account,
+            symbol=spec.symbol,
+            side=spec.side,
+            quantity=spec.quantity,
+            lot_size=validated.lot_size,
+            order_type=spec.order_type,
+            product=spec.product,
+            reference_price=validated.reference_price,
+            reduces_position=reduces or role in PROTECTIVE_ROLES,
+            source=source,
+        ),
+        role=role,
+    )
+    order = _order_create(
+        user=user, validated=validated, source=source, role=role, parent=parent, strategy_ref=strategy_ref
+    )
+    failpoint("orders.place.created")
+    order = order_submit(order=order)
+    if order.status == OrderStatus.REJECTED:
+        # Accepted, then refused (the paper exchange's funds check, a broker's RMS): as much a rejection as one
+        # refused outright, and the caller is told so.
+        raise OrderRejected(order.status_message or None, extra={"order_id": order.pk})
+    return order
+
+
+@transaction.atomic
+def _order_create(
+    *, user: User, validated: ValidatedOrder, source: str, role: str, parent: Order | None, strategy_ref: str
+) -> Order:
+    spec = validated.spec
+    order = Order(
+        user=user,
+        account=validated.account,
+        symbol=spec.symbol,
+        side=spec.side,
+        quantity=spec.quantity,
+        order_type=spec.order_type,
+        product=spec.product,
+        price=spec.price,
+        trigger_price=spec.trigger_price,
+        validity=spec.validity,
+        target=spec.target,
+        stop_loss=spec.stop_loss,
+        trailing_stop=spec.trailing_stop,
+        tag=spec.tag,
+        source=source,
+        role=role,
+        parent=parent,
+        strategy_ref=strategy_ref,
+        idempotency_record_id=_idempotency_record_id.get(),
+        status=OrderStatus.PENDING,
+    )
+    order.save(force_insert=True)
+    OrderEvent.objects.create(order=order, to_status=OrderStatus.PENDING, source=source)
+    _transition(order, OrderStatus.SUBMITTING, source=source)
+    order.save()
+    audit_record(
+        action="order.place",
+        actor=user if source == OrderSource.API else None,
+        target=order,
+        details={"symbol": order.symbol, "side": order.side, "quantity": order.quantity, "source": source},
+    )
+    return order
+
+
+def _request_for(order: Order) -> OrderRequest:
+    return OrderRequest(
+        symbol=order.symbol,
+        side=Side(order.side),
+        quantity=order.quantity,
+        order_type=OrderType(order.order_type),
+        product=Product(order.product),
+        price=order.price,
+        trigger_price=order.trigger_price,
+        validity=Validity(order.validity),
+        tag=order.broker_tag,
+        algo_id=order.account.algo_id or settings.BROKER_DEFAULT_ALGO_ID,
+    )
+
+
+def order_submit(*, order: Order) -> Order:
+    """Hand a SUBMITTING order to its broker, once. Errors that prove the order never reached the broker reject
+    it; an answer we did not get makes it UNKNOWN."""
+    if Order.objects.filter(pk=order.pk).exclude(status=OrderStatus.SUBMITTING, broker_order_id="").exists():
+        # Settled while we stalled (reconciliation rejected it, or found it at the broker): sending it now would
+        # make an order at the broker that nothing of ours tracks.
+        order.refresh_from_db()
+        return order
+    try:
+        adapter = adapter_for(order.account)
+        broker_order_id = adapter.place_order(_request_for(order))
+    except (SessionExpired, BrokerRateLimited, InvalidInput, OrderRejected) as error:
+        _order_settle_refused(order_id=order.pk, error=error)
+        if isinstance(error, InvalidInput):
+            raise OrderRejected(error.detail, extra={"order_id": order.pk}) from None
+        error.extra.setdefault("order_id", order.pk)
+        raise
+    except CircuitOpen as error:
+        _order_settle_refused(order_id=order.pk, error=error)
+        error.extra.setdefault("order_id", order.pk)
+        raise
+    except BrokerError as error:
+        return _order_mark_unknown(order_id=order.pk, error=error)
+    failpoint("orders.submit.sent")
+    order = _order_mark_accepted(order_id=order.pk, broker_order_id=broker_order_id)
+    failpoint("orders.submit.accepted")
+    order_refresh(order=order, adapter=adapter)
+    order.refresh_from_db()
+    return order
+
+
+@transaction.atomic
+def _order_settle_refused(*, order_id: str, error: BrokerError) -> Order:
+    order = Order.objects.select_for_update().get(pk=order_id)
+    if order.status == OrderStatus.SUBMITTING:
+        _transition(order, OrderStatus.REJECTED, source=OrderSource.BROKER, message=error.detail)
+        order.save()
+        _push_order(order)
+        _notify_rejection(order)
+    return order
+
+
+@transaction.atomic
+def _order_mark_unknown(*, order_id: str, error: BrokerError) -> Order:
+    order = Order.objects.select_for_update().get(pk=order_id)
+    if order.status == OrderStatus.SUBMITTING:
+        _transition(
+            order, OrderStatus.UNKNOWN, source=OrderSource.BROKER, message=f"No answer from the broker: {error.detail}"
+        )
+        order.save()
+        _push_order(order)
+        _enqueue("reconcile_account", order.account_id, countdown=settings.ORDER_RECONCILE_DELAY_SECONDS)
+    return order
+
+
+@transaction.atomic
+def _order_mark_accepted(*, order_id: str, broker_order_id: str) -> Order:
+    order = Order.objects.select_for_update(of=("self",)).select_related("account").get(pk=order_id)
+    if not order.broker_order_id:
+        order.broker_order_id = broker_order_id
+    order.submitted_at = timezone.now()
+    _transition(order, OrderStatus.OPEN, source=OrderSource.BROKER, message="")
+    order.save()
+    _push_order(order)
+    return order

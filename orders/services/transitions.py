@@ -1,0 +1,74 @@
+"""Moving an order from one status to the next, and what each move tells the user and the task queue; the roles
+and units the whole package shares."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Notification
+from accounts.services import notification_create
+from algoterm import realtime
+from orders.models import LegRole, Order, OrderEvent, can_transition
+
+logger = logging.getLogger(__name__)
+
+
+IST = ZoneInfo("Asia/Kolkata")
+PAISE = Decimal("0.01")
+EXIT_ROLES = (LegRole.TARGET, LegRole.STOP_LOSS)
+# Orders that protect a position are submitted by reconciliation when a crash kept them from the broker;
+# a user's own entry is not, because the market has moved since they asked.
+PROTECTIVE_ROLES = (LegRole.TARGET, LegRole.STOP_LOSS, LegRole.SQUARE_OFF)
+
+
+def _transition(order: Order, new_status: str, *, source: str, message: str = "") -> bool:
+    """Move `order` (locked by the caller) to `new_status` with an event; False when the move is not legal."""
+    if order.status == new_status:
+        return False
+    if order.pk and not can_transition(order.status, new_status):
+        logger.info("ignored transition %s -> %s of %s (%s)", order.status, new_status, order.pk, source)
+        return False
+    OrderEvent.objects.create(
+        order=order,
+        from_status=order.status if order.pk else "",
+        to_status=new_status,
+        source=source,
+        message=message[:300],
+        filled_quantity=order.filled_quantity,
+    )
+    order.status = new_status
+    if message:
+        order.status_message = message[:300]
+    order.updated_at = timezone.now()
+    return True
+
+
+def _push_order(order: Order) -> None:
+    from orders.serializers import OrderOutput
+
+    realtime.push_to_user(user_id=order.user_id, message_type="order_update", payload=OrderOutput(order).data)
+
+
+def _enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None:
+    """Run a follow-up task once the current transaction commits."""
+    from orders import tasks
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.apply_async(args=args, countdown=countdown))
+
+
+def _notify_rejection(order: Order) -> None:
+    notification_create(
+        user=order.user,
+        kind="order_rejected",
+        title=f"Order rejected: {order.side} {order.quantity} {order.symbol}",
+        body=order.status_message,
+        level=Notification.Level.WARNING,
+        data={"order_id": order.pk},
+    )

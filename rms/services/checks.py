@@ -1,0 +1,155 @@
+"""The pre-trade check: every order that adds exposure passes the risk gate before it goes out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.utils import timezone
+
+from accounts.models import User
+from algoterm.api.errors import AppError, RiskRejected
+from brokers.adapters.base import MARGIN_RATE, BrokerError, Product
+from brokers.models import BrokerAccount
+from rms.models import RmsState, TradingState
+from rms.services.common import IST, PAISE, Reason, trading_day
+from rms.services.limits import Limits, limits_for
+from rms.services.monitor import user_mtm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OrderIntent:
+    """What the pre-trade check sees of an order about to be placed, or of a working order as a modification
+    would leave it (`new_order` False: it is not another order of the day, and it needs margin only for
+    `margin_value`, what the modification adds)."""
+
+    account: BrokerAccount
+    symbol: str
+    side: str
+    quantity: int
+    lot_size: int
+    order_type: str
+    product: str
+    reference_price: Decimal
+    reduces_position: bool
+    source: str
+    new_order: bool = True
+    margin_value: Decimal | None = None
+
+
+def _refuse(reason: str, detail: str) -> None:
+    raise RiskRejected(detail, reason=reason)
+
+
+def _check_may_trade(user: User) -> None:
+    """The owner as stored now, not as a caller loaded them: a strategy or webhook may act for a user deactivated
+    or demoted a moment ago."""
+    current = User.objects.filter(pk=user.pk).values("is_active", "role").first() or {"is_active": False}
+    if not current["is_active"]:
+        _refuse(Reason.USER_DEACTIVATED, "The account is deactivated; new orders are refused. Exits still go out.")
+    if not User(role=current["role"]).can_trade:
+        _refuse(Reason.ROLE_CANNOT_TRADE, "The account is view-only; new orders are refused. Exits still go out.")
+
+
+def _check_not_halted(*, limits: Limits, state: RmsState | None) -> None:
+    from algoterm.system import platform_state
+
+    platform = platform_state()
+    if platform.trading_halted:
+        _refuse(
+            Reason.PLATFORM_HALTED,
+            f"Trading is stopped platform-wide ({platform.halt_reason}); new orders are refused and working orders "
+            "cannot grow. Exits are still allowed.",
+        )
+    if limits.kill_switch or (state is not None and state.status == TradingState.HALTED):
+        why = "your kill switch is on" if limits.kill_switch else f"trading is halted today ({state.reason})"
+        _refuse(
+            Reason.TRADING_HALTED,
+            f"New orders are refused and working orders cannot grow: {why}. Exits are still allowed.",
+        )
+
+
+def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None) -> None:
+    """The risk gate: raise `RiskRejected` (422 RISK_REJECTED with `reason`) when the order, as it will stand,
+    breaks a rule. Every path that adds exposure comes here: placing (API, bulk, strategies, webhooks, re-entries)
+    and modifications that grow an order.
+
+    Exits (orders that only reduce a position) pass every rule but the exchange's own: a risk engine must never
+    stand between a trader and closing a position, whoever the owner is now. Growing a working exit is still
+    growth: the kill switch and a halt refuse it. The RMS's own orders always pass.
+    """
+    if intent.source == "rms":
+        return
+    if intent.reduces_position and intent.new_order:
+        return
+    now = now or timezone.now()
+    limits = limits_for(user=user, account=intent.account)
+    state = RmsState.objects.filter(user=user, trading_day=trading_day(now)).first()
+    status = state.status if state else TradingState.NORMAL
+    if intent.reduces_position:
+        _check_not_halted(limits=limits, state=state)
+        return
+    _check_may_trade(user)
+    _check_not_halted(limits=limits, state=state)
+    if status == TradingState.REDUCING:
+        _refuse(Reason.REDUCE_ONLY, f"Only exits are allowed for the rest of the day ({state.reason}).")
+    local = timezone.localtime(now, IST).time()
+    if limits.trading_window_start and not limits.trading_window_start <= local <= limits.trading_window_end:
+        _refuse(
+            Reason.OUTSIDE_TRADING_WINDOW,
+            f"Your trading window is {limits.trading_window_start:%H:%M}-{limits.trading_window_end:%H:%M} IST.",
+        )
+    if intent.product == "MIS" and limits.auto_square_off_time and local >= limits.auto_square_off_time:
+        _refuse(
+            Reason.OUTSIDE_TRADING_WINDOW,
+            f"Intraday positions are squared off at {limits.auto_square_off_time:%H:%M} IST; no new MIS orders now.",
+        )
+    if limits.allowed_products and intent.product not in limits.allowed_products:
+        _refuse(Reason.PRODUCT_NOT_ALLOWED, f"{intent.product} is not among your allowed products.")
+    exchange = intent.symbol.split(":", 1)[0]
+    if limits.allowed_segments and exchange not in limits.allowed_segments:
+        _refuse(Reason.SEGMENT_NOT_ALLOWED, f"{exchange} is not among your allowed segments.")
+    lots = intent.quantity // max(intent.lot_size, 1)
+    if limits.max_lots_per_order and lots > limits.max_lots_per_order:
+        _refuse(Reason.MAX_LOTS_EXCEEDED, f"{lots} lots is more than your {limits.max_lots_per_order} per order.")
+    value = (intent.reference_price * intent.quantity).quantize(PAISE)
+    if limits.max_order_value and value > limits.max_order_value:
+        _refuse(Reason.MAX_ORDER_VALUE_EXCEEDED, f"Order value {value} is over your limit {limits.max_order_value}.")
+    from orders.selectors import open_position_symbols, orders_placed_on
+
+    if limits.max_orders_per_day and intent.new_order:
+        placed = orders_placed_on(user=user, day=trading_day(now))
+        if placed >= limits.max_orders_per_day:
+            _refuse(Reason.MAX_ORDERS_PER_DAY, f"You have placed {placed} orders today, your daily limit.")
+    if limits.max_open_positions:
+        open_symbols = open_position_symbols(user=user)
+        if (intent.symbol, intent.product) not in open_symbols and len(open_symbols) >= limits.max_open_positions:
+            _refuse(Reason.MAX_OPEN_POSITIONS, f"You already hold {len(open_symbols)} positions, your limit.")
+    if limits.max_daily_loss:
+        mtm = user_mtm(user=user, day=trading_day(now)) - (state.mtm_baseline if state else Decimal("0"))
+        if mtm <= -limits.max_daily_loss:
+            _refuse(Reason.DAILY_LOSS_LIMIT_HIT, f"Today's MTM {mtm} has reached your loss limit.")
+    _check_funds(intent, value if intent.margin_value is None else intent.margin_value)
+
+
+def _check_funds(intent: OrderIntent, value: Decimal) -> None:
+    from django.conf import settings
+
+    from brokers.gateway import adapter_for
+
+    if not settings.RMS_FUNDS_CHECK:
+        return
+
+    required = (value * MARGIN_RATE[Product(intent.product)]).quantize(PAISE)
+    try:
+        funds = adapter_for(intent.account).funds()
+    except (BrokerError, AppError) as error:
+        # The broker checks margin itself; a funds read that fails must not block trading.
+        logger.info("funds of %s unavailable for the pre-trade check: %s", intent.account.pk, error.detail)
+        return
+    if required > funds.available_cash:
+        _refuse(Reason.INSUFFICIENT_FUNDS, f"Needs about {required} of margin; {funds.available_cash} is available.")
