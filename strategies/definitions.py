@@ -8,6 +8,9 @@ from datetime import date, time
 from decimal import Decimal
 from enum import StrEnum
 
+# What a webhook may ask for, live and in a backtest's replay of stored signals.
+WEBHOOK_ACTIONS = ("BUY", "SELL", "SHORT", "COVER", "EXIT")
+
 
 class Kind(StrEnum):
     TIME_BASED = "time_based"

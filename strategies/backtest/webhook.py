@@ -14,13 +14,11 @@ from marketdata.calendar import IST
 
 from .. import legs as leg_choice
 from ..candles import _BAR_SECONDS, _IST_OFFSET_SECONDS, _SECONDS_PER_DAY, _ist_midnight, _Minutes, _moment
-from ..definitions import StrategyDefinition
+from ..definitions import WEBHOOK_ACTIONS, StrategyDefinition
 from .engine import _Backtest
 from .exits import _mtm_limits_hit
 from .pricing import _paise
 from .results import _PAISE, BacktestError, BacktestSignal, BacktestTrade, ExitReason, PricedBy, _Run
-
-WEBHOOK_ACTIONS = ("BUY", "SELL", "SHORT", "COVER", "EXIT")
 
 
 @dataclass

@@ -23,13 +23,11 @@ from marketdata.models import InstrumentType
 from orders.models import OrderSource
 from orders.services import OrderSpec, order_place
 
-from ..definitions import Kind
+from ..definitions import WEBHOOK_ACTIONS, Kind
 from ..models import RunStatus, Signal, SignalStatus, Strategy, StrategyRun, WebhookRejectionCount
 from .clock import _today_ist
 from .fires import _trading_accounts
 from .runs import _own_open_quantities, run_exit
-
-WEBHOOK_ACTIONS = ("BUY", "SELL", "SHORT", "COVER", "EXIT")
 
 
 class WebhookRefused(AppError):
