@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", nargs="?", default=".", type=Path)
     parser.add_argument("--details", action="store_true", help="list every counted item")
     arguments = parser.parse_args(argv)
-    print(report(arguments.root.resolve(), arguments.details))
+    sys.stdout.write(report(arguments.root.resolve(), arguments.details) + "\n")
     return 0
 
 
