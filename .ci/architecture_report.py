@@ -88,6 +88,8 @@ CORE_MODULES = (
     "algoterm.channel_layer",
     "algoterm.failpoints",
     "algoterm.outages",
+    "algoterm.locking",
+    "algoterm.tasking",
     "algoterm.models",
     "algoterm.admin_mixins",
     "algoterm.system",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -25,8 +25,8 @@ from accounts.serializers import (
     UserOutput,
     UserUpdateInput,
 )
-from algoterm.api.pagination import PagePagination, paginate
 from algoterm.api.throttles import LoginRateThrottle, RefreshRateThrottle, RegisterRateThrottle
+from algoterm.api.views import ListApi
 
 
 def _session_body(user, tokens) -> dict:
@@ -126,10 +126,8 @@ class UserDetailApi(APIView):
         return Response(UserOutput(user).data)
 
 
-class NotificationListApi(APIView):
-    pagination_class = PagePagination
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=["notifications"],
         parameters=[
             OpenApiParameter("unread", bool, description="only unread (true) or only read (false)"),
@@ -138,13 +136,13 @@ class NotificationListApi(APIView):
         responses={200: NotificationOutput(many=True)},
         summary="The caller's notifications, newest first",
     )
-    def get(self, request: Request) -> Response:
-        query = NotificationListQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        notifications = selectors.notification_list(
-            user=request.user, unread=query.validated_data.get("unread"), kind=query.validated_data.get("kind")
-        )
-        return paginate(request=request, queryset=notifications, serializer_class=NotificationOutput, view=self)
+)
+class NotificationListApi(ListApi):
+    filter_serializer_class = NotificationListQuery
+    output_serializer_class = NotificationOutput
+
+    def list_selector(self, *, user, filters):
+        return selectors.notification_list(user=user, unread=filters.get("unread"), kind=filters.get("kind"))
 
 
 class NotificationReadApi(APIView):

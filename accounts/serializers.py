@@ -6,9 +6,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import Notification, Role, User
+from accounts.profile import ProfileSection, profile_sections
 from algoterm.api.serializers import InputSerializer
-from billing.selectors import entitlements_for, subscription_current
-from billing.serializers import CurrentSubscriptionOutput, EntitlementsOutput
 
 
 class UserOutput(serializers.ModelSerializer):
@@ -60,23 +59,30 @@ class UserUpdateInput(InputSerializer):
         return attrs
 
 
+class ProfileSectionField(serializers.Field):
+    """A section another app adds to the profile (`accounts.profile`), read from the whole user."""
+
+    def __init__(self, *, section: ProfileSection, **kwargs) -> None:
+        self.section = section
+        super().__init__(source="*", read_only=True, help_text=section.help_text, **kwargs)
+        extend_schema_field(section.schema)(self)  # the schema documents the section as its owner says
+
+    def to_representation(self, user: User):
+        return self.section.read(user)
+
+
 class MeOutput(UserOutput):
     unread_notifications = serializers.IntegerField(read_only=True)
-    subscription = serializers.SerializerMethodField(help_text="the subscription that entitles you now, if any")
-    entitlements = serializers.SerializerMethodField(help_text="what your plan lets you do now, and on what basis")
 
     class Meta(UserOutput.Meta):
-        fields = UserOutput.Meta.fields + ["unread_notifications", "subscription", "entitlements"]
+        fields = UserOutput.Meta.fields + ["unread_notifications"]
         read_only_fields = fields
 
-    @extend_schema_field(CurrentSubscriptionOutput(allow_null=True))
-    def get_subscription(self, user) -> dict | None:
-        current = subscription_current(user=user)
-        return CurrentSubscriptionOutput(current).data if current is not None else None
-
-    @extend_schema_field(EntitlementsOutput)
-    def get_entitlements(self, user) -> dict:
-        return entitlements_for(user=user).as_dict()
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        for section in profile_sections():
+            fields[section.name] = ProfileSectionField(section=section)
+        return fields
 
 
 class NotificationOutput(serializers.ModelSerializer):

@@ -30,6 +30,7 @@ from algoterm.api.errors import (
     RateLimited,
     ValidationFailed,
 )
+from algoterm.locking import row_locked, rows_locked
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +104,7 @@ def _parse_refresh(raw: str) -> RefreshToken:
 
 def _locked_outstanding(token: RefreshToken) -> OutstandingToken | None:
     """The token's row, locked until the transaction ends, so two requests never both spend it."""
-    return (
-        OutstandingToken.objects.select_for_update(of=("self",))
-        .filter(jti=token[jwt_settings.JTI_CLAIM])
-        .order_by()
-        .first()
-    )
+    return rows_locked(OutstandingToken.objects.filter(jti=token[jwt_settings.JTI_CLAIM])).first()
 
 
 def _access_token_revoke(token: AccessToken) -> None:
@@ -278,7 +274,7 @@ def user_update(*, actor: User, user: User, data: dict[str, Any]) -> User:
         if is_self and set(refused) & ADMIN_EDITABLE_FIELDS:
             raise PermissionDenied("You cannot change your own role or status.")
         raise PermissionDenied(f"You cannot change: {', '.join(refused)}.")
-    user = User.objects.select_for_update().get(pk=user.pk)
+    user = row_locked(User.objects, pk=user.pk)
     changes: dict[str, list[Any]] = {}
     if "name" in data:
         name = data["name"].strip()
@@ -324,7 +320,7 @@ def _rank(role: str) -> int:
 def user_deactivate(*, actor: User | None, user: User, reason: str = "") -> User:
     """Deactivation is immediate: tokens already issued stop working, refresh tokens are revoked and live
     WebSocket connections are closed."""
-    user = User.objects.select_for_update().get(pk=user.pk)
+    user = row_locked(User.objects, pk=user.pk)
     if actor is not None and actor.pk == user.pk:
         raise PermissionDenied("You cannot deactivate yourself.")
     if actor is not None and _rank(user.role) > _rank(actor.role):
@@ -345,7 +341,7 @@ def user_deactivate(*, actor: User | None, user: User, reason: str = "") -> User
 
 @transaction.atomic
 def user_reactivate(*, actor: User | None, user: User) -> User:
-    user = User.objects.select_for_update().get(pk=user.pk)
+    user = row_locked(User.objects, pk=user.pk)
     if user.is_active:
         raise InvalidState("The user is already active.")
     user.is_active = True

@@ -5,6 +5,11 @@ A section that was never stored answers its default, which is today's behaviour:
 times and holiday list, the `RMS_DEFAULT_*` and `MARKET_FEED*` settings, NSE's freeze limits below. Defaults are
 computed on every read (settings may change under tests); only stored rows are cached, briefly, in the shared Django
 cache, and forgotten when a section changes, so every process sees a change at once.
+
+The store sits in the core, below the apps whose data it holds, so it imports none of them: the app that owns a
+section registers it (its default, validation and audit summary) with `section_register` from its
+`AppConfig.ready()` (market data registers `market_hours`, `holidays` and `feed`), and accounts registers the audit
+log writer with `config_audit_connect`. A change while no audit writer is registered fails and stores nothing.
 """
 
 from __future__ import annotations
@@ -14,20 +19,22 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import time
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import User
-from accounts.services import audit_record
 from algoterm.api.errors import AppError, ErrorCode, NotFound, ValidationFailed
+from algoterm.locking import rows_locked
 from algoterm.models import ConfigSection
-from marketdata import calendar as market_calendar
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,9 @@ HOLIDAYS = "holidays"
 RMS_DEFAULTS = "rms_defaults"
 FREEZE_QUANTITIES = "freeze_quantities"
 FEED = "feed"
+# The order the admin API, its schema and exports list the sections in, whatever order the apps register them in;
+# a section not named here follows, in the order it was registered.
+SECTION_ORDER = (MARKET_HOURS, HOLIDAYS, RMS_DEFAULTS, FREEZE_QUANTITIES, FEED)
 
 EXPORT_FORMAT_VERSION = 1
 CACHE_SECONDS = 30  # a bound on staleness should an invalidation be missed (a row edited outside these services)
@@ -53,152 +63,101 @@ NSE_FREEZE_QUANTITIES: dict[str, int] = {
     "NIFTYNXT50": 600,
 }
 
-PRE_OPEN_ENTRY = timedelta(minutes=8)  # NSE's pre-open order entry window, from the pre-open start
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _UNDERLYING = re.compile(r"^[A-Z0-9][A-Z0-9&_-]{0,31}$")
-_MAX_HOLIDAYS = 500
-_MAX_HOLIDAY_NAME = 120
-_HOLIDAY_YEARS = (2000, 2100)
 _MAX_COUNT = 2_147_483_647  # the limits' database columns
 _MAX_FREEZE = 10_000_000
-_MAX_FEED_INTERVAL = 60.0
 
 Errors = dict[str, list[str]]
 
 
-def _add(errors: Errors, field: str, message: str) -> None:
+# --- helpers for the sections' validators (the apps' too) ----------------------------------------------------------
+
+
+def error_add(errors: Errors, field: str, message: str) -> None:
     errors.setdefault(field, []).append(message)
 
 
-def _clock(value: Any) -> time | None:
+def clock_parse(value: Any) -> time | None:
     """A strict 24-hour "HH:MM", else None."""
     return time.fromisoformat(value) if isinstance(value, str) and _CLOCK.match(value) else None
 
 
-def _whole(value: Any) -> bool:
+def is_whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _object(data: Any, *, known: tuple[str, ...], errors: Errors, prefix: str = "") -> bool:
+def keys_check(data: Any, *, known: tuple[str, ...], errors: Errors, prefix: str = "") -> bool:
     """`data` is a JSON object with exactly the `known` keys; records what is wrong, answers whether to go on."""
     if not isinstance(data, dict):
-        _add(errors, prefix.rstrip("."), "Must be an object.")
+        error_add(errors, prefix.rstrip("."), "Must be an object.")
         return False
     for key in sorted(set(data) - set(known), key=str):
-        _add(errors, f"{prefix}{key}", "Unknown field.")
+        error_add(errors, f"{prefix}{key}", "Unknown field.")
     for key in known:
         if key not in data:
-            _add(errors, f"{prefix}{key}", "This field is required.")
+            error_add(errors, f"{prefix}{key}", "This field is required.")
     return True
 
 
-# --- the sections ---------------------------------------------------------------------------------------------------
+# --- the registry ---------------------------------------------------------------------------------------------------
 
 
-def _market_hours_default() -> dict:
+def changes_by_field(before: dict, after: dict) -> dict:
+    """What changed, key by key, for the audit log (the summary a section without its own uses)."""
     return {
-        "open": f"{market_calendar.NORMAL_OPEN:%H:%M}",
-        "close": f"{market_calendar.NORMAL_CLOSE:%H:%M}",
-        "pre_open": f"{market_calendar.PRE_OPEN_START:%H:%M}",
+        key: {"from": before.get(key), "to": after.get(key)}
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
     }
 
 
-def _market_hours_validate(data: Any) -> Errors:
-    errors: Errors = {}
-    if not _object(data, known=("open", "close", "pre_open"), errors=errors):
-        return errors
-    clocks = {}
-    for key in ("open", "close", "pre_open"):
-        if key in data:
-            clocks[key] = _clock(data[key])
-            if clocks[key] is None:
-                _add(errors, key, "Must be a time as HH:MM (24-hour, IST).")
-    opens, closes, pre_open = clocks.get("open"), clocks.get("close"), clocks.get("pre_open")
-    if opens is not None and closes is not None and closes <= opens:
-        _add(errors, "close", "Must be after open.")
-    if (
-        opens is not None
-        and pre_open is not None
-        and datetime.combine(date.min, pre_open) + PRE_OPEN_ENTRY > datetime.combine(date.min, opens)
-    ):
-        _add(errors, "pre_open", "Must be at least 8 minutes before open (the pre-open order entry window).")
-    return errors
+@dataclass(frozen=True)
+class Section:
+    name: str
+    description: str
+    default: Callable[[], dict]
+    validate: Callable[[Any], Errors]
+    # A short account of what a change did, for the audit log: (before, after) -> details.
+    changes: Callable[[dict, dict], dict] = changes_by_field
 
 
-def _holidays_default() -> dict:
-    return {
-        "NSE": [
-            {"date": day.isoformat(), "name": name}
-            for day, name in sorted(market_calendar.NSE_TRADING_HOLIDAYS.items())
-        ]
-    }
+SECTIONS: dict[str, Section] = {}
 
 
-def _holidays_validate(data: Any) -> Errors:
-    errors: Errors = {}
-    if not _object(data, known=("NSE",), errors=errors):
-        return errors
-    entries = data.get("NSE")
-    if "NSE" not in data:
-        return errors
-    if not isinstance(entries, list):
-        _add(errors, "NSE", "Must be a list of {date, name}.")
-        return errors
-    if len(entries) > _MAX_HOLIDAYS:
-        _add(errors, "NSE", f"At most {_MAX_HOLIDAYS} holidays.")
-        return errors
-    seen: dict[date, int] = {}
-    for index, entry in enumerate(entries):
-        prefix = f"NSE.{index}."
-        if not _object(entry, known=("date", "name"), errors=errors, prefix=prefix):
-            continue
-        raw, name = entry.get("date"), entry.get("name")
-        day = None
-        if "date" in entry:
-            try:
-                day = date.fromisoformat(raw) if isinstance(raw, str) and _DAY.match(raw) else None
-            except ValueError:
-                day = None
-            if day is None:
-                _add(errors, f"{prefix}date", "Must be a valid date as YYYY-MM-DD.")
-            elif not _HOLIDAY_YEARS[0] <= day.year <= _HOLIDAY_YEARS[1]:
-                _add(errors, f"{prefix}date", f"Must fall in the years {_HOLIDAY_YEARS[0]} to {_HOLIDAY_YEARS[1]}.")
-            elif day.weekday() >= 5:
-                _add(errors, f"{prefix}date", f"{raw} is a {day:%A}; the market is closed then anyway.")
-            elif day in seen:
-                _add(errors, f"{prefix}date", f"{raw} is listed twice (also NSE.{seen[day]}).")
-            else:
-                seen[day] = index
-        if "name" in entry and (not isinstance(name, str) or not name.strip() or len(name) > _MAX_HOLIDAY_NAME):
-            _add(errors, f"{prefix}name", f"Must be a non-empty name of at most {_MAX_HOLIDAY_NAME} characters.")
-    if not errors:
-        run = _longest_closed_run(set(seen))
-        if run >= market_calendar.MAX_CLOSED_RUN:
-            _add(
-                errors,
-                "NSE",
-                f"Closes the market {run} days in a row; the calendar allows fewer than "
-                f"{market_calendar.MAX_CLOSED_RUN}.",
-            )
-    return errors
+def section_register(section: Section) -> None:
+    """Make `section` one of the store's sections (again: the latest registration of a name wins)."""
+    registered = {**SECTIONS, section.name: section}
+    ordered = [name for name in SECTION_ORDER if name in registered]
+    ordered += [name for name in registered if name not in SECTION_ORDER]
+    # Filled in place: other modules hold the mapping itself.
+    SECTIONS.clear()
+    SECTIONS.update((name, registered[name]) for name in ordered)
 
 
-def _longest_closed_run(holidays: set[date]) -> int:
-    """The most consecutive days (weekends included) the market would be closed around any holiday."""
+class AuditRecorder(Protocol):
+    def __call__(
+        self, *, action: str, actor: Any, target_type: str, target_id: str, details: dict[str, Any]
+    ) -> Any: ...
 
-    def closed(day: date) -> bool:
-        return day.weekday() >= 5 or day in holidays
 
-    longest, one = 0, timedelta(days=1)
-    for day in holidays:
-        start, end = day, day
-        while closed(start - one) and day - start < timedelta(days=market_calendar.MAX_CLOSED_RUN):
-            start -= one
-        while closed(end + one) and end - day < timedelta(days=market_calendar.MAX_CLOSED_RUN):
-            end += one
-        longest = max(longest, (end - start).days + 1)
-    return longest
+_audit_recorder: AuditRecorder | None = None
+
+
+def config_audit_connect(recorder: AuditRecorder) -> None:
+    """Register the writer of the audit log row every configuration change records (accounts registers it)."""
+    global _audit_recorder
+    _audit_recorder = recorder
+
+
+def _audit(*, action: str, actor: AbstractBaseUser | None, target_id: str, details: dict[str, Any]) -> None:
+    # A change nobody can trace is worse than no change: without a writer the caller's transaction rolls back.
+    if _audit_recorder is None:
+        raise ImproperlyConfigured("No configuration audit writer is registered; the change was not stored.")
+    _audit_recorder(action=action, actor=actor, target_type="config", target_id=target_id, details=details)
+
+
+# --- the core's own sections ---------------------------------------------------------------------------------------
 
 
 def _rms_defaults_default() -> dict:
@@ -214,29 +173,29 @@ def _rms_defaults_default() -> dict:
 def _rms_defaults_validate(data: Any) -> Errors:
     errors: Errors = {}
     known = ("max_orders_per_day", "max_open_positions", "trading_window", "auto_square_off")
-    if not _object(data, known=known, errors=errors):
+    if not keys_check(data, known=known, errors=errors):
         return errors
     for key in ("max_orders_per_day", "max_open_positions"):
         value = data.get(key)
-        if key in data and value is not None and not (_whole(value) and 0 < value <= _MAX_COUNT):
-            _add(errors, key, "Must be a positive whole number, or null for no limit.")
+        if key in data and value is not None and not (is_whole(value) and 0 < value <= _MAX_COUNT):
+            error_add(errors, key, "Must be a positive whole number, or null for no limit.")
     window = data.get("trading_window")
     start = end = None
     if "trading_window" in data:
         if not isinstance(window, str):
-            _add(errors, "trading_window", 'Must be "HH:MM-HH:MM" (IST), or "" for none.')
+            error_add(errors, "trading_window", 'Must be "HH:MM-HH:MM" (IST), or "" for none.')
         elif window:
             first, _, last = window.partition("-")
-            start, end = _clock(first), _clock(last)
+            start, end = clock_parse(first), clock_parse(last)
             if start is None or end is None:
-                _add(errors, "trading_window", 'Must be "HH:MM-HH:MM" (IST), or "" for none.')
+                error_add(errors, "trading_window", 'Must be "HH:MM-HH:MM" (IST), or "" for none.')
             elif end <= start:
-                _add(errors, "trading_window", "The window must end after it starts.")
+                error_add(errors, "trading_window", "The window must end after it starts.")
     if "auto_square_off" in data:
         raw = data.get("auto_square_off")
-        square_off = _clock(raw)
+        square_off = clock_parse(raw)
         if raw != "" and square_off is None:
-            _add(errors, "auto_square_off", 'Must be a time as HH:MM (IST), or "" for none.')
+            error_add(errors, "auto_square_off", 'Must be a time as HH:MM (IST), or "" for none.')
         elif (
             square_off is not None
             and start is not None
@@ -244,7 +203,7 @@ def _rms_defaults_validate(data: Any) -> Errors:
             and end > start
             and not start <= square_off <= end
         ):
-            _add(errors, "auto_square_off", "Must fall inside the trading window.")
+            error_add(errors, "auto_square_off", "Must fall inside the trading window.")
     return errors
 
 
@@ -258,86 +217,29 @@ def _freeze_quantities_validate(data: Any) -> Errors:
         return {"": ['Must be an object of underlying: units, e.g. {"NIFTY": 1800}.']}
     for key, value in data.items():
         if not isinstance(key, str) or not _UNDERLYING.match(key):
-            _add(errors, str(key), "Must be an underlying as instruments list it (upper case, e.g. NIFTY).")
-        if not (_whole(value) and 0 < value <= _MAX_FREEZE):
-            _add(errors, str(key), f"Must be a positive whole number of units, at most {_MAX_FREEZE}.")
+            error_add(errors, str(key), "Must be an underlying as instruments list it (upper case, e.g. NIFTY).")
+        if not (is_whole(value) and 0 < value <= _MAX_FREEZE):
+            error_add(errors, str(key), f"Must be a positive whole number of units, at most {_MAX_FREEZE}.")
     return errors
 
 
-def _feed_default() -> dict:
-    return {"source": settings.MARKET_FEED, "interval_seconds": float(settings.MARKET_FEED_INTERVAL_SECONDS)}
-
-
-def feed_sources() -> list[str]:
-    from marketdata.feeds.runner import FEED_SOURCES  # the feeds bring the broker SDKs: only when asked
-
-    return ["", *sorted(FEED_SOURCES)]
-
-
-def _feed_validate(data: Any) -> Errors:
-    errors: Errors = {}
-    if not _object(data, known=("source", "interval_seconds"), errors=errors):
-        return errors
-    sources = feed_sources()
-    if "source" in data and data["source"] not in sources:
-        _add(errors, "source", f"Must be one of {', '.join(repr(source) for source in sources)} ('' runs none).")
-    interval = data.get("interval_seconds")
-    if "interval_seconds" in data and not (
-        isinstance(interval, (int, float))
-        and not isinstance(interval, bool)
-        and math.isfinite(interval)
-        and 0 < interval <= _MAX_FEED_INTERVAL
-    ):
-        _add(errors, "interval_seconds", f"Must be a number of seconds above 0, at most {_MAX_FEED_INTERVAL:g}.")
-    return errors
-
-
-@dataclass(frozen=True)
-class Section:
-    name: str
-    description: str
-    default: Callable[[], dict]
-    validate: Callable[[Any], Errors]
-
-
-SECTIONS: dict[str, Section] = {
-    section.name: section
-    for section in (
-        Section(
-            MARKET_HOURS,
-            'NSE session times, IST: {"open": "09:15", "close": "15:30", "pre_open": "09:00"}; pre-open order '
-            "entry lasts 8 minutes from pre_open.",
-            _market_hours_default,
-            _market_hours_validate,
-        ),
-        Section(
-            HOLIDAYS,
-            'Trading holidays: {"NSE": [{"date": "YYYY-MM-DD", "name": "..."}]}, weekdays only, each date once; '
-            "each year listed replaces that year's built-in list, other years keep theirs.",
-            _holidays_default,
-            _holidays_validate,
-        ),
-        Section(
-            RMS_DEFAULTS,
-            'A new user\'s risk limits: {"max_orders_per_day": 1000, "max_open_positions": 100, '
-            '"trading_window": "09:15-15:30", "auto_square_off": "15:15"}; null or "" turns one off.',
-            _rms_defaults_default,
-            _rms_defaults_validate,
-        ),
-        Section(
-            FREEZE_QUANTITIES,
-            'Most units one derivatives order may carry, per underlying: {"NIFTY": 1800, ...}.',
-            _freeze_quantities_default,
-            _freeze_quantities_validate,
-        ),
-        Section(
-            FEED,
-            'The market feed `serve` runs: {"source": "simulated"|"kite"|"dhan"|"", "interval_seconds": 1.0}.',
-            _feed_default,
-            _feed_validate,
-        ),
+section_register(
+    Section(
+        RMS_DEFAULTS,
+        'A new user\'s risk limits: {"max_orders_per_day": 1000, "max_open_positions": 100, '
+        '"trading_window": "09:15-15:30", "auto_square_off": "15:15"}; null or "" turns one off.',
+        _rms_defaults_default,
+        _rms_defaults_validate,
     )
-}
+)
+section_register(
+    Section(
+        FREEZE_QUANTITIES,
+        'Most units one derivatives order may carry, per underlying: {"NIFTY": 1800, ...}.',
+        _freeze_quantities_default,
+        _freeze_quantities_validate,
+    )
+)
 
 
 def section_of(name: str) -> Section:
@@ -444,24 +346,6 @@ def _forget(name: str) -> None:
     transaction.on_commit(lambda: cache.delete(_cache_key(name)))
 
 
-def _changes(name: str, before: dict, after: dict) -> dict:
-    """A short account of what changed, for the audit log."""
-    if name == HOLIDAYS:
-        old = {entry["date"]: entry["name"] for entry in before.get("NSE", [])}
-        new = {entry["date"]: entry["name"] for entry in after.get("NSE", [])}
-        summary = {
-            "added": sorted(set(new) - set(old)),
-            "removed": sorted(set(old) - set(new)),
-            "renamed": sorted(day for day in set(old) & set(new) if old[day] != new[day]),
-        }
-        return {key: value for key, value in summary.items() if value}
-    return {
-        key: {"from": before.get(key), "to": after.get(key)}
-        for key in sorted(set(before) | set(after))
-        if before.get(key) != after.get(key)
-    }
-
-
 def _conflict(name: str, current: int) -> AppError:
     return AppError(
         f"The {name} section changed meanwhile (it is at version {current}); reload it and apply your change again.",
@@ -470,7 +354,7 @@ def _conflict(name: str, current: int) -> AppError:
     )
 
 
-def _write(*, actor: User | None, name: str, row: ConfigSection | None, data: dict) -> ConfigSection:
+def _write(*, actor: AbstractBaseUser | None, name: str, row: ConfigSection | None, data: dict) -> ConfigSection:
     now = timezone.now()
     if row is None:
         try:
@@ -485,7 +369,9 @@ def _write(*, actor: User | None, name: str, row: ConfigSection | None, data: di
     return row
 
 
-def config_put(*, actor: User | None, name: str, data: Any, expected_version: int | None = None) -> ConfigSection:
+def config_put(
+    *, actor: AbstractBaseUser | None, name: str, data: Any, expected_version: int | None = None
+) -> ConfigSection:
     """Replace a section's data. 400 naming the fields (`data.<field>`) when invalid; 409 CONFLICT when
     `expected_version` is given and the section is no longer at it (0: never stored)."""
     section = section_of(name)
@@ -493,18 +379,17 @@ def config_put(*, actor: User | None, name: str, data: Any, expected_version: in
     if errors:
         raise ValidationFailed(f"The {name} section is invalid.", errors=_prefixed(errors, "data"))
     with transaction.atomic():
-        row = ConfigSection.objects.select_for_update().filter(name=name).first()
+        row = rows_locked(ConfigSection.objects.filter(name=name)).first()
         current = row.version if row is not None else 0
         if expected_version is not None and expected_version != current:
             raise _conflict(name, current)
         before = row.data if row is not None else section.default()
         row = _write(actor=actor, name=name, row=row, data=data)
-        audit_record(
+        _audit(
             action="config.update",
             actor=actor,
-            target_type="config",
             target_id=name,
-            details={"section": name, "version": row.version, "changes": _changes(name, before, data)},
+            details={"section": name, "version": row.version, "changes": section.changes(before, data)},
         )
     return row
 
@@ -514,24 +399,24 @@ def _document_errors(document: Any) -> Errors:
     if not isinstance(document, dict):
         return {"": ["Must be an object as POST /api/config/export answers."]}
     for key in sorted(set(document) - {"version", "exported_at", "sections"}, key=str):
-        _add(errors, str(key), "Unknown field.")
+        error_add(errors, str(key), "Unknown field.")
     if document.get("version") != EXPORT_FORMAT_VERSION or isinstance(document.get("version"), bool):
-        _add(errors, "version", f"Must be {EXPORT_FORMAT_VERSION}, the export format this server reads.")
+        error_add(errors, "version", f"Must be {EXPORT_FORMAT_VERSION}, the export format this server reads.")
     if "exported_at" in document and not isinstance(document["exported_at"], str):
-        _add(errors, "exported_at", "Must be a timestamp string.")
+        error_add(errors, "exported_at", "Must be a timestamp string.")
     sections = document.get("sections")
     if not isinstance(sections, dict) or not sections:
-        _add(errors, "sections", "Must be an object with at least one section by name.")
+        error_add(errors, "sections", "Must be an object with at least one section by name.")
         return errors
     for name, data in sections.items():
         if name not in SECTIONS:
-            _add(errors, f"sections.{name}", f"Unknown section; the sections are {', '.join(SECTIONS)}.")
+            error_add(errors, f"sections.{name}", f"Unknown section; the sections are {', '.join(SECTIONS)}.")
             continue
         errors.update(_prefixed(SECTIONS[name].validate(data), f"sections.{name}"))
     return errors
 
 
-def config_import(*, actor: User | None, document: Any, dry_run: bool = False) -> dict:
+def config_import(*, actor: AbstractBaseUser | None, document: Any, dry_run: bool = False) -> dict:
     """Apply an exported document's sections, all or nothing: every section is validated first (400 naming
     `document.sections.<name>.<field>`), then each one that differs is stored. Sections the document leaves out
     stay as they are. `dry_run` answers what would change and changes nothing."""
@@ -540,10 +425,7 @@ def config_import(*, actor: User | None, document: Any, dry_run: bool = False) -
         raise ValidationFailed("The configuration document is invalid.", errors=_prefixed(errors, "document"))
     sections: dict[str, dict] = document["sections"]
     with transaction.atomic():
-        rows = {
-            row.name: row
-            for row in ConfigSection.objects.select_for_update().filter(name__in=list(sections)).order_by("name")
-        }
+        rows = {row.name: row for row in rows_locked(ConfigSection.objects.filter(name__in=list(sections)))}
         changes: dict[str, dict] = {}
         for name in SECTIONS:
             if name not in sections:
@@ -551,14 +433,13 @@ def config_import(*, actor: User | None, document: Any, dry_run: bool = False) -
             row = rows.get(name)
             before = row.data if row is not None else SECTIONS[name].default()
             if sections[name] != before:
-                changes[name] = _changes(name, before, sections[name])
+                changes[name] = SECTIONS[name].changes(before, sections[name])
                 if not dry_run:
                     _write(actor=actor, name=name, row=row, data=sections[name])
         if changes and not dry_run:
-            audit_record(
+            _audit(
                 action="config.import",
                 actor=actor,
-                target_type="config",
                 target_id=",".join(changes),
                 details={"changed": list(changes), "changes": changes},
             )

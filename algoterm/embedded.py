@@ -14,6 +14,7 @@ from celery.beat import EmbeddedService
 from django.conf import settings
 
 from algoterm.celery import app as celery_app
+from algoterm.health import in_process_worker_probe_register
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def start_worker(*, concurrency: int = 2) -> threading.Thread:
     )
     _worker_thread = threading.Thread(target=worker.start, name="embedded-celery-worker", daemon=True)
     _worker_thread.start()
+    in_process_worker_probe_register(worker_alive)
     logger.info("embedded Celery worker started")
     return _worker_thread
 

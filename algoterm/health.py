@@ -5,23 +5,37 @@ holiday lists."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
-from algoterm import embedded
-from algoterm.celery import app as celery_app
 from marketdata import calendar as market_calendar
 
 WORKER_PING_TIMEOUT = 1.0
 HEARTBEAT_CACHE_KEY = "system:heartbeat"
 HEARTBEAT_STALE_AFTER_SECONDS = 60
+
+# Embedded mode: whether the in-process worker runs. The composition root registers the probe when it starts the
+# worker; with none registered, no in-process worker was started, so workers are down.
+_in_process_worker_probe: Callable[[], bool] | None = None
+
+
+def in_process_worker_probe_register(probe: Callable[[], bool]) -> None:
+    global _in_process_worker_probe
+    _in_process_worker_probe = probe
+
+
+def _in_process_worker_alive() -> bool:
+    probe = _in_process_worker_probe
+    return probe is not None and probe()
 
 
 @dataclass
@@ -67,7 +81,7 @@ def check_redis() -> ComponentHealth:
 
 def check_workers(*, broker_up: bool) -> ComponentHealth:
     if settings.EMBEDDED:
-        alive = embedded.worker_alive()
+        alive = _in_process_worker_alive()
         return ComponentHealth(
             "up" if alive else "down",
             0.0,
@@ -79,7 +93,7 @@ def check_workers(*, broker_up: bool) -> ComponentHealth:
     started = time.perf_counter()
     try:
         # limit=1: answer as soon as one worker replies, so health stays fast for load balancers.
-        replies = celery_app.control.ping(timeout=WORKER_PING_TIMEOUT, limit=1)
+        replies = current_app.control.ping(timeout=WORKER_PING_TIMEOUT, limit=1)
     except Exception as error:
         return ComponentHealth("down", _elapsed_ms(started), detail=type(error).__name__)
     latency = _elapsed_ms(started)

@@ -293,7 +293,7 @@ SPECTACULAR_SETTINGS = {
         "OrderRoleEnum": "orders.models.LegRole",
         "LegResultStatusEnum": ["placed", "failed", "not_sent", "cancelled"],
         "BulkStatusEnum": ["placed", "partial", "failed", "rolled_back"],
-        "ProductEnum": "brokers.adapters.base.Product",
+        "ProductEnum": "brokers.protocol.Product",
         "StrategyStatusEnum": "strategies.models.StrategyStatus",
         "StrategyRunStatusEnum": "strategies.models.RunStatus",
         "BacktestStatusEnum": "strategies.models.BacktestStatus",

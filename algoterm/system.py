@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.core.cache import cache
 from django.db import transaction
 
+from algoterm.locking import row_locked
 from algoterm.models import PlatformState
 
 STATE_CACHE_KEY = "system:platform_state"
@@ -34,4 +35,4 @@ def platform_state_forget() -> None:
 def platform_state_lock() -> PlatformState:
     """The platform state row, locked for the rest of the transaction (created first when missing)."""
     PlatformState.objects.get_or_create(pk=1)
-    return PlatformState.objects.select_for_update().get(pk=1)
+    return row_locked(PlatformState.objects.all(), pk=1)

@@ -28,8 +28,8 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 
 from algoterm.sandbox.simulators.base import RateWindows, SimulatorServer  # noqa: E402
-from brokers.adapters.base import AdapterConfig, BrokerSession, OrderRequest, OrderType, Product, Side  # noqa: E402
 from brokers.prices import quote_at, quote_publish  # noqa: E402
+from brokers.protocol import AdapterConfig, BrokerSession, OrderRequest, OrderType, Product, Side  # noqa: E402
 
 ROUNDS = sized(150, 10)
 SYMBOL = "NSE:INFY"

@@ -33,7 +33,7 @@ from rest_framework_simplejwt.tokens import AccessToken  # noqa: E402
 
 from accounts.models import User  # noqa: E402
 from algoterm.sandbox.options_reference import black_scholes_greeks_scalar, implied_volatility_scalar  # noqa: E402
-from brokers.adapters.base import Quote  # noqa: E402
+from brokers.protocol import Quote  # noqa: E402
 from marketdata.chain import MARKET_TIMEZONE, expiry_moment, risk_free_rate  # noqa: E402
 from marketdata.models import Instrument, InstrumentType  # noqa: E402
 from marketdata.options import black_scholes_price, implied_volatility_and_greeks  # noqa: E402

@@ -57,7 +57,7 @@ async def publish(mode: str, *, universe: list[str], rate: float, seconds: float
     from datetime import UTC, datetime
     from decimal import Decimal
 
-    from brokers.adapters.base import Quote
+    from brokers.protocol import Quote
     from marketdata.ticks import ticks_fan_out
 
     if mode == "redis":

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from algoterm.api.pagination import PagePagination, paginate
 from algoterm.api.parsers import RawBodyParser
 from algoterm.api.serializers import ErrorSerializer
 from algoterm.api.throttles import BillingWebhookRateThrottle
+from algoterm.api.views import ListApi
 
 from . import selectors, services
 from .serializers import (
@@ -30,14 +30,16 @@ TAGS = ["billing"]
 PROVIDER_DOWN = OpenApiResponse(ErrorSerializer, description="SERVICE_UNAVAILABLE: Razorpay did not answer")
 
 
-class PlanListApi(APIView):
+@extend_schema_view(
+    get=extend_schema(tags=TAGS, responses={200: PlanOutput(many=True)}, summary="The plans (public)", auth=[])
+)
+class PlanListApi(ListApi):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    pagination_class = PagePagination
+    output_serializer_class = PlanOutput
 
-    @extend_schema(tags=TAGS, responses={200: PlanOutput(many=True)}, summary="The plans (public)", auth=[])
-    def get(self, request: Request) -> Response:
-        return paginate(request=request, queryset=selectors.plan_list(), serializer_class=PlanOutput, view=self)
+    def list_selector(self, *, user, filters):
+        return selectors.plan_list()
 
 
 class SubscriptionStartApi(APIView):
@@ -93,18 +95,19 @@ class SubscriptionVerifyApi(APIView):
         return Response(CurrentSubscriptionOutput(subscription).data)
 
 
-class SubscriptionHistoryApi(APIView):
-    permission_classes = [IsAuthenticated]
-    pagination_class = PagePagination
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=TAGS,
         responses={200: SubscriptionOutput(many=True)},
         summary="Your subscriptions with their payments, newest first",
     )
-    def get(self, request: Request) -> Response:
-        subscriptions = selectors.subscription_list(user=request.user)
-        return paginate(request=request, queryset=subscriptions, serializer_class=SubscriptionOutput, view=self)
+)
+class SubscriptionHistoryApi(ListApi):
+    permission_classes = [IsAuthenticated]
+    output_serializer_class = SubscriptionOutput
+
+    def list_selector(self, *, user, filters):
+        return selectors.subscription_list(user=user)
 
 
 class SubscriptionCancelApi(APIView):

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
+from datetime import date, datetime, tzinfo
+from decimal import Decimal
 
 from django.core.cache import cache
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Role, User
 from algoterm.api.errors import NotFound
 from algoterm.outages import REDIS_ERRORS, OutageNotice
 
-from .models import ENTITLED_STATUSES, Payment, Plan, Subscription
+from .models import ENTITLED_STATUSES, Payment, PaymentStatus, Plan, Subscription
 
 ENTITLEMENTS_CACHE_SECONDS = 60
 _cache_outage = OutageNotice("Redis for cached entitlements (reading PostgreSQL)")
@@ -152,3 +155,63 @@ def _entitlements_compute(user: User) -> Entitlements:
         return _of_plan(trial, basis="trial")
     lapsed = _of_plan(trial, basis="lapsed")
     return Entitlements(**{**lapsed.as_dict(), "live_trading": False, "max_running_strategies": 0, "plan": ""})
+
+
+# --- platform-wide, for the operator console (every user's payments) -------------------------------------------------
+
+
+def plan_exists(*, code: str) -> bool:
+    """Whether a plan has this code, active or not."""
+    return Plan.objects.filter(code=code).exists()
+
+
+def payment_platform_list(
+    *,
+    status: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    plan: str | None = None,
+    user_id: str | None = None,
+) -> QuerySet[Payment]:
+    """Every user's payments, newest first, with payer and plan; `start`/`end` bound Razorpay's payment time
+    (inclusive), `plan` is a plan code."""
+    payments = Payment.objects.select_related("user", "subscription__plan")
+    if status:
+        payments = payments.filter(status=status)
+    if start:
+        payments = payments.filter(paid_at__gte=start)
+    if end:
+        payments = payments.filter(paid_at__lte=end)
+    if plan:
+        payments = payments.filter(subscription__plan__code=plan)
+    if user_id:
+        payments = payments.filter(user_id=user_id)
+    return payments.order_by("-paid_at", "-id")
+
+
+def payment_totals(*, payments: QuerySet[Payment]) -> dict:
+    """Over the whole of `payments`, not one page: money captured (paise-exact; rupees derived from paise), and
+    the counts. Amounts are INR, the only currency the platform bills in."""
+    totals = payments.order_by().aggregate(
+        count=Count("id"),
+        captured_count=Count("id", filter=Q(status=PaymentStatus.CAPTURED)),
+        failed_count=Count("id", filter=Q(status=PaymentStatus.FAILED)),
+        refunded_count=Count("id", filter=Q(status=PaymentStatus.REFUNDED)),
+        captured_amount_paise=Sum("amount_paise", filter=Q(status=PaymentStatus.CAPTURED), default=0),
+    )
+    totals["captured_amount"] = (Decimal(totals["captured_amount_paise"]) / 100).quantize(Decimal("0.01"))
+    return totals
+
+
+def payment_platform_captured(*, start: datetime, end: datetime, tz: tzinfo) -> dict:
+    """Money captured in [start, end), every user's: `paise` (None when nothing was), `payments` (their count)
+    and `by_day`, paise per day of `tz`."""
+    captured = Payment.objects.filter(status=PaymentStatus.CAPTURED, paid_at__gte=start, paid_at__lt=end).order_by()
+    totals = captured.aggregate(paise=Sum("amount_paise"), payments=Count("pk"))
+    by_day: dict[date, int] = {
+        row["day"]: row["paise"]
+        for row in captured.annotate(day=TruncDate("paid_at", tzinfo=tz))
+        .values("day")
+        .annotate(paise=Sum("amount_paise"))
+    }
+    return {**totals, "by_day": by_day}

@@ -17,8 +17,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Notification, User
+from accounts.selectors import user_row_lock
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import AppError, ErrorCode, InvalidState, NotFound, ValidationFailed
+from algoterm.locking import row_locked, rows_locked
 
 from . import selectors
 from .models import (
@@ -170,7 +172,7 @@ def subscription_start(*, user: User, plan_code: str) -> StartResult:
     paid subscription."""
     plan = selectors.plan_get(code=plan_code)
     with transaction.atomic():
-        User.objects.select_for_update().filter(pk=user.pk).first()  # one start at a time per user
+        user_row_lock(user=user)  # one start at a time per user
         if plan.is_trial:
             return StartResult(subscription=_trial_start(user=user, plan=plan), checkout=None)
         if Subscription.objects.filter(
@@ -258,7 +260,7 @@ def subscription_verify(*, user: User, payment_id: str, subscription_id: str, si
         ) from None
     remote = _provider_call(client.subscription.fetch, subscription_id)
     with transaction.atomic():
-        locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        locked = row_locked(Subscription.objects, pk=subscription.pk)
         _mirror(locked, remote, at=None)
         audit_record(action="billing.subscription_verify", actor=user, target=locked, details={"payment": payment_id})
     return locked
@@ -280,9 +282,7 @@ def subscription_cancel(*, user: User) -> Subscription:
             razorpay_client().subscription.cancel, halted.razorpay_subscription_id, {"cancel_at_cycle_end": 0}
         )
         with transaction.atomic():
-            locked = (
-                Subscription.objects.select_for_update(of=("self",)).select_related("plan", "user").get(pk=halted.pk)
-            )
+            locked = row_locked(Subscription.objects.select_related("plan", "user"), pk=halted.pk)
             _mirror(locked, remote, at=None)
             audit_record(action="billing.subscription_cancel", actor=user, target=locked, details={"halted": True})
         return locked
@@ -300,7 +300,7 @@ def subscription_cancel(*, user: User) -> Subscription:
         razorpay_client().subscription.cancel, current.razorpay_subscription_id, {"cancel_at_cycle_end": 1}
     )
     with transaction.atomic():
-        locked = Subscription.objects.select_for_update().get(pk=current.pk)
+        locked = row_locked(Subscription.objects, pk=current.pk)
         locked.cancel_at_cycle_end = True
         _mirror(locked, remote, at=None)
         audit_record(action="billing.subscription_cancel", actor=user, target=locked, details={"at_cycle_end": True})
@@ -453,19 +453,17 @@ def _entity(payload: dict[str, Any], name: str) -> dict[str, Any] | None:
 def _subscription_of_event(*, remote: dict | None, payment: dict | None) -> Subscription | None:
     """The event's subscription, locked: named by the event, else (a payment event alone, as `payment.failed`
     comes) the payer's newest subscription that is not over."""
-    subscriptions = Subscription.objects.select_for_update(of=("self",)).select_related("plan", "user")
+    subscriptions = Subscription.objects.select_related("plan", "user")
     razorpay_id = (remote or {}).get("id") or (payment or {}).get("subscription_id")
     if razorpay_id:
-        return subscriptions.filter(razorpay_subscription_id=razorpay_id).first()
+        return rows_locked(subscriptions.filter(razorpay_subscription_id=razorpay_id)).first()
     customer_id = (payment or {}).get("customer_id")
     if not customer_id:
         return None
-    return (
-        subscriptions.filter(razorpay_customer_id=customer_id)
-        .exclude(status__in=FINAL_STATUSES)
-        .order_by("-created_at")
-        .first()
-    )
+    not_over = subscriptions.filter(razorpay_customer_id=customer_id).exclude(status__in=FINAL_STATUSES)
+    newest = not_over.order_by("-created_at").values_list("pk", flat=True).first()
+    # Locked with the filter again: one that ended while we waited for its lock is not over any more.
+    return rows_locked(not_over.filter(pk=newest)).first() if newest is not None else None
 
 
 def _webhook_apply(payload: dict[str, Any]) -> tuple[str, str]:
@@ -507,11 +505,7 @@ def trials_expire(*, now: datetime | None = None) -> int:
     )
     for subscription_id, user_id in ended:
         with transaction.atomic():
-            subscription = (
-                Subscription.objects.select_for_update(of=("self",))
-                .select_related("plan", "user")
-                .get(pk=subscription_id)
-            )
+            subscription = row_locked(Subscription.objects.select_related("plan", "user"), pk=subscription_id)
             if subscription.status != SubscriptionStatus.ACTIVE:
                 continue
             subscription.status = SubscriptionStatus.EXPIRED

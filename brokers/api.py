@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -12,8 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from algoterm.api.errors import NotFound
-from algoterm.api.pagination import PagePagination, paginate
 from algoterm.api.permissions import IsTrader
+from algoterm.api.views import ListApi
 from brokers import selectors, services
 from brokers.models import Broker
 from brokers.serializers import (
@@ -73,22 +73,20 @@ class BrokerCallbackApi(APIView):
         return Response(BrokerAccountOutput(account).data)
 
 
-class BrokerAccountListApi(APIView):
-    pagination_class = PagePagination
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=["brokers"],
         parameters=[OpenApiParameter("broker", str), OpenApiParameter("status", str)],
         responses={200: BrokerAccountOutput(many=True)},
         summary="Your broker accounts",
     )
-    def get(self, request: Request) -> Response:
-        query = AccountListQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        accounts = selectors.broker_account_list(
-            user=request.user, broker=query.validated_data.get("broker"), status=query.validated_data.get("status")
-        )
-        return paginate(request=request, queryset=accounts, serializer_class=BrokerAccountOutput, view=self)
+)
+class BrokerAccountListApi(ListApi):
+    filter_serializer_class = AccountListQuery
+    output_serializer_class = BrokerAccountOutput
+
+    def list_selector(self, *, user, filters):
+        return selectors.broker_account_list(user=user, broker=filters.get("broker"), status=filters.get("status"))
 
 
 class BrokerAccountDetailApi(APIView):

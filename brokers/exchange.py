@@ -16,7 +16,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from brokers.adapters.base import (
+from algoterm.locking import row_locked, rows_locked
+from brokers.models import SimAccount, SimHolding, SimOrder, SimPosition, SimTrade
+from brokers.prices import TICK, quote_for, to_tick
+from brokers.protocol import (
     MARGIN_RATE,
     BrokerOrder,
     BrokerOrderStatus,
@@ -33,8 +36,6 @@ from brokers.adapters.base import (
     Validity,
     split_symbol,
 )
-from brokers.models import SimAccount, SimHolding, SimOrder, SimPosition, SimTrade
-from brokers.prices import TICK, quote_for, to_tick
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def exchange_account(*, venue: str, client_id: str, opening_balance: Decimal | N
 
 
 def _locked(account: SimAccount) -> SimAccount:
-    return SimAccount.objects.select_for_update().get(pk=account.pk)
+    return row_locked(SimAccount.objects.all(), pk=account.pk)
 
 
 def _validate(request: OrderRequest) -> None:
@@ -215,7 +216,7 @@ def _resting_status(order_type: str) -> BrokerOrderStatus:
 
 def _get_order(account: SimAccount, order_id: str) -> SimOrder:
     pk = SimOrder.pk_from_order_id(order_id)
-    order = SimOrder.objects.select_for_update().filter(account=account, pk=pk).first() if pk else None
+    order = rows_locked(SimOrder.objects.filter(account=account, pk=pk)).first() if pk else None
     if order is None:
         raise UnknownOrder(f"Order {order_id} not found.")
     return order
@@ -294,7 +295,7 @@ def _apply_fill(account: SimAccount, order: SimOrder, fill: Fill) -> None:
     order.average_price = (filled_value / order.filled_quantity).quantize(Decimal("0.01"))
     order.status = BrokerOrderStatus.FILLED if order.remaining == 0 else BrokerOrderStatus.PARTIALLY_FILLED
 
-    position, _ = SimPosition.objects.select_for_update().get_or_create(
+    position, _ = rows_locked(SimPosition.objects.all()).get_or_create(
         account=account, symbol=order.symbol, product=order.product
     )
     signed = fill.quantity if order.side == Side.BUY else -fill.quantity
@@ -342,12 +343,10 @@ def match_resting_orders(*, symbol: str) -> int:
     )
     for account_id in list(account_ids):
         with transaction.atomic():
-            account = SimAccount.objects.select_for_update().get(pk=account_id)
+            account = row_locked(SimAccount.objects.all(), pk=account_id)
             filled = [
                 order.order_id
-                for order in SimOrder.objects.select_for_update().filter(
-                    account=account, symbol=symbol, status__in=RESTING
-                )
+                for order in rows_locked(SimOrder.objects.filter(account=account, symbol=symbol, status__in=RESTING))
                 if _try_fill(account, order)
             ]
             if filled:

@@ -10,7 +10,10 @@ from typing import Any
 from django.conf import settings
 
 from algoterm.models import PlatformMode
-from brokers.adapters.base import (
+from algoterm.system import platform_state
+from brokers.models import AccountStatus, Broker, BrokerAccount
+from brokers.protection import CircuitBreaker, pace_order
+from brokers.protocol import (
     AdapterConfig,
     BrokerAdapter,
     BrokerError,
@@ -18,8 +21,7 @@ from brokers.adapters.base import (
     BrokerUnavailable,
     SessionExpired,
 )
-from brokers.models import AccountStatus, Broker, BrokerAccount
-from brokers.protection import CircuitBreaker, pace_order
+from brokers.sessions import broker_session_mark_expired
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +104,6 @@ class GuardedAdapter:
                 raise
             except SessionExpired:
                 self.breaker.record_success()
-                from brokers.services import broker_session_mark_expired
-
                 broker_session_mark_expired(account=self.account, reason="the broker reported the session expired")
                 raise
             except BrokerError:
@@ -157,8 +157,6 @@ def adapter_for(account: BrokerAccount) -> GuardedAdapter:
     """The connected account's adapter; 409 BROKER_SESSION_EXPIRED when it needs a login first.
 
     In platform paper mode a real account trades on the paper broker instead (see `PaperRouted`)."""
-    from algoterm.system import platform_state  # imported here: the gateway sits below the services it uses
-
     require_connected(account)
     inner = build_adapter(
         broker=account.broker,

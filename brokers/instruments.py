@@ -1,13 +1,19 @@
 """Canonical symbols with the ids each broker uses for them (Kite instrument_token, Dhan securityId).
 
 A small static table of well-known instruments whose ids never change answers first (it needs no database, and
-Kite's dump carries no Dhan ids); everything else comes from the market-data instrument master
-(`marketdata.models.Instrument`, filled by `manage.py load_instruments`).
+Kite's dump carries no Dhan ids); everything else comes from the market-data instrument master (filled by
+`manage.py load_instruments`). Market data stands above brokers, so it registers its lookups here
+(`instrument_master_register`, from `MarketDataConfig.ready()`); a lookup the static table cannot answer while none
+is registered is an error, never a silent "unknown instrument".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from django.core.exceptions import ImproperlyConfigured
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,39 @@ def static_by_symbol(symbol: str) -> BrokerInstrument | None:
     return _BY_SYMBOL.get(symbol)
 
 
-def _from_master(instrument) -> BrokerInstrument | None:
+class MasterInstrument(Protocol):
+    """What brokers read of an instrument master row."""
+
+    symbol: str
+    kite_token: int | None
+    dhan_security_id: str
+    lot_size: int
+
+
+@dataclass(frozen=True)
+class InstrumentMaster:
+    """The instrument master's lookups: by our symbol, by Kite instrument token, by (exchange, Dhan security id)."""
+
+    by_symbol: Callable[[str], MasterInstrument | None]
+    by_kite_token: Callable[[int], MasterInstrument | None]
+    by_dhan_security_id: Callable[[str, str], MasterInstrument | None]
+
+
+_master: InstrumentMaster | None = None
+
+
+def instrument_master_register(master: InstrumentMaster) -> None:
+    global _master
+    _master = master
+
+
+def _instrument_master() -> InstrumentMaster:
+    if _master is None:
+        raise ImproperlyConfigured("No instrument master is registered; market data registers its lookups when ready.")
+    return _master
+
+
+def _from_master(instrument: MasterInstrument | None) -> BrokerInstrument | None:
     if instrument is None:
         return None
     return BrokerInstrument(
@@ -55,20 +93,14 @@ def _from_master(instrument) -> BrokerInstrument | None:
 
 
 def by_symbol(symbol: str) -> BrokerInstrument | None:
-    from marketdata.instruments import instrument_get
-
-    return _BY_SYMBOL.get(symbol) or _from_master(instrument_get(symbol=symbol))
+    return _BY_SYMBOL.get(symbol) or _from_master(_instrument_master().by_symbol(symbol))
 
 
 def by_dhan_security_id(exchange: str, security_id: str) -> BrokerInstrument | None:
-    from marketdata.instruments import instrument_get_by_dhan_security_id
-
     return _BY_DHAN_ID.get((exchange, str(security_id))) or _from_master(
-        instrument_get_by_dhan_security_id(exchange=exchange, security_id=str(security_id))
+        _instrument_master().by_dhan_security_id(exchange, str(security_id))
     )
 
 
 def by_kite_token(token: int) -> BrokerInstrument | None:
-    from marketdata.instruments import instrument_get_by_kite_token
-
-    return _BY_KITE_TOKEN.get(int(token)) or _from_master(instrument_get_by_kite_token(token=int(token)))
+    return _BY_KITE_TOKEN.get(int(token)) or _from_master(_instrument_master().by_kite_token(int(token)))

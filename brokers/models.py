@@ -12,8 +12,7 @@ from django.utils import timezone
 
 from algoterm.crypto import EncryptedTextField
 from algoterm.ids import PublicIdField
-
-from .adapters.base import BrokerOrderStatus, OrderType, Product, Side, Validity
+from brokers.protocol import BrokerOrderStatus, OrderType, Product, Side, Validity
 
 
 class Broker(models.TextChoices):

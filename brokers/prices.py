@@ -2,6 +2,10 @@
 
 Quotes live in the market-data quote cache (Redis in production), so the web, worker, feed and simulator processes
 see the same prices. `quote_publish` is how a test or the demo moves one price; feeds publish through the tick bus.
+
+Market data stands above brokers, so it plugs its quote cache and tick bus in here (`price_source_register`, from
+`MarketDataConfig.ready()`) rather than brokers importing it. Asking for a price while none is registered is an error,
+never a silent fall back to synthetic prices for every symbol.
 """
 
 from __future__ import annotations
@@ -9,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from functools import lru_cache
 
-from brokers.adapters.base import Quote
+from django.core.exceptions import ImproperlyConfigured
+
+from brokers.protocol import Quote
 
 TICK = Decimal("0.05")
 
@@ -36,18 +43,33 @@ def to_tick(value: Decimal) -> Decimal:
     return ((value / TICK).quantize(Decimal("1"), rounding=ROUND_HALF_UP) * TICK).quantize(Decimal("0.01"))
 
 
-@lru_cache(maxsize=1)
-def _demo_levels() -> dict[str, Decimal]:
-    """The demo universe's reference levels, so its indices and stocks look like the market too."""
-    from marketdata.instruments import DEMO_INDICES, DEMO_STOCKS
+@dataclass(frozen=True)
+class PriceSource:
+    """Where the market's prices live: the latest quote of a symbol (None when none is cached), the way a batch of
+    quotes becomes the market (answering the fills it caused), and more reference levels for synthetic quotes (the
+    demo universe's, so its indices and stocks look like the market too)."""
 
-    levels = {index.symbol: index.level for index in DEMO_INDICES}
-    levels.update({f"NSE:{stock.tradingsymbol}": stock.level for stock in DEMO_STOCKS})
-    return levels
+    quote_get: Callable[[str], Quote | None]
+    quotes_publish: Callable[[list[Quote]], int]
+    reference_levels: Mapping[str, Decimal] = field(default_factory=dict)
+
+
+_source: PriceSource | None = None
+
+
+def price_source_register(source: PriceSource) -> None:
+    global _source
+    _source = source
+
+
+def _price_source() -> PriceSource:
+    if _source is None:
+        raise ImproperlyConfigured("No price source is registered; market data registers its quote cache when ready.")
+    return _source
 
 
 def reference_price(symbol: str) -> Decimal | None:
-    return REFERENCE_PRICES.get(symbol) or _demo_levels().get(symbol)
+    return REFERENCE_PRICES.get(symbol) or (_source.reference_levels.get(symbol) if _source is not None else None)
 
 
 def _seed(symbol: str) -> int:
@@ -80,16 +102,12 @@ def synthetic_quote(symbol: str, *, at: float | None = None) -> Quote:
 
 def quote_for(symbol: str) -> Quote:
     """The market for `symbol`: the quote cache (fed by the market-data feeds), else the synthetic walk."""
-    from marketdata.quotes import quote_get
-
-    return quote_get(symbol) or synthetic_quote(symbol)
+    return _price_source().quote_get(symbol) or synthetic_quote(symbol)
 
 
 def quote_publish(quote: Quote) -> int:
     """Make `quote` the market for its symbol (through the tick bus); returns the fills it caused."""
-    from marketdata.ticks import ticks_publish
-
-    return ticks_publish([quote])
+    return _price_source().quotes_publish([quote])
 
 
 def quote_at(symbol: str, last_price: Decimal | str, *, depth: int = 1000, spread_ticks: int = 1) -> Quote:

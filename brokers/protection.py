@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from algoterm.api.errors import AppError, ErrorCode
-from brokers.adapters.base import BrokerRateLimited, BrokerUnavailable
+from brokers.protocol import BrokerRateLimited, BrokerUnavailable
 
 # (orders, seconds) windows per broker, from the brokers' published limits.
 BROKER_ORDER_LIMITS: dict[str, list[tuple[int, float]]] = {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
 
 from accounts.models import User
 from algoterm.api.errors import NotFound
-from brokers.adapters.base import Funds
 from brokers.gateway import adapter_for
-from brokers.models import BrokerAccount
+from brokers.models import AccountStatus, Broker, BrokerAccount, SimOrder, Venue
+from brokers.protocol import Funds
 
 
 def broker_account_list(*, user: User, broker: str | None = None, status: str | None = None) -> QuerySet[BrokerAccount]:
@@ -30,3 +30,67 @@ def broker_account_get(*, user: User, account_id: str) -> BrokerAccount:
 def broker_account_funds(*, user: User, account_id: str) -> Funds:
     """Live from the broker: 409 BROKER_SESSION_EXPIRED when a login is needed, 503 when the broker is down."""
     return adapter_for(broker_account_get(user=user, account_id=account_id)).funds()
+
+
+def paper_account_get(*, user: User) -> BrokerAccount | None:
+    """The user's connected paper account (the oldest, if there are several); None when there is none."""
+    return broker_account_list(user=user, broker=Broker.PAPER, status=AccountStatus.CONNECTED).first()
+
+
+# --- platform-wide, for the operator console (every user's accounts) -------------------------------------------------
+
+
+def broker_account_live_prefetch(*, users: QuerySet[User], broker: str | None = None) -> QuerySet[User]:
+    """The users with their live (not deleted) broker accounts prefetched into `live_broker_accounts`, oldest
+    first; with `broker`, only users holding a live account at that broker."""
+    if broker:
+        users = users.filter(
+            Exists(BrokerAccount.objects.filter(owner=OuterRef("pk"), broker=broker, deleted_at__isnull=True))
+        )
+    live_accounts = BrokerAccount.objects.filter(deleted_at__isnull=True).order_by("created_at", "id")
+    return users.prefetch_related(Prefetch("broker_accounts", queryset=live_accounts, to_attr="live_broker_accounts"))
+
+
+def broker_account_platform_counts() -> dict[tuple[str, str], int]:
+    """Live (not deleted) broker accounts of every user, counted per (broker, status)."""
+    grouped = (
+        BrokerAccount.objects.filter(deleted_at__isnull=True)
+        .order_by()
+        .values_list("broker", "status")
+        .annotate(count=Count("pk"))
+    )
+    return {(broker, status): count for broker, status, count in grouped}
+
+
+def broker_account_platform_connected() -> list[tuple[str, str]]:
+    """(id, broker) of every user's live, connected broker account."""
+    return list(
+        BrokerAccount.objects.filter(deleted_at__isnull=True, status=AccountStatus.CONNECTED).values_list(
+            "pk", "broker"
+        )
+    )
+
+
+def sim_order_paper_tags(*, tags: list[str]) -> set[str]:
+    """Which of these order tags the simulated exchange's paper venue holds (orders platform paper mode sent
+    there)."""
+    return set(SimOrder.objects.filter(account__venue=Venue.PAPER, tag__in=tags).values_list("tag", flat=True))
+
+
+def broker_account_find(*, account_id: str, include_disconnected: bool = True) -> BrokerAccount | None:
+    """Any user's broker account by id, for operators' commands (not scoped to a user: never for a user's request);
+    None when there is none. `include_disconnected=False` leaves out accounts their owner disconnected."""
+    accounts = BrokerAccount.objects.filter(pk=account_id)
+    if not include_disconnected:
+        accounts = accounts.filter(deleted_at__isnull=True)
+    return accounts.first()
+
+
+def broker_account_latest_connected(*, broker: str) -> BrokerAccount | None:
+    """The most recently connected live account of `broker` across all users (operators' platform-wide tasks, such
+    as re-syncing the instrument master from a Zerodha dump); None when there is none."""
+    return (
+        BrokerAccount.objects.filter(broker=broker, status=AccountStatus.CONNECTED, deleted_at__isnull=True)
+        .order_by("-connected_at", "pk")
+        .first()
+    )

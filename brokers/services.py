@@ -17,13 +17,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.selectors import user_row_lock
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import InvalidState, NotFound, ValidationFailed
+from algoterm.locking import row_locked
 from billing.services import require_broker_account_slot
-from brokers.adapters.base import BrokerError, BrokerSession
 from brokers.egress import proxy_url_is_public
-from brokers.gateway import build_adapter
+from brokers.gateway import adapter_for, build_adapter
 from brokers.models import AccountStatus, Broker, BrokerAccount
+from brokers.protocol import BrokerError, BrokerSession
+from brokers.sessions import broker_session_mark_expired
 
 logger = logging.getLogger(__name__)
 IST = ZoneInfo(settings.MARKET_TIMEZONE)
@@ -146,7 +149,7 @@ def _adapter(account: BrokerAccount, credentials: dict[str, Any] | None = None, 
 def _store_session(account: BrokerAccount, session: BrokerSession, *, actor: User | None, via: str) -> BrokerAccount:
     """Under the row lock, so a disconnect that committed while the broker answered is never undone."""
     fresh_credentials = account.credentials
-    account = BrokerAccount.objects.select_for_update().get(pk=account.pk)
+    account = row_locked(BrokerAccount.objects.all(), pk=account.pk)
     if account.deleted_at is not None:
         raise InvalidState("This broker account was disconnected during the login.")
     account.credentials = fresh_credentials
@@ -199,7 +202,7 @@ def broker_account_connect(
             ) from None
     with transaction.atomic():
         # Counted again under the user's row lock: two connects at once cannot both take the last slot.
-        type(user).objects.select_for_update().filter(pk=user.pk).first()
+        user_row_lock(user=user)
         require_broker_account_slot(
             user=user, current=BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True).count()
         )
@@ -276,7 +279,7 @@ def broker_account_disconnect(*, user: User, account: BrokerAccount) -> None:
         except BrokerError as error:
             logger.warning("broker logout failed", extra={"account_id": account.pk, "error": str(error.detail)})
     with transaction.atomic():
-        locked = BrokerAccount.objects.select_for_update().get(pk=account.pk)
+        locked = row_locked(BrokerAccount.objects.all(), pk=account.pk)
         if locked.deleted_at is not None:
             raise InvalidState("This broker account is already disconnected.")
         locked.credentials = {}
@@ -286,28 +289,6 @@ def broker_account_disconnect(*, user: User, account: BrokerAccount) -> None:
         locked.deleted_at = timezone.now()
         locked.save()
         audit_record(action="broker.disconnect", actor=user, target=locked)
-
-
-@transaction.atomic
-def broker_session_mark_expired(*, account: BrokerAccount, reason: str, actor: User | None = None) -> bool:
-    """Mark one connected account expired and tell its owner; False if it was not connected (nothing to do)."""
-    locked = BrokerAccount.objects.select_for_update().get(pk=account.pk)
-    if locked.status != AccountStatus.CONNECTED:
-        return False
-    locked.status = AccountStatus.EXPIRED
-    locked.session = {}
-    locked.save(update_fields=["status", "session_encrypted"])
-    account.status = AccountStatus.EXPIRED
-    audit_record(action="broker.session_expire", actor=actor, target=locked, details={"reason": reason})
-    notification_create(
-        user=locked.owner,
-        kind="broker.session_expired",
-        title=f"Log in to {locked.label} again",
-        body="Broker sessions end every day; log in before the market opens to keep trading.",
-        level="warning",
-        data={"account_id": locked.pk},
-    )
-    return True
 
 
 def broker_sessions_expire_due(*, now: datetime | None = None, dry_run: bool = False) -> list[BrokerAccount]:
@@ -326,8 +307,6 @@ def broker_sessions_expire_due(*, now: datetime | None = None, dry_run: bool = F
 
 def broker_session_check(*, account: BrokerAccount) -> str:
     """Ask the broker whether the session still works (funds is the cheapest call every broker has)."""
-    from brokers.gateway import adapter_for
-
     if account.status != AccountStatus.CONNECTED:
         return f"not connected ({account.status})"
     try:
@@ -339,16 +318,19 @@ def broker_session_check(*, account: BrokerAccount) -> str:
 
 def broker_login_reminders_send() -> int:
     """Before the open: one reminder per user whose accounts need a login today."""
-    owners = (
+    accounts = (
         BrokerAccount.objects.filter(
-            deleted_at__isnull=True, status__in=[AccountStatus.EXPIRED, AccountStatus.LOGIN_REQUIRED]
+            deleted_at__isnull=True,
+            status__in=[AccountStatus.EXPIRED, AccountStatus.LOGIN_REQUIRED],
+            owner__is_active=True,
         )
         .exclude(broker=Broker.PAPER)
-        .values_list("owner_id", flat=True)
-        .distinct()
+        .select_related("owner")
+        .order_by("owner_id")
     )
+    owners = {account.owner_id: account.owner for account in accounts}
     sent = 0
-    for owner in User.objects.filter(pk__in=list(owners), is_active=True):
+    for owner in owners.values():
         notification_create(
             user=owner,
             kind="broker.login_reminder",

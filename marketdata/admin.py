@@ -14,7 +14,8 @@ from django.urls import path, reverse
 
 from accounts.services import audit_record
 from algoterm.api.errors import AppError
-from brokers.models import AccountStatus, Broker, BrokerAccount
+from brokers.models import Broker, BrokerAccount
+from brokers.selectors import broker_account_latest_connected
 from marketdata.instruments import InstrumentLoadError, instruments_load_demo, instruments_load_from_account
 from marketdata.models import Candle, Instrument
 
@@ -33,11 +34,7 @@ class ResyncSource:
 def resync_source() -> ResyncSource:
     """Zerodha is the one broker with an instrument dump; the demo universe would replace a real master with made-up
     contracts, so production refuses it."""
-    account = (
-        BrokerAccount.objects.filter(broker=Broker.ZERODHA, status=AccountStatus.CONNECTED, deleted_at__isnull=True)
-        .order_by("-connected_at", "pk")
-        .first()
-    )
+    account = broker_account_latest_connected(broker=Broker.ZERODHA)
     if account is not None:
         return ResyncSource(f"the instrument dump of Zerodha account {account.label} ({account.pk})", account)
     if settings.IS_PRODUCTION:

@@ -6,3 +6,8 @@ class MarketDataConfig(AppConfig):
 
     default_auto_field = "django.db.models.BigAutoField"
     name = "marketdata"
+
+    def ready(self) -> None:
+        from marketdata.receivers import hooks_connect  # loads models: only once the app registry is ready
+
+        hooks_connect()

@@ -27,7 +27,8 @@ check warns that next year's list is missing (and the daily `algoterm.tasks.chec
 admins once per missing year); a missing list for the current year warns at once.
 
 Operators may replace the holiday list and the session times at runtime (`algoterm.config` sections `holidays` and
-`market_hours`); the constants here are the built-ins used until they do, or whenever the store cannot be read.
+`market_hours`, defined in `marketdata.config_sections`); the constants here are the built-ins used until they do,
+or whenever the store cannot be read.
 A stored `holidays` section replaces the built-in list year by year: a year with at least one stored holiday uses
 the stored list, any other year the built-in one, so a deploy that adds a year still applies after an operator
 has edited an earlier one.
@@ -44,10 +45,13 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
+from algoterm.config import HOLIDAYS, MARKET_HOURS, config_stored_or_builtin
+
 IST = ZoneInfo("Asia/Kolkata")
 
 PRE_OPEN_START = time(9, 0)
 PRE_OPEN_END = time(9, 8)  # order entry closes here; 09:08-09:15 is the order matching and buffer period
+PRE_OPEN_ENTRY = timedelta(minutes=8)  # NSE's pre-open order entry window, from the pre-open start
 NORMAL_OPEN = time(9, 15)
 NORMAL_CLOSE = time(15, 30)
 
@@ -137,8 +141,6 @@ def market_always_open() -> bool:
 
 def _holidays() -> dict[date, str]:
     """The built-in holidays with every year the operator stored replaced by the stored list of that year."""
-    from algoterm.config import HOLIDAYS, config_stored_or_builtin
-
     stored = config_stored_or_builtin(name=HOLIDAYS)
     if stored is None:
         return NSE_TRADING_HOLIDAYS
@@ -169,8 +171,6 @@ def holiday_years_missing(*, today: date) -> list[int]:
 
 def _session_times() -> tuple[time, time, time, time]:
     """Pre-open start and end, open, close."""
-    from algoterm.config import MARKET_HOURS, PRE_OPEN_ENTRY, config_stored_or_builtin
-
     stored = config_stored_or_builtin(name=MARKET_HOURS)
     if stored is None:
         return PRE_OPEN_START, PRE_OPEN_END, NORMAL_OPEN, NORMAL_CLOSE

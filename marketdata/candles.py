@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -26,13 +25,12 @@ from django.db.models import F, Max, Min, Sum, Value, Window
 from django.db.models.expressions import RowRange
 from django.db.models.functions import ExtractHour, ExtractMinute, Floor, LastValue, RowNumber, TruncDate
 
+from accounts.services import audit_record
 from algoterm.api.errors import ValidationFailed
-from brokers.adapters.base import BrokerRateLimited, HistoricalCandle, InvalidInput, Quote, split_symbol
+from brokers.gateway import GuardedAdapter, adapter_for
+from brokers.models import BrokerAccount
+from brokers.protocol import BrokerRateLimited, HistoricalCandle, InvalidInput, Quote, split_symbol
 from marketdata.models import Candle
-
-if TYPE_CHECKING:
-    from brokers.gateway import GuardedAdapter
-    from brokers.models import BrokerAccount
 
 IST = ZoneInfo(settings.MARKET_TIMEZONE)
 MINUTE = "1m"
@@ -440,8 +438,6 @@ def candles_import_from_broker(
     called after each chunk. Raises the adapter's BrokerError subclasses (InvalidInput for an unknown symbol,
     SessionExpired when the account needs a login).
     """
-    from brokers.gateway import adapter_for
-
     symbol = symbol.strip().upper()
     split_symbol(symbol)
     chunks = candles_import_chunks(interval=interval, start=start, end=end)
@@ -502,8 +498,6 @@ def ist_day_start(day: date) -> datetime:
 def candles_purge(*, before: datetime, batch_size: int = 5000, progress: Callable[[int], None] | None = None) -> int:
     """Delete the 1-minute candles that started before `before`, `batch_size` rows a statement (daily candles are
     kept); `progress` hears each batch's count. Audited; returns how many went."""
-    from accounts.services import audit_record
-
     old = Candle.objects.filter(interval=MINUTE, start__lt=before).order_by()
     deleted = 0
     while batch := list(old.values_list("pk", flat=True)[:batch_size]):

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from algoterm.api.errors import NotFound
-from brokers.adapters.base import Quote
+from brokers.protocol import Quote
 from marketdata.models import Instrument, InstrumentType
 from marketdata.options import DAYS_PER_YEAR, DEFAULT_RISK_FREE_RATE, implied_volatility_and_greeks
 from marketdata.quotes import quotes_get

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from django.core.cache import cache
 
-from brokers.adapters.base import Quote
+from brokers.protocol import Quote
 
 _PREFIX = "quote:"
 _TTL_SECONDS = 3 * 24 * 3600

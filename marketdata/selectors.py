@@ -7,16 +7,20 @@ A symbol is known when the instrument master lists it or a feed has quoted it.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from collections.abc import Sequence
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db import connection
+from django.db.models import F, FloatField, Func, Q, QuerySet, Window
+from django.db.models.functions import Cast, RowNumber, TruncDate
 
 from algoterm.api.errors import AppError, ErrorCode, NotFound, ValidationFailed
-from brokers.adapters.base import Quote
-from marketdata.candles import CandleBar, candles_get, candles_span_check
-from marketdata.models import Candle, Instrument
+from brokers.protocol import Quote
+from marketdata.calendar import IST
+from marketdata.candles import MINUTE, CandleBar, candles_get, candles_span_check
+from marketdata.models import Candle, Instrument, InstrumentType
 from marketdata.quotes import _encode, quote_get, quotes_get
 
 MAX_SYMBOLS_PER_REQUEST = 100
@@ -132,3 +136,186 @@ def instrument_list(
     if expiry is not None:
         instruments = instruments.filter(expiry=expiry)
     return instruments.order_by("symbol")
+
+
+# --- derivative contracts and stored 1-minute candles, as the strategies' live engine and backtests read them ---
+
+DERIVATIVE_TYPES = (InstrumentType.FUT, InstrumentType.CE, InstrumentType.PE)
+
+
+def instrument_derivatives_exist(*, underlying: str) -> bool:
+    """Whether the instrument master lists any future or option of `underlying` (active or not)."""
+    return Instrument.objects.filter(underlying=underlying, instrument_type__in=DERIVATIVE_TYPES).exists()
+
+
+def instrument_derivative_lot_size(*, underlying: str) -> int | None:
+    """The lot size of `underlying`'s derivatives: an active contract's, the latest expiry's first."""
+    return (
+        Instrument.objects.filter(underlying=underlying, instrument_type__in=DERIVATIVE_TYPES)
+        .order_by("-is_active", "-expiry")
+        .values_list("lot_size", flat=True)
+        .first()
+    )
+
+
+def _active_contracts(*, underlying: str, instrument_types: Sequence[str], expiring_from: date) -> QuerySet[Instrument]:
+    return Instrument.objects.filter(
+        underlying=underlying, instrument_type__in=instrument_types, expiry__gte=expiring_from, is_active=True
+    )
+
+
+def instrument_contract_expiries(
+    *, underlying: str, instrument_types: Sequence[str], expiring_from: date
+) -> list[date]:
+    """The expiries, oldest first, of `underlying`'s active contracts of `instrument_types` expiring on or after
+    `expiring_from`."""
+    contracts = _active_contracts(underlying=underlying, instrument_types=instrument_types, expiring_from=expiring_from)
+    return list(contracts.order_by("expiry").values_list("expiry", flat=True).distinct())
+
+
+def instrument_contract_list(
+    *, underlying: str, instrument_types: Sequence[str], expiring_from: date, expiry: date
+) -> list[Instrument]:
+    """`underlying`'s active contracts of `instrument_types` expiring on `expiry` (none if that precedes
+    `expiring_from`), by symbol."""
+    contracts = _active_contracts(underlying=underlying, instrument_types=instrument_types, expiring_from=expiring_from)
+    return list(contracts.filter(expiry=expiry))
+
+
+class _EpochSeconds(Func):
+    """A datetime column as Unix seconds, computed by the database, so no datetime objects are built per row."""
+
+    # date_part gives float8 directly; EXTRACT gives numeric (PostgreSQL 14+), slower to compute and convert.
+    template = "date_part('epoch', %(expressions)s)"
+    output_field = FloatField()
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # SQLite (embedded mode) keeps UTC datetimes as text, which julianday reads; the Unix epoch is day 2440587.5.
+        return self.as_sql(
+            compiler,
+            connection,
+            template="ROUND((julianday(%(expressions)s) - 2440587.5) * 86400.0)",
+            **extra_context,
+        )
+
+
+def _float(name: str) -> Cast:
+    return Cast(name, FloatField())
+
+
+_CANDLE_PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+def _ist_midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=IST)
+
+
+def _candle_rows(candles: QuerySet[Candle], *leading: Any, volume: bool = True) -> QuerySet:
+    """Rows of `leading` columns, then start (epoch seconds), open, high, low, close and volume, all floats."""
+    prices = _CANDLE_PRICE_COLUMNS if volume else _CANDLE_PRICE_COLUMNS[:-1]
+    return candles.values_list(*leading, _EpochSeconds("start"), *(_float(name) for name in prices))
+
+
+def minute_candle_rows(*, symbol: str, since: date, until: date, volume: bool = False) -> list[tuple[float, ...]]:
+    """`symbol`'s 1-minute candles of the IST days since..until, oldest first, as (start in epoch seconds, open,
+    high, low, close[, volume]) floats: one query, for callers that load them straight into arrays."""
+    rows = _candle_rows(
+        Candle.objects.filter(
+            symbol=symbol,
+            interval=MINUTE,
+            start__gte=_ist_midnight(since),
+            start__lt=_ist_midnight(until + timedelta(days=1)),
+        ).order_by("start"),
+        volume=volume,
+    )
+    # Every column already arrives as a float, so the rows are fetched as the driver returns them, without
+    # Django's per-value converters: a year of minutes is ~0.5 million values.
+    sql, params = rows.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _candle_days_portable(days: Sequence[tuple[str, date]]) -> list[tuple[Any, ...]]:
+    """(symbol, start epoch, open, high, low, close, volume) of each (symbol, IST day), by symbol and start."""
+    days_of_symbols = Q(
+        *(
+            Q(symbol=symbol, start__gte=_ist_midnight(day), start__lt=_ist_midnight(day + timedelta(days=1)))
+            for symbol, day in days
+        ),
+        _connector=Q.OR,
+    )
+    return list(
+        _candle_rows(Candle.objects.filter(days_of_symbols, interval=MINUTE).order_by("symbol", "start"), "symbol")
+    )
+
+
+def _candle_days_postgresql(days: Sequence[tuple[str, date]]) -> list[tuple[Any, ...]]:
+    """The same rows as `_candle_days_portable`, joined against the days as arrays: one short statement whatever
+    their number, where Django would compile hundreds of OR-ed lookups."""
+    sql = (
+        "SELECT candle.symbol, date_part('epoch', candle.start), candle.open::float8, candle.high::float8, "
+        "candle.low::float8, candle.close::float8, candle.volume::float8 "
+        "FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS wanted(symbol, since, until) "
+        f"JOIN {connection.ops.quote_name(Candle._meta.db_table)} AS candle ON candle.symbol = wanted.symbol "
+        "AND candle.interval = %s AND candle.start >= wanted.since AND candle.start < wanted.until "
+        "ORDER BY candle.symbol, candle.start"
+    )
+    params = [
+        [symbol for symbol, _ in days],
+        [_ist_midnight(day) for _, day in days],
+        [_ist_midnight(day + timedelta(days=1)) for _, day in days],
+        MINUTE,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def minute_candle_day_rows(*, days: Sequence[tuple[str, date]]) -> list[tuple[Any, ...]]:
+    """(symbol, start in epoch seconds, open, high, low, close, volume) of the 1-minute candles of each (symbol, IST
+    day), by symbol and start, in one query. SQLite bounds the parameters of a query: ask for a few hundred days at
+    a time."""
+    fetch = _candle_days_postgresql if connection.vendor == "postgresql" else _candle_days_portable
+    return fetch(days)
+
+
+def minute_candle_last_prices(
+    *, asks: Sequence[tuple[Sequence[str], date, datetime]]
+) -> list[tuple[str, float, float, float]]:
+    """For each ask (symbols, IST day, moment): each symbol's last 1-minute candle of that day starting at or
+    before the moment, as (symbol, start in epoch seconds, open, close); none for a symbol without one. One query,
+    ranking candles per symbol and IST day, so the asks of one query must be of different days."""
+    asked = Q(
+        *(Q(symbol__in=symbols, start__gte=_ist_midnight(day), start__lte=moment) for symbols, day, moment in asks),
+        _connector=Q.OR,
+    )
+    latest = (
+        Candle.objects.filter(asked, interval=MINUTE)
+        .annotate(
+            recency=Window(
+                RowNumber(),
+                partition_by=[F("symbol"), TruncDate("start", tzinfo=IST)],
+                order_by=F("start").desc(),
+            )
+        )
+        .filter(recency=1)
+        .values_list("symbol", _EpochSeconds("start"), _float("open"), _float("close"))
+    )
+    return list(latest)
+
+
+def instrument_listed_symbols(*, limit: int) -> list[str]:
+    """The active indices and stocks of the instrument master (what every feed follows), by symbol, at most
+    `limit`."""
+    listed = Instrument.objects.filter(
+        is_active=True, instrument_type__in=[InstrumentType.INDEX, InstrumentType.EQ]
+    ).order_by("symbol")
+    return list(listed.values_list("symbol", flat=True)[:limit])
+
+
+def instrument_underlyings(*, symbols: list[str]) -> dict[str, str]:
+    """Each known symbol's underlying (its trading symbol where it has none, as for a stock); unknown symbols are
+    left out."""
+    rows = Instrument.objects.filter(symbol__in=symbols).values_list("symbol", "underlying", "tradingsymbol")
+    return {symbol: underlying or tradingsymbol for symbol, underlying, tradingsymbol in rows}

@@ -13,7 +13,8 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from brokers.adapters.base import Quote
+from brokers.exchange import match_resting_orders_for
+from brokers.protocol import Quote
 from marketdata.quotes import _encode, quotes_put
 from marketdata.signals import ticks_published
 
@@ -41,8 +42,6 @@ def ticks_publish(quotes: list[Quote], *, fan_out: bool = True) -> int:
     """Returns how many paper/simulator orders the ticks filled."""
     if not quotes:
         return 0
-    from brokers.exchange import match_resting_orders_for
-
     quotes_put(quotes)
     try:
         fills = match_resting_orders_for(symbols=[quote.symbol for quote in quotes])

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from algoterm.api.pagination import PagePagination, paginate
+from algoterm.api.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from algoterm.api.permissions import IsTrader
-from brokers.adapters.base import OrderRejected
+from algoterm.api.views import ListApi
+from brokers.protocol import OrderRejected
 from orders import selectors, services
-from orders.idempotency import HEADER, idempotent
 from orders.models import OrderStatus
 from orders.serializers import (
     BulkInput,
@@ -33,24 +33,9 @@ from orders.serializers import (
     TradeOutput,
 )
 
-IDEMPOTENCY_PARAMETER = OpenApiParameter(
-    HEADER,
-    str,
-    location=OpenApiParameter.HEADER,
-    description="Same key and body: the first response again, nothing done twice. Same key, other body: 409 "
-    "IDEMPOTENCY_KEY_REUSED. Kept 48 hours.",
-)
 
-
-class OrderListCreateApi(APIView):
-    pagination_class = PagePagination
-
-    def get_permissions(self):
-        if self.request.method == "POST":
-            return [IsAuthenticated(), IsTrader()]
-        return [IsAuthenticated()]
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=["orders"],
         parameters=[
             OpenApiParameter("status", str, many=True, enum=OrderStatus.values),
@@ -66,23 +51,29 @@ class OrderListCreateApi(APIView):
         responses={200: OrderOutput(many=True)},
         summary="Your orders, newest first",
     )
-    def get(self, request: Request) -> Response:
-        query = OrderListQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        data = query.validated_data
-        orders = selectors.order_list(
-            user=request.user,
-            statuses=sorted(data.get("status") or []),
-            account_id=data.get("account_id"),
-            symbol=data.get("symbol"),
-            side=data.get("side"),
-            source=data.get("source"),
-            tag=data.get("tag"),
-            open_only=data.get("open"),
-            start=data.get("from"),
-            end=data.get("to"),
+)
+class OrderListCreateApi(ListApi):
+    filter_serializer_class = OrderListQuery
+    output_serializer_class = OrderOutput
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsAuthenticated(), IsTrader()]
+        return [IsAuthenticated()]
+
+    def list_selector(self, *, user, filters):
+        return selectors.order_list(
+            user=user,
+            statuses=sorted(filters.get("status") or []),
+            account_id=filters.get("account_id"),
+            symbol=filters.get("symbol"),
+            side=filters.get("side"),
+            source=filters.get("source"),
+            tag=filters.get("tag"),
+            open_only=filters.get("open"),
+            start=filters.get("from"),
+            end=filters.get("to"),
         )
-        return paginate(request=request, queryset=orders, serializer_class=OrderOutput, view=self)
 
     @extend_schema(
         tags=["orders"],
@@ -193,10 +184,8 @@ class OrderBulkApi(APIView):
         return idempotent(request, scope="orders.bulk", act=act, recover=recover)
 
 
-class TradeListApi(APIView):
-    pagination_class = PagePagination
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=["orders"],
         parameters=[
             OpenApiParameter("account_id", str),
@@ -208,19 +197,20 @@ class TradeListApi(APIView):
         responses={200: TradeOutput(many=True)},
         summary="Your fills, newest first",
     )
-    def get(self, request: Request) -> Response:
-        query = TradeListQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        data = query.validated_data
-        trades = selectors.trade_list(
-            user=request.user,
-            account_id=data.get("account_id"),
-            symbol=data.get("symbol"),
-            order_id=data.get("order_id"),
-            start=data.get("from"),
-            end=data.get("to"),
+)
+class TradeListApi(ListApi):
+    filter_serializer_class = TradeListQuery
+    output_serializer_class = TradeOutput
+
+    def list_selector(self, *, user, filters):
+        return selectors.trade_list(
+            user=user,
+            account_id=filters.get("account_id"),
+            symbol=filters.get("symbol"),
+            order_id=filters.get("order_id"),
+            start=filters.get("from"),
+            end=filters.get("to"),
         )
-        return paginate(request=request, queryset=trades, serializer_class=TradeOutput, view=self)
 
 
 class PositionListApi(APIView):

@@ -9,7 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from algoterm.ids import PublicIdField, to_compact
-from brokers.adapters.base import OrderType, Product, Side, Validity
+from brokers.protocol import OrderType, Product, Side, Validity
 
 
 class OrderStatus(models.TextChoices):

@@ -20,9 +20,10 @@ from django.db import transaction
 
 from algoterm.api.errors import ValidationFailed
 from algoterm.ids import from_compact
-from brokers.adapters.base import BrokerOrder
+from algoterm.tasking import task_send
 from brokers.adapters.zerodha import order_from_kite
 from brokers.models import Broker
+from brokers.protocol import BrokerOrder
 from orders.models import Order
 from orders.services import order_refresh_from_broker
 
@@ -73,11 +74,10 @@ def order_refresh_request(*, order_id: str) -> None:
     whatever this push announced)."""
     if not cache.add(_refresh_key(order_id), "queued", timeout=settings.ORDER_PUSH_REFRESH_COALESCE_SECONDS):
         return
-    from orders import tasks
 
     def enqueue() -> None:
         try:
-            tasks.refresh_pushed_order.delay(order_id)
+            task_send(name="orders.tasks.refresh_pushed_order", args=(order_id,))
         except Exception:  # the broker must get its fast answer; reconciliation reads the book anyway
             cache.delete(_refresh_key(order_id))
             logger.exception("the broker read announced by a push for %s could not be queued", order_id)

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import ExtractHour
 
 from accounts.models import User
 from algoterm.api.errors import NotFound
-from brokers.adapters.base import BrokerError, Quote
 from brokers.gateway import adapter_for
-from brokers.models import AccountStatus, BrokerAccount
+from brokers.models import AccountStatus, Broker
 from brokers.prices import quote_for
-from brokers.selectors import broker_account_get
+from brokers.protocol import BrokerError, Quote
+from brokers.selectors import broker_account_get, broker_account_list
 from marketdata.quotes import quotes_get
-from orders.models import LIVE_STATUSES, Order, Position, Trade
+from orders.models import LIVE_STATUSES, LegRole, Order, OrderStatus, Position, Trade
 
 PAISE = Decimal("0.01")
 
@@ -177,8 +180,7 @@ def portfolio_get(*, user: User) -> dict[str, Any]:
     cannot be reached is listed in `unavailable_accounts` rather than failing the whole portfolio."""
     holdings: list[dict[str, Any]] = []
     problems: list[dict[str, str]] = []
-    accounts = BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True).order_by("created_at")
-    for account in accounts:
+    for account in broker_account_list(user=user):
         if account.status != AccountStatus.CONNECTED:
             problems.append(
                 {"account_id": account.pk, "error_code": "BROKER_SESSION_EXPIRED", "detail": f"{account.status}"}
@@ -226,9 +228,6 @@ def portfolio_get(*, user: User) -> dict[str, Any]:
 
 def orders_placed_on(*, user: User, day) -> int:
     """Orders the user placed on the IST trading day `day` (rejected ones count, as brokers count them)."""
-    from datetime import datetime, time, timedelta
-    from zoneinfo import ZoneInfo
-
     start = datetime.combine(day, time(0), tzinfo=ZoneInfo("Asia/Kolkata"))
     return Order.objects.filter(user=user, created_at__gte=start, created_at__lt=start + timedelta(days=1)).count()
 
@@ -256,4 +255,112 @@ def users_with_open_positions_in(*, symbols: list[str]) -> list[str]:
         .order_by()
         .values_list("user_id", flat=True)
         .distinct()
+    )
+
+
+# --- a strategy's own orders and fills (orders carry the id of the strategy that placed them) ----------------------
+
+
+def _strategy_orders(*, strategy_ref: str, placed_from: datetime, placed_until: datetime | None) -> QuerySet[Order]:
+    orders = Order.objects.filter(strategy_ref=strategy_ref, created_at__gte=placed_from)
+    if placed_until is not None:
+        orders = orders.filter(created_at__lte=placed_until)
+    return orders
+
+
+def strategy_order_list(
+    *,
+    strategy_ref: str,
+    placed_from: datetime,
+    placed_until: datetime | None = None,
+    statuses: Iterable[str] | None = None,
+) -> list[Order]:
+    """The orders the strategy `strategy_ref` placed in the window (with their accounts), newest first."""
+    orders = _strategy_orders(strategy_ref=strategy_ref, placed_from=placed_from, placed_until=placed_until)
+    if statuses is not None:
+        orders = orders.filter(status__in=statuses)
+    return list(orders.select_related("account"))
+
+
+def strategy_fill_rows(
+    *,
+    strategy_ref: str,
+    placed_from: datetime,
+    placed_until: datetime | None = None,
+    traded_from: datetime | None = None,
+) -> list[tuple[str, str, str, str, int, Decimal]]:
+    """(account id, symbol, product, side, quantity, price) of every fill of the orders the strategy `strategy_ref`
+    placed in the window, traded since `traded_from` when given: one query."""
+    trades = Trade.objects.filter(
+        order__in=_strategy_orders(strategy_ref=strategy_ref, placed_from=placed_from, placed_until=placed_until)
+    )
+    if traded_from is not None:
+        trades = trades.filter(traded_at__gte=traded_from)
+    return list(trades.values_list("account_id", "symbol", "product", "side", "quantity", "price"))
+
+
+def stop_loss_filled_get(*, entry_order_ids: list[str]) -> Order | None:
+    """The newest filled stop-loss exit of any of the entry orders, if one filled."""
+    return Order.objects.filter(
+        parent_id__in=entry_order_ids, role=LegRole.STOP_LOSS, status=OrderStatus.FILLED
+    ).first()
+
+
+def position_quantity(*, account_id: str, symbol: str, product: str) -> int:
+    """The account's net quantity in the instrument and product (0 without a position)."""
+    position = Position.objects.filter(account_id=account_id, symbol=symbol, product=product).first()
+    return position.quantity if position is not None else 0
+
+
+# --- platform-wide, for the operator console (every user's orders) ---------------------------------------------------
+
+
+def order_platform_day_figures(*, start: datetime, end: datetime, tz: tzinfo, top_rejections: int) -> dict[str, Any]:
+    """Orders created in [start, end), every user's: placed, rejected and filled counts, orders and rejections per
+    hour of `tz`, and the `top_rejections` most frequent rejection messages as (message, count)."""
+    created = Order.objects.filter(created_at__gte=start, created_at__lt=end).order_by()
+    counts = created.aggregate(
+        placed=Count("pk"),
+        rejected=Count("pk", filter=Q(status=OrderStatus.REJECTED)),
+        filled=Count("pk", filter=Q(status=OrderStatus.FILLED)),
+    )
+    by_hour = created.annotate(hour=ExtractHour("created_at", tzinfo=tz)).values("hour")
+    placed_by_hour = {row["hour"]: row["count"] for row in by_hour.annotate(count=Count("pk"))}
+    rejected_by_hour = {
+        row["hour"]: row["count"]
+        for row in by_hour.filter(status=OrderStatus.REJECTED).annotate(count=Count("pk"))
+        if row["count"]
+    }
+    top = (
+        created.filter(status=OrderStatus.REJECTED)
+        .values_list("status_message")
+        .annotate(count=Count("pk"))
+        .order_by("-count", "status_message")[:top_rejections]
+    )
+    return {
+        **counts,
+        "placed_by_hour": placed_by_hour,
+        "rejected_by_hour": rejected_by_hour,
+        "top_rejections": [(message, count) for message, count in top],
+    }
+
+
+def order_platform_counts_by_broker(*, since: datetime) -> dict[str, dict[str, int]]:
+    """Per broker with orders: orders created since `since` (every user's) and those the broker rejected."""
+    rows = (
+        Order.objects.filter(created_at__gte=since)
+        .values("account__broker")
+        .annotate(placed=Count("id"), rejected=Count("id", filter=Q(status=OrderStatus.REJECTED)))
+        .order_by()
+    )
+    return {row["account__broker"]: {"placed": row["placed"], "rejected": row["rejected"]} for row in rows}
+
+
+def order_platform_live_of_real_accounts() -> list[Order]:
+    """Live orders of real (non-paper) broker accounts, every user's, oldest first (ids only loaded)."""
+    return list(
+        Order.objects.filter(status__in=LIVE_STATUSES)
+        .exclude(account__broker=Broker.PAPER)
+        .order_by("created_at")
+        .only("id")
     )

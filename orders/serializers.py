@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from algoterm.api.errors import ErrorCode, ValidationFailed
 from algoterm.api.serializers import BlankAsNullChoiceField, InputSerializer
-from brokers.adapters.base import OrderType, Product, Side, Validity
+from brokers.protocol import OrderType, Product, Side, Validity
 from marketdata.selectors import symbol_normalize
 from orders.models import Order, OrderEvent, OrderStatus, Position, Trade
 from orders.services import OrderSpec

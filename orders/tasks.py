@@ -1,8 +1,9 @@
 """Order follow-ups: each task takes ids, loads, and calls one service; all are safe to run twice."""
 
 from celery import shared_task
+from django.conf import settings
 
-from orders import services
+from orders import postbacks, services
 
 
 @shared_task(name="orders.tasks.reconcile_account")
@@ -21,9 +22,7 @@ def reconcile_open() -> int:
 
 @shared_task(name="orders.tasks.refresh_pushed_order")
 def refresh_pushed_order(order_id: str) -> None:
-    from orders.postbacks import order_refresh_pushed
-
-    order_refresh_pushed(order_id=order_id)
+    postbacks.order_refresh_pushed(order_id=order_id)
 
 
 @shared_task(name="orders.tasks.place_exits")
@@ -48,6 +47,4 @@ def trail_stops() -> int:
 
 @shared_task(name="orders.tasks.purge_idempotency_keys")
 def purge_idempotency_keys() -> int:
-    from django.conf import settings
-
     return services.idempotency_records_purge(older_than=settings.IDEMPOTENCY_KEY_TTL)

@@ -8,11 +8,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from algoterm.api.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from algoterm.api.permissions import IsTrader
 from algoterm.api.serializers import ErrorSerializer
-from orders.api import IDEMPOTENCY_PARAMETER
-from orders.idempotency import idempotent
-from orders.serializers import SquareOffOutput
+from orders.serializers import SquareOffOutput  # the RMS square-off answers with the orders it cancelled and placed
 from rms import selectors, services
 from rms.serializers import RiskConfigInput, RiskConfigOutput, RmsSquareOffInput, RmsStatusOutput
 

@@ -1,7 +1,5 @@
 from django.apps import AppConfig
 
-from marketdata.signals import ticks_published
-
 
 class RmsConfig(AppConfig):
     """Risk profiles, pre-trade checks, MTM monitoring, square-off and kill switches."""
@@ -10,6 +8,6 @@ class RmsConfig(AppConfig):
     name = "rms"
 
     def ready(self) -> None:
-        from rms.receivers import on_ticks_published  # loads models: only once the app registry is ready
+        from rms.receivers import receivers_connect  # loads models: only once the app registry is ready
 
-        ticks_published.connect(on_ticks_published, dispatch_uid="rms.evaluate_on_ticks")
+        receivers_connect()

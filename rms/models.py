@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from algoterm.config import RMS_DEFAULTS, config_get
 from algoterm.ids import PublicIdField
 
 
@@ -117,7 +118,6 @@ def default_limits() -> dict:
     """What a new user's profile starts with (the `rms_defaults` configuration section, by default the settings
     `RMS_DEFAULT_*`): loss and profit rules are the user's choice and start off; the counts sit well inside the
     brokers' own daily limits."""
-    from algoterm.config import RMS_DEFAULTS, config_get
 
     def clock(value: str) -> time | None:
         return time.fromisoformat(value) if value else None
@@ -189,7 +189,7 @@ class RmsEvent(models.Model):
         RESUME = "resume"
         CONFIG = "config"
 
-    id = PublicIdField(prefix="evt")
+    id = PublicIdField(prefix="rke")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rms_events")
     kind = models.CharField(max_length=16, choices=Kind.choices)
     reason = models.CharField(max_length=40, blank=True)

@@ -1,4 +1,5 @@
-"""How RMS hears what the floors below it announce; `RmsConfig.ready()` connects these receivers."""
+"""How RMS hears what the floors below it announce, and what it registers with them. `RmsConfig.ready()` calls
+`receivers_connect()` once."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import logging
 
 from django.conf import settings
 
-from rms.tasks import evaluate_symbols
+from marketdata.signals import ticks_published
+from orders.hooks import pre_trade_check_register
+from orders.signals import fill_applied
+from rms.services import check_order
+from rms.tasks import evaluate_symbols, evaluate_users
 
 logger = logging.getLogger(__name__)
 
@@ -19,3 +24,18 @@ def on_ticks_published(sender: object, *, symbols: list[str], **kwargs: object) 
         evaluate_symbols.delay(symbols)
     except Exception:  # the sweep still runs; a tick must reach its subscribers whatever happens here
         logger.exception("tick-driven risk evaluation could not be queued")
+
+
+def on_fill_applied(sender: object, *, user_id: str, **kwargs: object) -> None:
+    """A fill changed the user's MTM (realized PnL, a new position) without a tick: they are evaluated again."""
+    try:
+        evaluate_users.delay([user_id])
+    except Exception:  # the beat sweep evaluates everyone anyway; a fill must not fail on this
+        logger.exception("risk re-evaluation after a fill could not be queued")
+
+
+def receivers_connect() -> None:
+    ticks_published.connect(on_ticks_published, dispatch_uid="rms.evaluate_on_ticks")
+    fill_applied.connect(on_fill_applied, dispatch_uid="rms.evaluate_after_fill")
+    # Every order that adds exposure passes this check before it goes out (orders refuses all of them without one).
+    pre_trade_check_register(check_order)

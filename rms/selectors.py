@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+
+from django.db.models import Count
 
 from accounts.models import User
 from algoterm.api.errors import AppError
 from brokers.gateway import adapter_for
 from brokers.models import AccountStatus, BrokerAccount
 from brokers.selectors import broker_account_get as _broker_account_get
-from marketdata.models import Instrument
+from brokers.selectors import broker_account_list
 from marketdata.quotes import quotes_get
+from marketdata.selectors import instrument_underlyings
 from orders.selectors import orders_placed_on, position_list
-from rms.models import RiskProfile, RmsState, TradingState
+from rms.models import RiskProfile, RmsEvent, RmsState, TradingState
 from rms.services import (
     PAISE,
     PROFILE_FIELDS,
@@ -62,7 +66,7 @@ def _account_rows(*, user: User, account_mtm: dict[str, float]) -> list[dict[str
     """Each account's MTM and its funds, live from the broker; a broker that cannot answer is reported in
     `funds_error` and never fails the status."""
     rows = []
-    for account in BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True).order_by("created_at", "id"):
+    for account in broker_account_list(user=user):
         row: dict[str, Any] = {
             "account_id": account.pk,
             "broker": account.broker,
@@ -92,12 +96,7 @@ def _exposure(positions: list) -> list[dict[str, Any]]:
         return []
     symbols = sorted({position.symbol for position in positions})
     quotes = quotes_get(symbols)
-    names = {
-        symbol: underlying or tradingsymbol
-        for symbol, underlying, tradingsymbol in Instrument.objects.filter(symbol__in=symbols).values_list(
-            "symbol", "underlying", "tradingsymbol"
-        )
-    }
+    names = instrument_underlyings(symbols=symbols)
     sums: dict[str, dict[str, Decimal]] = defaultdict(lambda: {"long_value": ZERO, "short_value": ZERO})
     for position in positions:
         quote = quotes.get(position.symbol)
@@ -135,3 +134,19 @@ def rms_status(*, user: User) -> dict[str, Any]:
         "accounts": _account_rows(user=user, account_mtm=book.account_mtm),
         "exposure": _exposure(positions),
     }
+
+
+# --- platform-wide, for the operator console (every user's risk state) -----------------------------------------------
+
+
+def rms_platform_breaches_by_reason(*, start: datetime, end: datetime | None = None) -> dict[str, int]:
+    """Breaches recorded in [start, end) (open-ended without `end`), every user's, counted per reason, by reason."""
+    breaches = RmsEvent.objects.filter(kind=RmsEvent.Kind.BREACH, created_at__gte=start)
+    if end is not None:
+        breaches = breaches.filter(created_at__lt=end)
+    return dict(breaches.order_by().values_list("reason").annotate(count=Count("pk")).order_by("reason"))
+
+
+def rms_platform_restricted_count(*, day: date) -> int:
+    """Users whose risk state on `day` is not NORMAL (REDUCING or HALTED)."""
+    return RmsState.objects.filter(trading_day=day).exclude(status=TradingState.NORMAL).count()

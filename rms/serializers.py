@@ -5,8 +5,8 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from algoterm.api.serializers import InputSerializer
-from brokers.adapters.base import Product
 from brokers.models import Broker
+from brokers.protocol import Product
 from rms.models import TradingState
 
 PRODUCTS = [product.value for product in Product]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -12,11 +12,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from algoterm.api.errors import AppError, ErrorCode, NotFound
-from algoterm.api.pagination import PagePagination, paginate
 from algoterm.api.parsers import RawBodyParser
 from algoterm.api.permissions import IsTrader
 from algoterm.api.serializers import ErrorSerializer
 from algoterm.api.throttles import StrategyWebhookRateThrottle
+from algoterm.api.views import ListApi
 
 from . import selectors, services
 from .models import SignalStatus
@@ -49,22 +49,20 @@ class _TraderWrites(APIView):
         return [IsAuthenticated()]
 
 
-class StrategyListCreateApi(_TraderWrites):
-    pagination_class = PagePagination
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=TAGS,
         parameters=[StrategyListQuery],
         responses={200: StrategyOutput(many=True)},
         summary="Your strategies, newest first",
     )
-    def get(self, request: Request) -> Response:
-        query = StrategyListQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        strategies = selectors.strategy_list(
-            user=request.user, status=query.validated_data.get("status"), kind=query.validated_data.get("kind")
-        )
-        return paginate(request=request, queryset=strategies, serializer_class=StrategyOutput, view=self)
+)
+class StrategyListCreateApi(_TraderWrites, ListApi):
+    filter_serializer_class = StrategyListQuery
+    output_serializer_class = StrategyOutput
+
+    def list_selector(self, *, user, filters):
+        return selectors.strategy_list(user=user, status=filters.get("status"), kind=filters.get("kind"))
 
     @extend_schema(
         tags=TAGS,
@@ -176,30 +174,32 @@ class StrategyStopApi(APIView):
         return Response(RunOutput(run).data)
 
 
-class StrategyRunListApi(APIView):
-    permission_classes = [IsAuthenticated]
-    pagination_class = PagePagination
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=TAGS, responses={200: RunOutput(many=True), 404: NOT_YOURS}, summary="A strategy's runs, newest first"
     )
-    def get(self, request: Request, strategy_id: str) -> Response:
-        runs = selectors.run_list(user=request.user, strategy_id=strategy_id)
-        return paginate(request=request, queryset=runs, serializer_class=RunOutput, view=self)
-
-
-class BacktestListApi(APIView):
+)
+class StrategyRunListApi(ListApi):
     permission_classes = [IsAuthenticated]
-    pagination_class = PagePagination
+    output_serializer_class = RunOutput
 
-    @extend_schema(
+    def list_selector(self, *, user, filters):
+        return selectors.run_list(user=user, strategy_id=self.kwargs["strategy_id"])
+
+
+@extend_schema_view(
+    get=extend_schema(
         tags=TAGS,
         responses={200: BacktestSummaryOutput(many=True), 404: NOT_YOURS},
         summary="A strategy's backtests, newest first (without their results)",
     )
-    def get(self, request: Request, strategy_id: str) -> Response:
-        backtests = selectors.backtest_list(user=request.user, strategy_id=strategy_id)
-        return paginate(request=request, queryset=backtests, serializer_class=BacktestSummaryOutput, view=self)
+)
+class BacktestListApi(ListApi):
+    permission_classes = [IsAuthenticated]
+    output_serializer_class = BacktestSummaryOutput
+
+    def list_selector(self, *, user, filters):
+        return selectors.backtest_list(user=user, strategy_id=self.kwargs["strategy_id"])
 
 
 class BacktestDetailApi(APIView):
@@ -307,25 +307,21 @@ class StrategyWebhookApi(APIView):
         return Response(SignalOutput(signal).data, status=status.HTTP_202_ACCEPTED)
 
 
-class SignalListApi(APIView):
-    permission_classes = [IsAuthenticated]
-    pagination_class = PagePagination
-
-    @extend_schema(
+@extend_schema_view(
+    get=extend_schema(
         tags=TAGS,
         parameters=[SignalListQuery],
         responses={200: SignalOutput(many=True)},
         summary="Your strategies' signals (webhook calls and rule triggers), newest first",
     )
-    def get(self, request: Request) -> Response:
-        query = SignalListQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        signals = selectors.signal_list(
-            user=request.user,
-            strategy_id=query.validated_data.get("strategy_id"),
-            status=query.validated_data.get("status"),
-        )
-        return paginate(request=request, queryset=signals, serializer_class=SignalOutput, view=self)
+)
+class SignalListApi(ListApi):
+    permission_classes = [IsAuthenticated]
+    filter_serializer_class = SignalListQuery
+    output_serializer_class = SignalOutput
+
+    def list_selector(self, *, user, filters):
+        return selectors.signal_list(user=user, strategy_id=filters.get("strategy_id"), status=filters.get("status"))
 
 
 class SignalDetailApi(APIView):

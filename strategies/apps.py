@@ -1,5 +1,8 @@
 from django.apps import AppConfig
 
+from accounts.signals import trading_revoked
+from rms.signals import sweep_finished
+
 
 class StrategiesConfig(AppConfig):
     """Strategies, legs, schedules, webhooks, rules, signals, runs and backtests."""
@@ -8,8 +11,9 @@ class StrategiesConfig(AppConfig):
     name = "strategies"
 
     def ready(self) -> None:
-        from accounts.signals import trading_revoked
-        from rms.signals import sweep_finished
+        # Both load models, so they wait for the app registry. Importing the tasks registers them by name, which is
+        # how the services queue them (algoterm.tasking), in every process and not only in workers.
+        from strategies import tasks  # noqa: F401
         from strategies.receivers import on_sweep_finished, on_trading_revoked
 
         trading_revoked.connect(on_trading_revoked, dispatch_uid="strategies.stop_on_trading_revoked")

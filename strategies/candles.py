@@ -5,43 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any
 
 import numpy as np
-from django.db import connection
-from django.db.models import FloatField, Func, QuerySet
-from django.db.models.functions import Cast
 
 from marketdata.calendar import IST
-from marketdata.models import Candle
+from marketdata.selectors import minute_candle_rows
 
-MINUTE_INTERVAL = "1m"
 _IST_OFFSET_SECONDS = 5 * 3600 + 30 * 60  # IST keeps one offset all year
 _SECONDS_PER_DAY = 86_400
 _BAR_SECONDS = 60
 _SESSION_OPEN_MINUTE = 9 * 60 + 15
 _EPOCH_DAY = date(1970, 1, 1)
-
-
-class _EpochSeconds(Func):
-    """A datetime column as Unix seconds, computed by the database, so no datetime objects are built per row."""
-
-    # date_part gives float8 directly; EXTRACT gives numeric (PostgreSQL 14+), slower to compute and convert.
-    template = "date_part('epoch', %(expressions)s)"
-    output_field = FloatField()
-
-    def as_sqlite(self, compiler, connection, **extra_context):
-        # SQLite (embedded mode) keeps UTC datetimes as text, which julianday reads; the Unix epoch is day 2440587.5.
-        return self.as_sql(
-            compiler,
-            connection,
-            template="ROUND((julianday(%(expressions)s) - 2440587.5) * 86400.0)",
-            **extra_context,
-        )
-
-
-def _float(name: str) -> Cast:
-    return Cast(name, FloatField())
 
 
 @dataclass(frozen=True)
@@ -99,33 +73,11 @@ def _moment(epoch: float) -> datetime:
     return datetime.fromtimestamp(int(epoch), tz=IST)
 
 
-_PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
-
-
-def _candle_rows(candles: QuerySet[Candle], *leading: Any, volume: bool = True) -> QuerySet:
-    """Rows of `leading` columns, then start (epoch seconds), open, high, low, close and volume, all floats."""
-    prices = _PRICE_COLUMNS if volume else _PRICE_COLUMNS[:-1]
-    return candles.values_list(*leading, _EpochSeconds("start"), *(_float(name) for name in prices))
-
-
 def _minutes_load(symbol: str, *, since: date, until: date, volume: bool = False) -> _Minutes:
     """The symbol's 1-minute candles of the IST days since..until: one query, straight into numpy. Only rules read
     volume, so it is left out (as 0) unless asked for."""
-    rows = _candle_rows(
-        Candle.objects.filter(
-            symbol=symbol,
-            interval=MINUTE_INTERVAL,
-            start__gte=_ist_midnight(since),
-            start__lt=_ist_midnight(until + timedelta(days=1)),
-        ).order_by("start"),
-        volume=volume,
-    )
-    # Every column already arrives as a float, so the rows are fetched as the driver returns them, without
-    # Django's per-value converters: a year of minutes is ~0.5 million values.
-    sql, params = rows.query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        table = np.array(cursor.fetchall(), dtype=np.float64)
+    rows = minute_candle_rows(symbol=symbol, since=since, until=until, volume=volume)
+    table = np.array(rows, dtype=np.float64)
     return _Minutes.from_table(symbol, table.reshape(-1, 6 if volume else 5))
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 from rest_framework import serializers
 
 from algoterm.api.serializers import BlankAsNullChoiceField, InputSerializer, ItemInputSerializer
-from brokers.adapters.base import Product, Side
+from brokers.protocol import Product, Side
 
 from .definitions import ExitUnit, ExpiryChoice, LegInstrument, StrikeChoice
 from .models import (

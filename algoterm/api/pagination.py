@@ -14,6 +14,7 @@ from algoterm.api.errors import ValidationFailed
 
 MAX_PAGE_SIZE = 100
 MAX_PAGE = 1_000_000  # far past any list's end, well inside the database's OFFSET range
+PAGE_PARAMETERS = ("page", "page_size")
 
 
 class PagePagination(BasePagination):
@@ -77,11 +78,3 @@ class PagePagination(BasePagination):
                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 20},
             },
         ]
-
-
-def paginate(*, request: Request, queryset, serializer_class, view=None, context: dict | None = None) -> Response:
-    """Paginate a selector's queryset and render it: the whole body of a list view."""
-    paginator = PagePagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    data = serializer_class(page, many=True, context=context or {"request": request}).data
-    return paginator.get_paginated_response(data)

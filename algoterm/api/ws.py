@@ -37,6 +37,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from algoterm import metrics
 from algoterm.api.errors import AppError, ErrorCode, ValidationFailed
+from algoterm.api.socket_auth import socket_token_authenticate
 from algoterm.outages import DEPENDENCY_ERRORS, outage_report
 from algoterm.realtime import user_sockets_group
 
@@ -97,9 +98,7 @@ class JwtAuthMiddleware(BaseMiddleware):
 @database_sync_to_async
 def _authenticated(raw_token: str):
     """(user, SocketToken); raises AppError for a bad token and the database's errors when it is down."""
-    from accounts.authentication import authenticate_access_token
-
-    user, token = authenticate_access_token(raw_token)
+    user, token = socket_token_authenticate(raw_token)
     return user, SocketToken.from_access_token(token)
 
 

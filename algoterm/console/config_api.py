@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,7 +11,15 @@ from rest_framework.views import APIView
 
 from algoterm import config
 from algoterm.api.permissions import IsAdmin
-from algoterm.api.serializers import ErrorSerializer, InputSerializer
+from algoterm.api.serializers import ErrorSerializer
+from algoterm.console.serializers import (
+    ConfigDocumentOutput,
+    ConfigImportInput,
+    ConfigImportOutput,
+    ConfigListOutput,
+    ConfigPutInput,
+    ConfigSectionOutput,
+)
 
 _SECTIONS_TEXT = "; ".join(f"`{section.name}`: {section.description}" for section in config.SECTIONS.values())
 SECTION_PARAMETER = OpenApiParameter(
@@ -25,58 +32,6 @@ SECTION_PARAMETER = OpenApiParameter(
 VALIDATION = OpenApiResponse(
     ErrorSerializer, description="VALIDATION_ERROR: `errors` names each bad field (`data.open`, `data.NSE.2.date`)."
 )
-
-
-# --- inputs ---------------------------------------------------------------------------------------------------------
-
-
-class ConfigPutInput(InputSerializer):
-    """A section's new data, whole, and optionally the version it was based on."""
-
-    data = serializers.DictField(help_text="The whole section; every field is required, unknown fields are refused.")
-    expected_version = serializers.IntegerField(
-        min_value=0,
-        required=False,
-        allow_null=True,
-        help_text="The version you read (0: never stored); a section changed since answers 409 CONFLICT.",
-    )
-
-
-class ConfigImportInput(InputSerializer):
-    """An exported document to apply; `dry_run` only reports what would change."""
-
-    document = serializers.DictField(help_text="A document as POST /api/config/export answers.")
-    dry_run = serializers.BooleanField(default=False, help_text="Validate and report what would change; change none.")
-
-
-# --- outputs --------------------------------------------------------------------------------------------------------
-
-
-class ConfigSectionOutput(serializers.Serializer):
-    name = serializers.CharField()
-    description = serializers.CharField()
-    data = serializers.DictField()
-    version = serializers.IntegerField(help_text="grows with each change; 0 while the built-in default applies")
-    stored = serializers.BooleanField(help_text="false: never changed, the built-in default applies")
-    updated_by = serializers.CharField(allow_null=True, help_text="user id of the last change")
-    updated_at = serializers.DateTimeField(allow_null=True)
-
-
-class ConfigListOutput(serializers.Serializer):
-    sections = ConfigSectionOutput(many=True)
-
-
-class ConfigDocumentOutput(serializers.Serializer):
-    version = serializers.IntegerField(help_text="the document format, 1")
-    exported_at = serializers.DateTimeField()
-    sections = serializers.DictField(child=serializers.DictField(), help_text="each section's data, by name")
-
-
-class ConfigImportOutput(serializers.Serializer):
-    dry_run = serializers.BooleanField()
-    changed = serializers.ListField(child=serializers.CharField(), help_text="sections stored (or, dry, to be)")
-    unchanged = serializers.ListField(child=serializers.CharField(), help_text="sections already as the document")
-    changes = serializers.DictField(child=serializers.DictField(), help_text="what changed, by section")
 
 
 # --- views ----------------------------------------------------------------------------------------------------------

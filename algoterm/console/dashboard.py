@@ -14,20 +14,19 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import ExtractHour, TruncDate
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import User
-from billing.models import Payment, PaymentStatus
-from brokers.models import AccountStatus, Broker, BrokerAccount
+from accounts.selectors import user_platform_figures
+from billing.selectors import payment_platform_captured
+from brokers.models import AccountStatus, Broker
 from brokers.prices import REFERENCE_PRICES
-from marketdata.models import Instrument, InstrumentType
+from brokers.selectors import broker_account_platform_counts
 from marketdata.quotes import quotes_get
-from orders.models import Order, OrderStatus
-from rms.models import RmsEvent, RmsState, TradingState
+from marketdata.selectors import instrument_listed_symbols
+from orders.selectors import order_platform_day_figures
+from rms.selectors import rms_platform_breaches_by_reason, rms_platform_restricted_count
 from rms.services import mtm_book
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -75,20 +74,13 @@ class UserFigures:
 
 
 def users_figures(*, now: datetime) -> UserFigures:
-    counts = User.objects.aggregate(
-        total=Count("pk"),
-        active=Count("pk", filter=Q(is_active=True)),
-        seen=Count("pk", filter=Q(is_active=True, last_login__gte=now - ACTIVE_WINDOW)),
-    )
-    by_role = dict(
-        User.objects.filter(is_active=True).order_by().values_list("role").annotate(count=Count("pk")).order_by("role")
-    )
+    counts = user_platform_figures(seen_since=now - ACTIVE_WINDOW)
     return UserFigures(
         total=counts["total"],
         active=counts["active"],
         seen_recently=counts["seen"],
         deactivated=counts["total"] - counts["active"],
-        active_by_role=by_role,
+        active_by_role=counts["active_by_role"],
     )
 
 
@@ -122,13 +114,7 @@ class AccountFigures:
 
 
 def accounts_figures() -> AccountFigures:
-    grouped = (
-        BrokerAccount.objects.filter(deleted_at__isnull=True)
-        .order_by()
-        .values_list("broker", "status")
-        .annotate(count=Count("pk"))
-    )
-    counts = {(broker, status): count for broker, status, count in grouped}
+    counts = broker_account_platform_counts()
     return AccountFigures(brokers=list(Broker.values), statuses=list(AccountStatus.values), counts=counts)
 
 
@@ -172,32 +158,14 @@ class OrderFigures:
 
 def orders_figures(*, day: date) -> OrderFigures:
     start, end = ist_day_bounds(day)
-    today = Order.objects.filter(created_at__gte=start, created_at__lt=end).order_by()
-    counts = today.aggregate(
-        placed=Count("pk"),
-        rejected=Count("pk", filter=Q(status=OrderStatus.REJECTED)),
-        filled=Count("pk", filter=Q(status=OrderStatus.FILLED)),
-    )
-    by_hour = today.annotate(hour=ExtractHour("created_at", tzinfo=IST)).values("hour")
-    placed_by_hour = {row["hour"]: row["count"] for row in by_hour.annotate(count=Count("pk"))}
-    rejected_by_hour = {
-        row["hour"]: row["count"]
-        for row in by_hour.filter(status=OrderStatus.REJECTED).annotate(count=Count("pk"))
-        if row["count"]
-    }
-    top = (
-        today.filter(status=OrderStatus.REJECTED)
-        .values_list("status_message")
-        .annotate(count=Count("pk"))
-        .order_by("-count", "status_message")[:TOP_REJECTIONS]
-    )
+    figures = order_platform_day_figures(start=start, end=end, tz=IST, top_rejections=TOP_REJECTIONS)
     return OrderFigures(
-        placed=counts["placed"],
-        rejected=counts["rejected"],
-        filled=counts["filled"],
-        placed_by_hour=placed_by_hour,
-        rejected_by_hour=rejected_by_hour,
-        top_rejections=[(message or "(no message)", count) for message, count in top],
+        placed=figures["placed"],
+        rejected=figures["rejected"],
+        filled=figures["filled"],
+        placed_by_hour=figures["placed_by_hour"],
+        rejected_by_hour=figures["rejected_by_hour"],
+        top_rejections=[(message or "(no message)", count) for message, count in figures["top_rejections"]],
     )
 
 
@@ -210,9 +178,8 @@ class RiskFigures:
 
 def risk_figures(*, day: date) -> RiskFigures:
     start, end = ist_day_bounds(day)
-    breaches = RmsEvent.objects.filter(kind=RmsEvent.Kind.BREACH, created_at__gte=start, created_at__lt=end)
-    by_reason = dict(breaches.order_by().values_list("reason").annotate(count=Count("pk")).order_by("reason"))
-    restricted = RmsState.objects.filter(trading_day=day).exclude(status=TradingState.NORMAL).count()
+    by_reason = rms_platform_breaches_by_reason(start=start, end=end)
+    restricted = rms_platform_restricted_count(day=day)
     return RiskFigures(breaches=sum(by_reason.values()), breaches_by_reason=by_reason, users_restricted=restricted)
 
 
@@ -227,19 +194,12 @@ class RevenueFigures:
 
 def revenue_figures(*, day: date) -> RevenueFigures:
     start, end = ist_month_bounds(day)
-    captured = Payment.objects.filter(status=PaymentStatus.CAPTURED, paid_at__gte=start, paid_at__lt=end).order_by()
-    totals = captured.aggregate(paise=Sum("amount_paise"), payments=Count("pk"))
-    by_day = {
-        row["day"]: Decimal(row["paise"]) / PAISE_PER_RUPEE
-        for row in captured.annotate(day=TruncDate("paid_at", tzinfo=IST))
-        .values("day")
-        .annotate(paise=Sum("amount_paise"))
-    }
+    captured = payment_platform_captured(start=start, end=end, tz=IST)
     return RevenueFigures(
         month=start.date(),
-        total=Decimal(totals["paise"] or 0) / PAISE_PER_RUPEE,
-        payments=totals["payments"],
-        by_day=by_day,
+        total=Decimal(captured["paise"] or 0) / PAISE_PER_RUPEE,
+        payments=captured["payments"],
+        by_day={paid_on: Decimal(paise) / PAISE_PER_RUPEE for paid_on, paise in captured["by_day"].items()},
         days_so_far=day.day,
     )
 
@@ -262,11 +222,7 @@ class FeedFigures:
 
 
 def feed_lag_symbols() -> list[str]:
-    listed = (
-        Instrument.objects.filter(is_active=True, instrument_type__in=[InstrumentType.INDEX, InstrumentType.EQ])
-        .order_by("symbol")
-        .values_list("symbol", flat=True)[:FEED_LAG_SYMBOLS_CAP]
-    )
+    listed = instrument_listed_symbols(limit=FEED_LAG_SYMBOLS_CAP)
     return sorted(set(listed) | set(REFERENCE_PRICES))
 
 

@@ -31,7 +31,6 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, Q
 from django.utils import timezone
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -41,11 +40,12 @@ from prometheus_client.registry import Collector
 from algoterm.console.dashboard import feed_figures
 from algoterm.health import ComponentHealth, platform_health
 from algoterm.metrics import REGISTRY, ws_connections
-from brokers.models import AccountStatus, Broker, BrokerAccount
+from brokers.models import Broker
 from brokers.protection import CircuitBreaker
+from brokers.selectors import broker_account_platform_connected
 from marketdata.calendar import is_open
-from orders.models import Order, OrderStatus
-from rms.models import RmsEvent
+from orders.selectors import order_platform_counts_by_broker
+from rms.selectors import rms_platform_breaches_by_reason
 from rms.services import IST, STATE_AFTER, trading_day
 
 logger = logging.getLogger(__name__)
@@ -109,11 +109,7 @@ def celery_queue_lengths() -> dict[str, int] | None:
 def broker_circuits() -> dict[str, dict[str, int]]:
     """Per broker: connected accounts, and how many of them have their circuit breaker open right now."""
     result = {broker: {"connected": 0, "circuits_open": 0} for broker in Broker.values}
-    accounts = list(
-        BrokerAccount.objects.filter(deleted_at__isnull=True, status=AccountStatus.CONNECTED).values_list(
-            "pk", "broker"
-        )
-    )
+    accounts = broker_account_platform_connected()
     keys = {f"{CircuitBreaker(pk).prefix}:open_until": broker for pk, broker in accounts}
     found: dict[str, Any] = {}
     key_list = list(keys)
@@ -139,25 +135,13 @@ def orders_today() -> dict[str, dict[str, int]]:
     """Per broker: orders created today (every one sent or refused by the broker, rejected included) and those
     the broker rejected. Orders the risk check refused never become orders, so they are in neither."""
     result = {broker: {"placed": 0, "rejected": 0} for broker in Broker.values}
-    rows = (
-        Order.objects.filter(created_at__gte=_today_start())
-        .values("account__broker")
-        .annotate(placed=Count("id"), rejected=Count("id", filter=Q(status=OrderStatus.REJECTED)))
-        .order_by()
-    )
-    for row in rows:
-        result[row["account__broker"]] = {"placed": row["placed"], "rejected": row["rejected"]}
+    result.update(order_platform_counts_by_broker(since=_today_start()))
     return result
 
 
 def rms_breaches_today() -> dict[str, int]:
-    rows = (
-        RmsEvent.objects.filter(kind=RmsEvent.Kind.BREACH, created_at__gte=_today_start())
-        .values("reason")
-        .annotate(count=Count("id"))
-        .order_by()
-    )
-    return {row["reason"] or "unknown": row["count"] for row in rows}
+    by_reason = rms_platform_breaches_by_reason(start=_today_start())
+    return {reason or "unknown": count for reason, count in by_reason.items()}
 
 
 # --- the scrape-time collector ----------------------------------------------------------------------------------

@@ -4,15 +4,21 @@ totals, the audit log."""
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum
+from django.db.models import QuerySet
 
 from accounts.models import AuditEvent, User
+from accounts.selectors import audit_event_platform_list, user_platform_list
 from algoterm.api.errors import PermissionDenied, ValidationFailed
-from billing.models import Payment, PaymentStatus, Plan
-from billing.selectors import entitlements_for, subscription_current
-from brokers.models import BrokerAccount
+from billing.models import Payment
+from billing.selectors import (
+    entitlements_for,
+    payment_platform_list,
+    payment_totals,
+    plan_exists,
+    subscription_current,
+)
+from brokers.selectors import broker_account_live_prefetch
 
 
 def _require_admin(user: User) -> None:
@@ -31,21 +37,13 @@ def admin_user_list(
     """Every user, newest first, with their live broker accounts prefetched. `broker`: users holding a live
     (not deleted) account at that broker; `search`: part of the email or the name."""
     _require_admin(user)
-    users = User.objects.all()
-    if role:
-        users = users.filter(role=role)
-    if is_active is not None:
-        users = users.filter(is_active=is_active)
-    if search:
-        users = users.filter(Q(email__icontains=search) | Q(name__icontains=search))
-    if broker:
-        users = users.filter(
-            Exists(BrokerAccount.objects.filter(owner=OuterRef("pk"), broker=broker, deleted_at__isnull=True))
-        )
-    live_accounts = BrokerAccount.objects.filter(deleted_at__isnull=True).order_by("created_at", "id")
-    return users.prefetch_related(
-        Prefetch("broker_accounts", queryset=live_accounts, to_attr="live_broker_accounts")
-    ).order_by("-date_joined", "-id")
+    users = user_platform_list(role=role, is_active=is_active, search=search)
+    return broker_account_live_prefetch(users=users, broker=broker)
+
+
+def admin_user_get(*, user: User, user_id: str) -> User:
+    """One user as `admin_user_list` gives them (live broker accounts prefetched)."""
+    return admin_user_list(user=user).get(pk=user_id)
 
 
 def admin_user_plan(*, user: User, of: User) -> dict:
@@ -81,38 +79,19 @@ def admin_payment_list(
     end: datetime | None = None,
     plan: str | None = None,
     user_id: str | None = None,
-) -> QuerySet:
+) -> QuerySet[Payment]:
     """Every payment, newest first; `start`/`end` bound Razorpay's payment time (inclusive), `plan` is a code."""
     _require_admin(user)
-    if plan and not Plan.objects.filter(code=plan).exists():
+    if plan and not plan_exists(code=plan):
         raise ValidationFailed(errors={"plan": [f"No plan {plan!r}."]})
-    payments = Payment.objects.select_related("user", "subscription__plan")
-    if status:
-        payments = payments.filter(status=status)
-    if start:
-        payments = payments.filter(paid_at__gte=start)
-    if end:
-        payments = payments.filter(paid_at__lte=end)
-    if plan:
-        payments = payments.filter(subscription__plan__code=plan)
-    if user_id:
-        payments = payments.filter(user_id=user_id)
-    return payments.order_by("-paid_at", "-id")
+    return payment_platform_list(status=status, start=start, end=end, plan=plan, user_id=user_id)
 
 
-def admin_payment_totals(*, user: User, payments: QuerySet) -> dict:
+def admin_payment_totals(*, user: User, payments: QuerySet[Payment]) -> dict:
     """Over the whole filtered list, not one page: money captured (paise-exact; rupees derived from paise),
     and the counts. Amounts are INR, the only currency the platform bills in."""
     _require_admin(user)
-    totals = payments.order_by().aggregate(
-        count=Count("id"),
-        captured_count=Count("id", filter=Q(status=PaymentStatus.CAPTURED)),
-        failed_count=Count("id", filter=Q(status=PaymentStatus.FAILED)),
-        refunded_count=Count("id", filter=Q(status=PaymentStatus.REFUNDED)),
-        captured_amount_paise=Sum("amount_paise", filter=Q(status=PaymentStatus.CAPTURED), default=0),
-    )
-    totals["captured_amount"] = (Decimal(totals["captured_amount_paise"]) / 100).quantize(Decimal("0.01"))
-    return totals
+    return payment_totals(payments=payments)
 
 
 def admin_audit_list(
@@ -127,17 +106,11 @@ def admin_audit_list(
 ) -> QuerySet[AuditEvent]:
     """The audit log, newest first."""
     _require_admin(user)
-    events = AuditEvent.objects.select_related("actor")
-    if kinds:
-        events = events.filter(kind__in=kinds)
-    if action_prefix:
-        events = events.filter(action__startswith=action_prefix)
-    if actor_id:
-        events = events.filter(actor_id=actor_id)
-    if target_id:
-        events = events.filter(target_id=target_id)
-    if start:
-        events = events.filter(occurred_at__gte=start)
-    if end:
-        events = events.filter(occurred_at__lte=end)
-    return events.order_by("-occurred_at", "-id")
+    return audit_event_platform_list(
+        kinds=kinds,
+        action_prefix=action_prefix,
+        actor_id=actor_id,
+        target_id=target_id,
+        start=start,
+        end=end,
+    )

@@ -15,15 +15,16 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import AuditEvent, Notification, Role, User
+from accounts.models import Notification, User
+from accounts.selectors import audit_event_exists, user_platform_admins
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import InvalidState, ValidationFailed
 from algoterm.health import platform_health
 from algoterm.models import PlatformMode, PlatformState
 from algoterm.system import platform_state, platform_state_forget, platform_state_lock
-from brokers.models import Broker, SimOrder, Venue
+from brokers.selectors import sim_order_paper_tags
 from marketdata import calendar as market_calendar
-from orders.models import LIVE_STATUSES, Order
+from orders.selectors import order_platform_live_of_real_accounts
 
 HALT_REASON_MAX_LENGTH = 300
 # How many order ids a refused mode switch names (the count is always complete).
@@ -40,16 +41,9 @@ def _real_account_live_orders() -> tuple[list[str], list[str]]:
 
     An order is on the paper exchange when the exchange's paper venue holds its tag (platform paper mode sent it
     there); anything else of a real account went to, or may have reached, its real broker."""
-    live = list(
-        Order.objects.filter(status__in=LIVE_STATUSES)
-        .exclude(account__broker=Broker.PAPER)
-        .order_by("created_at")
-        .only("id")
-    )
+    live = order_platform_live_of_real_accounts()
     tags = {order.broker_tag: order.pk for order in live}
-    on_paper = set(
-        SimOrder.objects.filter(account__venue=Venue.PAPER, tag__in=list(tags)).values_list("tag", flat=True)
-    )
+    on_paper = sim_order_paper_tags(tags=list(tags))
     at_brokers = [order.pk for order in live if order.broker_tag not in on_paper]
     paper_routed = [order.pk for order in live if order.broker_tag in on_paper]
     return at_brokers, paper_routed
@@ -89,10 +83,7 @@ def admins_notify(
     *, actor: User | None, title: str, body: str, level: str, data: dict[str, Any], kind: str = "system.control"
 ) -> None:
     """The operators hear of a platform change: all but the actor who made it, or all of them when no one did."""
-    admins = User.objects.filter(role=Role.ADMIN, is_active=True)
-    if actor is not None:
-        admins = admins.exclude(pk=actor.pk)
-    for admin in admins:
+    for admin in user_platform_admins(exclude=actor):
         notification_create(user=admin, kind=kind, title=title, body=body, level=level, data=data)
 
 
@@ -215,7 +206,7 @@ def holiday_lists_alert(*, now: datetime | None = None) -> list[int]:
             continue
         try:
             with transaction.atomic():
-                if AuditEvent.objects.filter(action=HOLIDAYS_MISSING, target_id=str(year)).exists():
+                if audit_event_exists(action=HOLIDAYS_MISSING, target_id=str(year)):
                     continue
                 audit_record(
                     action=HOLIDAYS_MISSING,

@@ -3,52 +3,23 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from algoterm.api.permissions import IsAdmin
-from algoterm.api.serializers import ErrorSerializer, InputSerializer
+from algoterm.api.serializers import ErrorSerializer
 from algoterm.console import system
-from algoterm.models import PlatformMode
-from algoterm.views import ComponentOutput
+from algoterm.console.serializers import (
+    PlatformModeInput,
+    PlatformStateOutput,
+    SystemStatusOutput,
+    TradingStartInput,
+    TradingStopInput,
+)
 
 TAGS = ["system"]
-
-
-class PlatformStateOutput(serializers.Serializer):
-    mode = serializers.ChoiceField(
-        choices=PlatformMode.values, help_text="paper: every order goes to the paper broker, whatever its account"
-    )
-    trading_halted = serializers.BooleanField(help_text="the platform kill switch: only exits go out")
-    halt_reason = serializers.CharField()
-    changed_by = serializers.CharField(allow_null=True, help_text="the admin (usr_ id) who changed it last")
-    changed_at = serializers.DateTimeField()
-
-
-class SystemStatusOutput(PlatformStateOutput):
-    live_orders_at_brokers = serializers.IntegerField(
-        help_text="live orders of real broker accounts at their brokers (a switch to paper strands them)"
-    )
-    paper_routed_live_orders = serializers.IntegerField(
-        help_text="live orders of real broker accounts on the paper exchange (a switch to live strands them)"
-    )
-    components = serializers.DictField(child=type(ComponentOutput)())  # GET /api/health's component schema
-
-
-class PlatformModeInput(InputSerializer):
-    mode = serializers.ChoiceField(choices=PlatformMode.values)
-    force = serializers.BooleanField(default=False, help_text="switch even though live orders would be stranded")
-
-
-class TradingStopInput(InputSerializer):
-    reason = serializers.CharField(max_length=system.HALT_REASON_MAX_LENGTH, help_text="shown with every refusal")
-
-
-class TradingStartInput(InputSerializer):
-    """No fields: the body is `{}` (or empty)."""
 
 
 def _state(state) -> Response:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from accounts.models import AuditEvent, User
 from accounts.tests.factories import DEFAULT_PASSWORD
-from brokers.adapters.base import Quote
+from brokers.protocol import Quote
 from marketdata.quotes import quotes_put
 from orders.models import Order, OrderStatus
 from orders.tests.factories import EQUITY, paper_account

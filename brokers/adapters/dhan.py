@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 from dhanhq import DhanContext, dhanhq
 
 from brokers import instruments
-from brokers.adapters.base import (
+from brokers.egress import PublicProxyAdapter, session_guard
+from brokers.protocol import (
     BrokerAdapter,
     BrokerError,
     BrokerOrder,
@@ -47,7 +48,6 @@ from brokers.adapters.base import (
     split_symbol,
     to_decimal,
 )
-from brokers.egress import PublicProxyAdapter, session_guard
 
 IST = ZoneInfo("Asia/Kolkata")
 

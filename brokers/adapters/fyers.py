@@ -43,8 +43,7 @@ from django.conf import settings
 from fyers_apiv3 import fyersModel
 
 from brokers.egress import PublicProxyAdapter, session_guard
-
-from .base import (
+from brokers.protocol import (
     AdapterConfig,
     BrokerAdapter,
     BrokerError,

@@ -7,7 +7,9 @@ from decimal import Decimal
 from django.conf import settings
 
 from brokers import exchange
-from brokers.adapters.base import (
+from brokers.models import SimAccount, Venue
+from brokers.prices import quote_for
+from brokers.protocol import (
     BrokerAdapter,
     BrokerOrder,
     BrokerPosition,
@@ -20,8 +22,6 @@ from brokers.adapters.base import (
     Quote,
     split_symbol,
 )
-from brokers.models import SimAccount, Venue
-from brokers.prices import quote_for
 
 
 class PaperAdapter(BrokerAdapter):

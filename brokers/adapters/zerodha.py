@@ -13,7 +13,9 @@ import requests
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
-from brokers.adapters.base import (
+from brokers.egress import PublicProxyAdapter, session_guard
+from brokers.instruments import by_symbol
+from brokers.protocol import (
     BrokerAdapter,
     BrokerError,
     BrokerOrder,
@@ -39,8 +41,6 @@ from brokers.adapters.base import (
     split_symbol,
     to_decimal,
 )
-from brokers.egress import PublicProxyAdapter, session_guard
-from brokers.instruments import by_symbol
 
 T = TypeVar("T")
 IST = ZoneInfo("Asia/Kolkata")

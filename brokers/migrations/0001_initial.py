@@ -2,7 +2,7 @@
 
 import algoterm.crypto
 import algoterm.ids
-import brokers.adapters.base
+import brokers.protocol
 import django.db.models.deletion
 import django.utils.timezone
 from decimal import Decimal
@@ -38,16 +38,16 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('symbol', models.CharField(max_length=64)),
-                ('side', models.CharField(choices=[(brokers.adapters.base.Side['BUY'], brokers.adapters.base.Side['BUY']), (brokers.adapters.base.Side['SELL'], brokers.adapters.base.Side['SELL'])], max_length=4)),
+                ('side', models.CharField(choices=[(brokers.protocol.Side['BUY'], brokers.protocol.Side['BUY']), (brokers.protocol.Side['SELL'], brokers.protocol.Side['SELL'])], max_length=4)),
                 ('quantity', models.PositiveIntegerField()),
                 ('filled_quantity', models.PositiveIntegerField(default=0)),
                 ('average_price', models.DecimalField(blank=True, decimal_places=2, max_digits=14, null=True)),
-                ('order_type', models.CharField(choices=[(brokers.adapters.base.OrderType['MARKET'], brokers.adapters.base.OrderType['MARKET']), (brokers.adapters.base.OrderType['LIMIT'], brokers.adapters.base.OrderType['LIMIT']), (brokers.adapters.base.OrderType['SL'], brokers.adapters.base.OrderType['SL']), (brokers.adapters.base.OrderType['SL_M'], brokers.adapters.base.OrderType['SL_M'])], max_length=6)),
-                ('product', models.CharField(choices=[(brokers.adapters.base.Product['MIS'], brokers.adapters.base.Product['MIS']), (brokers.adapters.base.Product['CNC'], brokers.adapters.base.Product['CNC']), (brokers.adapters.base.Product['NRML'], brokers.adapters.base.Product['NRML'])], max_length=4)),
+                ('order_type', models.CharField(choices=[(brokers.protocol.OrderType['MARKET'], brokers.protocol.OrderType['MARKET']), (brokers.protocol.OrderType['LIMIT'], brokers.protocol.OrderType['LIMIT']), (brokers.protocol.OrderType['SL'], brokers.protocol.OrderType['SL']), (brokers.protocol.OrderType['SL_M'], brokers.protocol.OrderType['SL_M'])], max_length=6)),
+                ('product', models.CharField(choices=[(brokers.protocol.Product['MIS'], brokers.protocol.Product['MIS']), (brokers.protocol.Product['CNC'], brokers.protocol.Product['CNC']), (brokers.protocol.Product['NRML'], brokers.protocol.Product['NRML'])], max_length=4)),
                 ('price', models.DecimalField(blank=True, decimal_places=2, max_digits=14, null=True)),
                 ('trigger_price', models.DecimalField(blank=True, decimal_places=2, max_digits=14, null=True)),
-                ('validity', models.CharField(choices=[(brokers.adapters.base.Validity['DAY'], brokers.adapters.base.Validity['DAY']), (brokers.adapters.base.Validity['IOC'], brokers.adapters.base.Validity['IOC'])], default=brokers.adapters.base.Validity['DAY'], max_length=3)),
-                ('status', models.CharField(choices=[(brokers.adapters.base.BrokerOrderStatus['PENDING'], brokers.adapters.base.BrokerOrderStatus['PENDING']), (brokers.adapters.base.BrokerOrderStatus['OPEN'], brokers.adapters.base.BrokerOrderStatus['OPEN']), (brokers.adapters.base.BrokerOrderStatus['TRIGGER_PENDING'], brokers.adapters.base.BrokerOrderStatus['TRIGGER_PENDING']), (brokers.adapters.base.BrokerOrderStatus['PARTIALLY_FILLED'], brokers.adapters.base.BrokerOrderStatus['PARTIALLY_FILLED']), (brokers.adapters.base.BrokerOrderStatus['FILLED'], brokers.adapters.base.BrokerOrderStatus['FILLED']), (brokers.adapters.base.BrokerOrderStatus['CANCELLED'], brokers.adapters.base.BrokerOrderStatus['CANCELLED']), (brokers.adapters.base.BrokerOrderStatus['REJECTED'], brokers.adapters.base.BrokerOrderStatus['REJECTED']), (brokers.adapters.base.BrokerOrderStatus['EXPIRED'], brokers.adapters.base.BrokerOrderStatus['EXPIRED'])], max_length=16)),
+                ('validity', models.CharField(choices=[(brokers.protocol.Validity['DAY'], brokers.protocol.Validity['DAY']), (brokers.protocol.Validity['IOC'], brokers.protocol.Validity['IOC'])], default=brokers.protocol.Validity['DAY'], max_length=3)),
+                ('status', models.CharField(choices=[(brokers.protocol.BrokerOrderStatus['PENDING'], brokers.protocol.BrokerOrderStatus['PENDING']), (brokers.protocol.BrokerOrderStatus['OPEN'], brokers.protocol.BrokerOrderStatus['OPEN']), (brokers.protocol.BrokerOrderStatus['TRIGGER_PENDING'], brokers.protocol.BrokerOrderStatus['TRIGGER_PENDING']), (brokers.protocol.BrokerOrderStatus['PARTIALLY_FILLED'], brokers.protocol.BrokerOrderStatus['PARTIALLY_FILLED']), (brokers.protocol.BrokerOrderStatus['FILLED'], brokers.protocol.BrokerOrderStatus['FILLED']), (brokers.protocol.BrokerOrderStatus['CANCELLED'], brokers.protocol.BrokerOrderStatus['CANCELLED']), (brokers.protocol.BrokerOrderStatus['REJECTED'], brokers.protocol.BrokerOrderStatus['REJECTED']), (brokers.protocol.BrokerOrderStatus['EXPIRED'], brokers.protocol.BrokerOrderStatus['EXPIRED'])], max_length=16)),
                 ('status_message', models.CharField(blank=True, max_length=200)),
                 ('tag', models.CharField(blank=True, max_length=40)),
                 ('algo_id', models.CharField(blank=True, max_length=40)),
@@ -66,7 +66,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('symbol', models.CharField(max_length=64)),
-                ('product', models.CharField(choices=[(brokers.adapters.base.Product['MIS'], brokers.adapters.base.Product['MIS']), (brokers.adapters.base.Product['CNC'], brokers.adapters.base.Product['CNC']), (brokers.adapters.base.Product['NRML'], brokers.adapters.base.Product['NRML'])], max_length=4)),
+                ('product', models.CharField(choices=[(brokers.protocol.Product['MIS'], brokers.protocol.Product['MIS']), (brokers.protocol.Product['CNC'], brokers.protocol.Product['CNC']), (brokers.protocol.Product['NRML'], brokers.protocol.Product['NRML'])], max_length=4)),
                 ('quantity', models.IntegerField(default=0)),
                 ('average_price', models.DecimalField(decimal_places=2, default=Decimal('0'), max_digits=14)),
                 ('realized_pnl', models.DecimalField(decimal_places=2, default=Decimal('0'), max_digits=16)),

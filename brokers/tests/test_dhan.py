@@ -13,23 +13,6 @@ from dhanhq import DhanHTTP
 
 from algoterm.sandbox.simulators.dhan import DhanSimulator
 from brokers import exchange
-from brokers.adapters.base import (
-    AdapterConfig,
-    BrokerError,
-    BrokerOrderStatus,
-    BrokerRateLimited,
-    BrokerSession,
-    BrokerUnavailable,
-    InvalidInput,
-    ModifyRequest,
-    OrderRejected,
-    OrderRequest,
-    OrderType,
-    Product,
-    SessionExpired,
-    Side,
-    Validity,
-)
 from brokers.adapters.dhan import (
     DHAN_ORDER_STATUSES,
     DHAN_ORDER_TYPES,
@@ -49,6 +32,23 @@ from brokers.adapters.dhan import (
     error_for,
     order_status,
     symbol_from_dhan,
+)
+from brokers.protocol import (
+    AdapterConfig,
+    BrokerError,
+    BrokerOrderStatus,
+    BrokerRateLimited,
+    BrokerSession,
+    BrokerUnavailable,
+    InvalidInput,
+    ModifyRequest,
+    OrderRejected,
+    OrderRequest,
+    OrderType,
+    Product,
+    SessionExpired,
+    Side,
+    Validity,
 )
 from brokers.tests.conftest import serving
 

@@ -5,7 +5,8 @@ from decimal import Decimal
 import pytest
 
 from brokers import exchange
-from brokers.adapters.base import (
+from brokers.models import Venue
+from brokers.protocol import (
     BrokerOrderStatus,
     InvalidInput,
     ModifyRequest,
@@ -15,7 +16,6 @@ from brokers.adapters.base import (
     Side,
     Validity,
 )
-from brokers.models import Venue
 
 pytestmark = pytest.mark.django_db
 SYMBOL = "NSE:INFY"

@@ -22,7 +22,8 @@ from algoterm.sandbox.simulators.base import SimulatorServer
 from algoterm.sandbox.simulators.fyers import FyersSimulator, app_id_hash
 from brokers import exchange
 from brokers.adapters import fyers as fy
-from brokers.adapters.base import (
+from brokers.adapters.fyers import FyersAdapter
+from brokers.protocol import (
     AdapterConfig,
     BrokerError,
     BrokerOrderStatus,
@@ -39,7 +40,6 @@ from brokers.adapters.base import (
     Side,
     Validity,
 )
-from brokers.adapters.fyers import FyersAdapter
 
 from .conftest import serving
 

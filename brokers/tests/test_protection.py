@@ -11,10 +11,10 @@ import pytest
 
 from accounts.tests.factories import UserFactory
 from algoterm.sandbox.simulators.kite import KiteSimulator
-from brokers.adapters.base import BrokerUnavailable
 from brokers.gateway import adapter_for
 from brokers.models import AccountStatus, BrokerAccount
 from brokers.protection import order_limits
+from brokers.protocol import BrokerUnavailable
 from brokers.tests.conftest import serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def test_the_circuit_opens_fails_fast_and_closes_by_itself(settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_trial_call_the_broker_answers_with_a_rejection_closes_the_circuit(settings):
-    from brokers.adapters.base import OrderRejected
+    from brokers.protocol import OrderRejected
 
     settings.BROKER_CIRCUIT_FAILURES = 1
     settings.BROKER_CIRCUIT_OPEN_SECONDS = 1

@@ -9,7 +9,8 @@ import pytest
 
 from algoterm.sandbox.simulators.kite import KITE_STATUS, KiteSimulator
 from brokers.adapters import zerodha
-from brokers.adapters.base import (
+from brokers.adapters.zerodha import ZerodhaAdapter
+from brokers.protocol import (
     AdapterConfig,
     BrokerOrderStatus,
     BrokerRateLimited,
@@ -25,7 +26,6 @@ from brokers.adapters.base import (
     Side,
     Validity,
 )
-from brokers.adapters.zerodha import ZerodhaAdapter
 from brokers.tests.conftest import serving
 
 API_KEY, API_SECRET = "test-key", "test-secret"

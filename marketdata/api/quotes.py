@@ -2,150 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
-
 from django.urls import path
-from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from algoterm.api.errors import ValidationFailed
-from algoterm.api.serializers import InputSerializer
 from marketdata import selectors
-from marketdata.candles import INTERVALS, IST, ist_day_start
-
-DEFAULT_LOOKBACK = {
-    "1m": timedelta(days=1),
-    "3m": timedelta(days=5),
-    "5m": timedelta(days=5),
-    "15m": timedelta(days=15),
-    "30m": timedelta(days=15),
-    "1h": timedelta(days=30),
-    "1d": timedelta(days=365),
-}
-
-
-# --- shapes ------------------------------------------------------------------------------------------------------
-
-
-class LtpOutput(serializers.Serializer):
-    symbol = serializers.CharField()
-    ltp = serializers.FloatField()
-    timestamp = serializers.DateTimeField(allow_null=True)
-
-
-class QuoteOutput(serializers.Serializer):
-    symbol = serializers.CharField()
-    ltp = serializers.FloatField()
-    bid = serializers.FloatField(allow_null=True)
-    ask = serializers.FloatField(allow_null=True)
-    bid_quantity = serializers.IntegerField()
-    ask_quantity = serializers.IntegerField()
-    volume = serializers.IntegerField(help_text="traded today")
-    open = serializers.FloatField(allow_null=True)
-    high = serializers.FloatField(allow_null=True)
-    low = serializers.FloatField(allow_null=True)
-    close = serializers.FloatField(allow_null=True, help_text="the previous session's close")
-    change = serializers.FloatField(allow_null=True, help_text="ltp - close")
-    change_percent = serializers.FloatField(allow_null=True)
-    oi = serializers.IntegerField(help_text="open interest (derivatives)")
-    oi_change = serializers.IntegerField(help_text="since the previous session")
-    timestamp = serializers.DateTimeField(allow_null=True)
-
-
-class QuotesOutput(serializers.Serializer):
-    quotes = serializers.DictField(child=QuoteOutput())
-    missing = serializers.ListField(child=serializers.CharField(), help_text="unknown, or not quoted yet")
-
-
-class CandleOutput(serializers.Serializer):
-    start = serializers.DateTimeField()
-    open = serializers.DecimalField(max_digits=14, decimal_places=2)
-    high = serializers.DecimalField(max_digits=14, decimal_places=2)
-    low = serializers.DecimalField(max_digits=14, decimal_places=2)
-    close = serializers.DecimalField(max_digits=14, decimal_places=2)
-    volume = serializers.IntegerField()
-    oi = serializers.IntegerField(allow_null=True)
-
-
-class CandlesOutput(serializers.Serializer):
-    symbol = serializers.CharField()
-    interval = serializers.ChoiceField(choices=INTERVALS)
-    candles = CandleOutput(many=True)
-
-
-class QuotesQuery(InputSerializer):
-    # 100 symbols fit in 4,000 characters; the bound keeps the request line, percent-encoded, under the HTTP
-    # server's limit, past which the server answers a plain-text 400 before the API sees the request.
-    symbols = serializers.CharField(
-        max_length=4000, help_text=f"comma-separated, at most {selectors.MAX_SYMBOLS_PER_REQUEST}"
-    )
-
-    def validate_symbols(self, raw: str) -> list[str]:
-        names = [name for name in (part.strip() for part in raw.split(",")) if name]
-        try:
-            symbols = list(dict.fromkeys(selectors.symbol_normalize(name) for name in names))
-        except ValidationFailed as error:
-            raise serializers.ValidationError(error.errors["symbol"]) from None
-        if not symbols:
-            raise serializers.ValidationError("Name at least one symbol.")
-        if len(symbols) > selectors.MAX_SYMBOLS_PER_REQUEST:
-            raise serializers.ValidationError(f"At most {selectors.MAX_SYMBOLS_PER_REQUEST} symbols per request.")
-        return symbols
-
-
-@extend_schema_field(OpenApiTypes.STR)
-class DateOrDateTimeField(serializers.Field):
-    """`2024-01-02` (a whole IST day) or an ISO 8601 datetime (naive means IST)."""
-
-    def to_internal_value(self, raw) -> date | datetime:
-        text = str(raw).strip()
-        try:
-            if len(text) == 10:
-                return date.fromisoformat(text)
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise serializers.ValidationError("A date (2024-01-02) or an ISO 8601 datetime.") from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=IST)
-
-    def to_representation(self, value):
-        return value.isoformat()
-
-
-class CandlesQuery(InputSerializer):
-    symbol = serializers.CharField(max_length=64)
-    interval = serializers.ChoiceField(choices=INTERVALS, default="1m")
-
-    def get_fields(self):
-        # `from` is a Python keyword, so it cannot be a class attribute.
-        fields = super().get_fields()
-        fields["from"] = DateOrDateTimeField(required=False, help_text="inclusive; default: a lookback per interval")
-        fields["to"] = DateOrDateTimeField(required=False, help_text="exclusive; a date includes that day; default now")
-        return fields
-
-    def validate_symbol(self, raw: str) -> str:
-        return selectors.symbol_normalize(raw)
-
-    def validate(self, attrs):
-        try:
-            end = attrs.get("to")
-            if end is None:
-                end = timezone.now()
-            elif not isinstance(end, datetime):
-                end = ist_day_start(end + timedelta(days=1))
-            start = attrs.get("from")
-            if start is None:
-                start = end - DEFAULT_LOOKBACK[attrs["interval"]]
-            elif not isinstance(start, datetime):
-                start = ist_day_start(start)
-        except OverflowError:
-            raise serializers.ValidationError({"to": ["Dates must be between the years 1 and 9999."]}) from None
-        return {"symbol": attrs["symbol"], "interval": attrs["interval"], "start": start, "end": end}
-
+from marketdata.serializers import CandlesOutput, CandlesQuery, LtpOutput, QuotesOutput, QuotesQuery
 
 # --- views -------------------------------------------------------------------------------------------------------
 

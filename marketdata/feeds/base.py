@@ -9,7 +9,9 @@ import random
 import threading
 from collections.abc import Callable
 
-from brokers.adapters.base import InvalidInput, Quote
+from django.conf import settings
+
+from brokers.protocol import InvalidInput, Quote
 from marketdata.ticks import ticks_publish
 
 logger = logging.getLogger(__name__)
@@ -76,8 +78,6 @@ class BrokerFeed(Feed):
         super().__init__(publish=publish, backoff=backoff)
         if mode not in self.modes:
             raise InvalidInput(f"{self.source} feed modes are {', '.join(self.modes)}; got {mode!r}.")
-        from django.conf import settings
-
         self.mode = mode
         self.url = url or getattr(settings, self.url_setting, self.default_url)
         self.connect_timeout = self.connect_timeout_seconds if connect_timeout is None else connect_timeout

@@ -28,14 +28,17 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from brokers.adapters.base import BrokerUnavailable, InvalidInput, Quote, SessionExpired
+import websockets
+from dhanhq import DhanContext
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
 from brokers.adapters.dhan import dhan_instrument
+from brokers.models import Broker, BrokerAccount
+from brokers.protocol import BrokerUnavailable, InvalidInput, Quote, SessionExpired
 from marketdata.feeds.base import BrokerFeed
 
 if TYPE_CHECKING:
     from dhanhq.marketfeed import MarketFeed
-
-    from brokers.models import BrokerAccount
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ _POLL_SECONDS = 0.2
 
 
 def routed_market_feed_class() -> type[MarketFeed]:
-    from dhanhq.marketfeed import MarketFeed
+    from dhanhq.marketfeed import MarketFeed  # the Dhan SDK's feed: loaded only when a Dhan feed runs
 
     class RoutedMarketFeed(MarketFeed):
         """The SDK's MarketFeed, connecting to `url` instead of the class-wide `market_feed_wss`."""
@@ -77,8 +80,6 @@ def routed_market_feed_class() -> type[MarketFeed]:
             self.disconnect_reason: int | None = None
 
         async def connect(self) -> None:
-            import websockets
-
             query = urlencode({"version": 2, "token": self.access_token, "clientId": self.client_id, "authType": 2})
             self.ws = await websockets.connect(f"{self.url}?{query}", open_timeout=self.open_timeout)
             await self.subscribe_instruments()
@@ -134,8 +135,6 @@ class DhanFeed(BrokerFeed):
 
     @classmethod
     def from_account(cls, account: BrokerAccount, symbols: list[str], **options: Any) -> DhanFeed:
-        from brokers.models import Broker
-
         if account.broker != Broker.DHAN:
             raise InvalidInput(f"A Dhan feed needs a Dhan account; {account} is {account.broker}.")
         session, credentials = account.session, account.credentials
@@ -191,8 +190,6 @@ class DhanFeed(BrokerFeed):
     def stream(self, stop: threading.Event) -> None:
         """Sets and then clears the calling thread's asyncio event loop (the SDK's doing): call it from a thread
         that runs no other loop, as `run` in the feed's own thread does."""
-        from dhanhq import DhanContext
-
         market_feed = routed_market_feed_class()(
             DhanContext(self.client_id, self._access_token),
             self._subscriptions(),
@@ -220,8 +217,6 @@ class DhanFeed(BrokerFeed):
             asyncio.set_event_loop(None)  # MarketFeed made its loop this thread's current one
 
     async def _open(self, market_feed: MarketFeed) -> None:
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
         try:
             await market_feed.connect()
         except InvalidStatus as error:
@@ -246,8 +241,6 @@ class DhanFeed(BrokerFeed):
         await market_feed.ws.close()
 
     async def _next_packet(self, market_feed: MarketFeed) -> Any:
-        from websockets.exceptions import ConnectionClosed
-
         try:
             return await asyncio.wait_for(market_feed.get_instrument_data(), _POLL_SECONDS)
         except TimeoutError:

@@ -21,15 +21,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from brokers.adapters.base import BrokerUnavailable, InvalidInput, Quote, SessionExpired
 from brokers.instruments import by_symbol
+from brokers.models import Broker, BrokerAccount
+from brokers.protocol import BrokerUnavailable, InvalidInput, Quote, SessionExpired
 from marketdata.feeds.base import BrokerFeed
 from marketdata.signals import kite_order_update_received
-
-if TYPE_CHECKING:
-    from brokers.models import BrokerAccount
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ _reactor_thread: threading.Thread | None = None
 def shared_reactor():
     """The process's Twisted reactor, running in a daemon thread (started on first call)."""
     global _reactor_thread
-    from twisted.internet import reactor
+    from twisted.internet import reactor  # importing the reactor installs it: only when a Kite feed runs
 
     with _reactor_lock:
         if _reactor_thread is None and not reactor.running:
@@ -144,8 +142,6 @@ class KiteFeed(BrokerFeed):
 
     @classmethod
     def from_account(cls, account: BrokerAccount, symbols: list[str], **options: Any) -> KiteFeed:
-        from brokers.models import Broker
-
         if account.broker != Broker.ZERODHA:
             raise InvalidInput(f"A Kite feed needs a Zerodha account; {account} is {account.broker}.")
 
@@ -202,7 +198,7 @@ class KiteFeed(BrokerFeed):
             self._on_reactor(lambda ticker: ticker.unsubscribe(tokens))
 
     def _on_reactor(self, action) -> None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor  # importing the reactor installs it: only when a Kite feed runs
 
         def run() -> None:
             ticker = self._ticker
@@ -214,7 +210,7 @@ class KiteFeed(BrokerFeed):
     # --- streaming -----------------------------------------------------------------------------------------------
 
     def stream(self, stop: threading.Event) -> None:
-        from kiteconnect import KiteTicker
+        from kiteconnect import KiteTicker  # the Kite SDK's ticker: loaded only when a Kite feed runs
 
         reactor = shared_reactor()
         batches: queue.Queue[list[dict[str, Any]]] = queue.Queue()

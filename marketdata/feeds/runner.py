@@ -9,8 +9,8 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from brokers.adapters.base import InvalidInput, Quote
 from brokers.prices import REFERENCE_PRICES
+from brokers.protocol import InvalidInput, Quote
 from marketdata.candles import MinuteCandleBuilder
 from marketdata.feeds.base import Feed
 from marketdata.models import Instrument, InstrumentType

@@ -24,8 +24,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from django.conf import settings
 
-from brokers.adapters.base import Quote
 from brokers.prices import REFERENCE_PRICES, synthetic_quote
+from brokers.protocol import Quote
+from marketdata.calendar import is_open
 from marketdata.feeds.base import Backoff, Feed
 from marketdata.models import Instrument, InstrumentType
 from marketdata.options import DAYS_PER_YEAR, black_scholes_price
@@ -122,8 +123,6 @@ class SimulatedFeed(Feed):
     # --- the loop -------------------------------------------------------------------------------------------------
 
     def stream(self, stop: threading.Event) -> None:
-        from marketdata.calendar import is_open
-
         self.load()
         logger.info("simulated feed: %d instruments every %.2fs", len(self.contracts), self.interval)
         while not stop.is_set():

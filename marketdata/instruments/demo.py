@@ -9,6 +9,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.utils import timezone
 
+from brokers.instruments import DEMO_INSTRUMENTS
+from brokers.prices import REFERENCE_PRICES, synthetic_quote
 from marketdata.instruments.expiries import (
     kite_future_tradingsymbol,
     kite_option_tradingsymbol,
@@ -122,8 +124,6 @@ _MAX_STRIKES_EACH_SIDE = 31
 
 def demo_spot(*, symbol: str, level: Decimal) -> Decimal:
     """The level a demo option chain is centred on: the simulated market's reference price, else `level`."""
-    from brokers.prices import REFERENCE_PRICES, synthetic_quote
-
     if symbol in REFERENCE_PRICES:
         return synthetic_quote(symbol).close or REFERENCE_PRICES[symbol]
     return level
@@ -256,8 +256,6 @@ def demo_universe_kite_rows(*, today: date, strikes_each_side: int = 20) -> list
     """The demo instrument universe as Kite dump rows, fully determined by `today`: the four indices, about 50
     liquid NSE stocks (and BSE:RELIANCE), current- and next-month futures, NIFTY (Tuesday) and SENSEX (Thursday)
     weeklies, and monthly options on everything, `strikes_each_side` strikes either side of the money."""
-    from brokers.instruments import DEMO_INSTRUMENTS
-
     if not 1 <= strikes_each_side <= _MAX_STRIKES_EACH_SIDE:
         raise ValueError(f"strikes_each_side must be 1 to {_MAX_STRIKES_EACH_SIDE}.")
     rows: list[dict[str, str]] = []

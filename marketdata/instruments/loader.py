@@ -35,7 +35,9 @@ from typing import Any, TextIO
 from django.db import transaction
 from django.utils import timezone
 
-from brokers.adapters.base import EXCHANGES
+from brokers import instruments as static_instruments
+from brokers.gateway import adapter_for
+from brokers.protocol import EXCHANGES
 from marketdata.models import Instrument, InstrumentType
 
 KITE_CSV_COLUMNS = (
@@ -171,6 +173,7 @@ def _expiry(row: Mapping[str, Any]) -> date | None:
 
 
 def fyers_symbol_for(*, symbol: str, instrument_type: str) -> str:
+    # The Fyers adapter brings its SDK: loaded by the first load, not by everything that imports the master.
     from brokers.adapters.fyers import INDEX_TO_FYERS, to_fyers_symbol
 
     if instrument_type == InstrumentType.INDEX:
@@ -181,8 +184,6 @@ def fyers_symbol_for(*, symbol: str, instrument_type: str) -> str:
 
 def instrument_record_from_kite(row: Mapping[str, Any]) -> InstrumentRecord | None:
     """One Kite dump row as an InstrumentRecord; None for exchanges we do not trade; ValueError if unreadable."""
-    from brokers import instruments as static_instruments
-
     exchange = _text(row, "exchange").upper()
     if exchange not in EXCHANGES:
         return None
@@ -413,8 +414,6 @@ def instruments_load_kite_csv(
 
 def instruments_load_from_account(*, account, full: bool = True, progress: Progress | None = None) -> LoadResult:
     """Loads the instrument dump of a connected broker account (only Zerodha offers one)."""
-    from brokers.gateway import adapter_for
-
     rows = adapter_for(account).instruments()
     return instruments_load_kite_rows(rows=rows, full=full, progress=progress)
 

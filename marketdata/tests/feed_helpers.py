@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 
-from brokers.adapters.base import Quote
+from brokers.protocol import Quote
 from marketdata.feeds.base import Feed
 
 WAIT = 10.0

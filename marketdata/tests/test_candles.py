@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from algoterm.api.errors import ValidationFailed
-from brokers.adapters.base import Quote
+from brokers.protocol import Quote
 from marketdata.candles import CandleBar, MinuteCandleBuilder, candles_get, candles_import_csv, candles_upsert
 from marketdata.models import Candle
 
@@ -209,7 +209,7 @@ def test_a_late_tick_never_rewrites_a_stored_minute():
     from datetime import UTC, datetime
     from decimal import Decimal
 
-    from brokers.adapters.base import Quote
+    from brokers.protocol import Quote
     from marketdata.candles import MinuteCandleBuilder
 
     stored = []

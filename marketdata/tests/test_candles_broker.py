@@ -12,7 +12,11 @@ from kiteconnect import exceptions as kite_errors
 
 from algoterm.api.errors import ValidationFailed
 from algoterm.sandbox.simulators.kite import KiteSimulator, synthetic_minute_volume
-from brokers.adapters.base import (
+from brokers.adapters.zerodha import ZerodhaAdapter
+from brokers.gateway import build_adapter
+from brokers.models import AccountStatus, BrokerAccount
+from brokers.prices import synthetic_quote
+from brokers.protocol import (
     AdapterConfig,
     BrokerRateLimited,
     BrokerSession,
@@ -20,10 +24,6 @@ from brokers.adapters.base import (
     InvalidInput,
     SessionExpired,
 )
-from brokers.adapters.zerodha import ZerodhaAdapter
-from brokers.gateway import build_adapter
-from brokers.models import AccountStatus, BrokerAccount
-from brokers.prices import synthetic_quote
 from brokers.tests.conftest import serving
 from marketdata import candles as candles_module
 from marketdata.candles import candles_import_chunks, candles_import_from_broker

@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from algoterm.testing import assert_error, assert_requires_auth
-from brokers.adapters.base import Quote
+from brokers.protocol import Quote
 from marketdata.chain import MARKET_TIMEZONE, expiry_moment, max_pain_strike, option_chain, risk_free_rate
 from marketdata.models import Instrument, InstrumentType
 from marketdata.options import black_scholes_price
@@ -313,7 +313,7 @@ def test_route_requires_authentication():
 def test_the_fast_rendering_of_strikes_equals_the_generic_serializer(trader, nifty_expiry, as_of):
     from rest_framework import serializers
 
-    from marketdata.api.options import ChainLegOutput, ChainStrikeOutput
+    from marketdata.serializers import ChainLegOutput, ChainStrikeOutput
 
     list_contracts(expiry=nifty_expiry, strikes=[24_300], kinds=("CE",))
     quote_chain(expiry=nifty_expiry, as_of=as_of, skip=((24_200, "PE"),))

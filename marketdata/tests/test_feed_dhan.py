@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from algoterm.sandbox.simulators.dhan_feed import FULL, QUOTE, TICKER, DhanFeedSimulator
-from brokers.adapters.base import BrokerUnavailable, InvalidInput, Quote, SessionExpired
+from brokers.protocol import BrokerUnavailable, InvalidInput, Quote, SessionExpired
 from marketdata.feeds.base import Backoff
 from marketdata.feeds.dhan import DhanFeed
 from marketdata.tests.feed_helpers import WAIT, Collector, running

@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 
 from algoterm.sandbox.simulators.kite_ticker import KiteTickerSimulator
-from brokers.adapters.base import InvalidInput, Quote, SessionExpired
+from brokers.protocol import InvalidInput, Quote, SessionExpired
 from marketdata.feeds.base import Backoff
 from marketdata.feeds.kite import KiteFeed, quote_from_tick
 from marketdata.tests.feed_helpers import WAIT, Collector, running

@@ -337,9 +337,9 @@ def test_command_loads_the_demo_universe():
 @pytest.mark.django_db(transaction=True)
 def test_the_kite_adapter_reads_the_simulators_dump_and_it_loads():
     from algoterm.sandbox.simulators.kite import KiteSimulator
-    from brokers.adapters.base import AdapterConfig, BrokerSession, InvalidInput
     from brokers.adapters.paper import PaperAdapter
     from brokers.adapters.zerodha import ZerodhaAdapter
+    from brokers.protocol import AdapterConfig, BrokerSession, InvalidInput
     from brokers.tests.conftest import serving
 
     app = KiteSimulator()

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from accounts.models import User
 from algoterm.api.errors import AppError, InvalidState, NotFound, ValidationFailed
-from brokers.adapters.base import BrokerError, Side
 from brokers.gateway import require_connected
+from brokers.protocol import BrokerError, Side
 from orders.models import Order, OrderSource, OrderStatus
 from orders.services.modify_cancel import order_cancel
 from orders.services.placement import order_place

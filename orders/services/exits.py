@@ -11,15 +11,17 @@ from django.db import transaction
 from django.utils import timezone
 
 from algoterm.api.errors import InvalidState, ValidationFailed
-from brokers.adapters.base import BrokerError, OrderType, Side
+from algoterm.tasking import task_send_on_commit
 from brokers.models import AccountStatus
 from brokers.prices import quote_for
+from brokers.protocol import BrokerError, OrderType, Side
 from marketdata.instruments import instrument_get
+from orders.locks import order_lock
 from orders.models import LIVE_STATUSES, WORKING_STATUSES, LegRole, Order, OrderEvent, OrderSource, OrderStatus
 from orders.services.exposure import _exit_cover, _exit_groups, _exit_room, _held
 from orders.services.modify_cancel import order_cancel, order_modify
 from orders.services.placement import order_submit
-from orders.services.transitions import EXIT_ROLES, PAISE, _enqueue, _transition
+from orders.services.transitions import EXIT_ROLES, PAISE, _transition
 from orders.services.updates import _needs_exits, fill_follow_up_connect
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,9 @@ def order_fill_follow_up(*, order_id: str) -> None:
             order_exits_place(order_id=order.pk)
     except Exception:
         logger.exception("follow-up of the fill of %s failed; queued to retry", order_id)
-        _enqueue("follow_up_fill", order_id, countdown=settings.ORDER_RECONCILE_DELAY_SECONDS)
+        task_send_on_commit(
+            name="orders.tasks.follow_up_fill", args=(order_id,), countdown=settings.ORDER_RECONCILE_DELAY_SECONDS
+        )
 
 
 def exits_fit_position(*, account_id: str, symbol: str, product: str) -> int:
@@ -72,7 +76,7 @@ def order_exits_place(*, order_id: str) -> list[Order]:
     when part of the position was closed meanwhile (none when it is flat). Exits only ever reduce a position, so
     they never need margin."""
     with transaction.atomic():
-        entry = Order.objects.select_for_update(of=("self",)).select_related("user", "account").get(pk=order_id)
+        entry = order_lock(order_id=order_id, related=("user", "account"))
         if not _needs_exits(entry):
             return []
         if entry.account.status != AccountStatus.CONNECTED:

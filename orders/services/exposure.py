@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from brokers.adapters.base import Side
 from brokers.models import BrokerAccount
+from brokers.protocol import Side
 from orders.models import LIVE_STATUSES, Order, Position
 from orders.services.transitions import EXIT_ROLES
 

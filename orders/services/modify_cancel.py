@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -12,17 +11,19 @@ from accounts.models import User
 from accounts.services import audit_record
 from algoterm.api.errors import AppError, ErrorCode, InvalidState, RiskRejected, ValidationFailed
 from algoterm.config import freeze_quantity
-from brokers.adapters.base import BrokerError, InvalidInput, ModifyRequest, OrderRejected, OrderType
+from algoterm.tasking import task_send_on_commit
 from brokers.gateway import adapter_for
 from brokers.prices import quote_for
+from brokers.protocol import BrokerError, InvalidInput, ModifyRequest, OrderRejected, OrderType
 from marketdata.instruments import instrument_get
+from orders.hooks import EXIT_EXCEEDS_POSITION, OrderIntent
+from orders.locks import order_lock
 from orders.models import LIVE_STATUSES, WORKING_STATUSES, LegRole, Order, OrderSource, OrderStatus
 from orders.services.exposure import _exit_cover, _exit_groups, _held, _reduces_position
 from orders.services.placement import risk_gate
-from orders.services.transitions import PAISE, PROTECTIVE_ROLES, _enqueue, _push_order, _transition
+from orders.services.transitions import PAISE, PROTECTIVE_ROLES, _push_order, _transition
 from orders.services.updates import order_refresh
 from orders.services.validation import _add, _check_prices
-from rms.services import OrderIntent, Reason
 
 
 def _broker_id_or_conflict(order: Order) -> str:
@@ -43,7 +44,7 @@ def order_modify(
 ) -> Order:
     """Change a working order at the broker; 409 INVALID_STATE when it is no longer working."""
     with transaction.atomic():
-        locked = Order.objects.select_for_update(of=("self",)).select_related("account", "user").get(pk=order.pk)
+        locked = order_lock(order_id=order.pk, related=("account", "user"))
         _require_changeable_by(locked, source=source)
         if locked.status not in WORKING_STATUSES:
             raise InvalidState(f"Order {locked.pk} is {locked.status} and cannot be modified.")
@@ -107,10 +108,10 @@ def order_modify(
         order_refresh(order=locked, adapter=adapter)
         raise OrderRejected(error.detail, extra={"order_id": locked.pk}) from None
     except BrokerError:
-        _enqueue_now("reconcile_account", locked.account_id)
+        _reconcile_soon(account_id=locked.account_id)
         raise
     with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=locked.pk)
+        locked = order_lock(order_id=locked.pk)
         locked.quantity, locked.price, locked.trigger_price, locked.order_type = (
             new_quantity,
             new_price,
@@ -184,7 +185,7 @@ def _modify_gate(
             raise RiskRejected(
                 f"This exit may close at most {room}: what the position still holds beside its other exits. More "
                 "would open a position the other way.",
-                reason=Reason.EXIT_EXCEEDS_POSITION,
+                reason=EXIT_EXCEEDS_POSITION,
             )
         reduces = True
     else:
@@ -222,14 +223,17 @@ def _modify_gate(
     )
 
 
-def _enqueue_now(task_name: str, *args: Any) -> None:
-    with transaction.atomic():
-        _enqueue(task_name, *args, countdown=settings.ORDER_RECONCILE_DELAY_SECONDS)
+def _reconcile_soon(*, account_id: str) -> None:
+    """The broker's answer to a modify or cancel was lost: reconciliation reads what it did (queued at once outside a
+    transaction, else on its commit)."""
+    task_send_on_commit(
+        name="orders.tasks.reconcile_account", args=(account_id,), countdown=settings.ORDER_RECONCILE_DELAY_SECONDS
+    )
 
 
 @transaction.atomic
 def _order_restore(*, order_id: str, status: str, source: str, message: str) -> None:
-    order = Order.objects.select_for_update().get(pk=order_id)
+    order = order_lock(order_id=order_id)
     if order.status in (OrderStatus.PENDING_MODIFY, OrderStatus.PENDING_CANCEL) and not order.is_final:
         if status == OrderStatus.OPEN and order.filled_quantity:
             status = OrderStatus.PARTIALLY_FILLED
@@ -245,7 +249,7 @@ def order_cancel(*, user: User | None, order: Order, source: str = OrderSource.A
     """Cancel at the broker; 409 INVALID_STATE when the order is already final (a filled order cannot be
     cancelled)."""
     with transaction.atomic():
-        locked = Order.objects.select_for_update(of=("self",)).select_related("account").get(pk=order.pk)
+        locked = order_lock(order_id=order.pk, related=("account",))
         _require_changeable_by(locked, source=source)
         if locked.status not in CANCELLABLE:
             raise InvalidState(f"Order {locked.pk} is {locked.status} and cannot be cancelled.")
@@ -265,7 +269,7 @@ def order_cancel(*, user: User | None, order: Order, source: str = OrderSource.A
         _order_restore(order_id=locked.pk, status=previous, source=source, message=f"Cancel refused: {error.detail}")
         raise OrderRejected(error.detail, extra={"order_id": locked.pk}) from None
     except BrokerError:
-        _enqueue_now("reconcile_account", locked.account_id)
+        _reconcile_soon(account_id=locked.account_id)
         raise
     order_refresh(order=locked, adapter=adapter)
     locked.refresh_from_db()

@@ -9,8 +9,12 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import audit_record
 from algoterm.failpoints import failpoint
+from algoterm.tasking import task_send_on_commit
 from billing.services import require_live_trading
-from brokers.adapters.base import (
+from brokers.gateway import adapter_for, require_connected
+from brokers.models import Broker
+from brokers.protection import CircuitOpen
+from brokers.protocol import (
     BrokerError,
     BrokerRateLimited,
     InvalidInput,
@@ -22,23 +26,24 @@ from brokers.adapters.base import (
     Side,
     Validity,
 )
-from brokers.gateway import adapter_for, require_connected
-from brokers.models import Broker
-from brokers.protection import CircuitOpen
+from orders.hooks import OrderIntent, pre_trade_check_run
+from orders.locks import order_lock
 from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus
 from orders.services.exposure import _reduces_position
 from orders.services.idempotency import _idempotency_record_id
-from orders.services.transitions import PROTECTIVE_ROLES, _enqueue, _notify_rejection, _push_order, _transition
+from orders.services.transitions import PROTECTIVE_ROLES, _notify_rejection, _push_order, _transition
 from orders.services.updates import order_refresh
 from orders.services.validation import OrderSpec, ValidatedOrder, order_validate
-from rms.services import OrderIntent, check_order
 
 
 def risk_gate(*, user: User, intent: OrderIntent, role: str) -> None:
     """The one gate in front of the broker for everything that adds exposure: placing (the API, bulk legs,
     strategy fires, webhooks, re-entries, all through `order_place`) and modifications that grow an order (checked
-    as the order will stand). Raises 422 RISK_REJECTED, or 403 PLAN_REQUIRED for live exposure without the plan."""
-    check_order(user=user, intent=intent)
+    as the order will stand). Raises 422 RISK_REJECTED, or 403 PLAN_REQUIRED for live exposure without the plan.
+
+    The check is the risk engine's, registered through `orders.hooks`; without one registered, every order is
+    refused."""
+    pre_trade_check_run(user=user, intent=intent)
     if intent.account.broker != Broker.PAPER and role == LegRole.ENTRY and not intent.reduces_position:
         # Only new exposure needs the plan: exits (the user's, a strategy's, the RMS's) always go out.
         require_live_trading(user=user)
@@ -179,7 +184,7 @@ def order_submit(*, order: Order) -> Order:
 
 @transaction.atomic
 def _order_settle_refused(*, order_id: str, error: BrokerError) -> Order:
-    order = Order.objects.select_for_update().get(pk=order_id)
+    order = order_lock(order_id=order_id)
     if order.status == OrderStatus.SUBMITTING:
         _transition(order, OrderStatus.REJECTED, source=OrderSource.BROKER, message=error.detail)
         order.save()
@@ -190,20 +195,24 @@ def _order_settle_refused(*, order_id: str, error: BrokerError) -> Order:
 
 @transaction.atomic
 def _order_mark_unknown(*, order_id: str, error: BrokerError) -> Order:
-    order = Order.objects.select_for_update().get(pk=order_id)
+    order = order_lock(order_id=order_id)
     if order.status == OrderStatus.SUBMITTING:
         _transition(
             order, OrderStatus.UNKNOWN, source=OrderSource.BROKER, message=f"No answer from the broker: {error.detail}"
         )
         order.save()
         _push_order(order)
-        _enqueue("reconcile_account", order.account_id, countdown=settings.ORDER_RECONCILE_DELAY_SECONDS)
+        task_send_on_commit(
+            name="orders.tasks.reconcile_account",
+            args=(order.account_id,),
+            countdown=settings.ORDER_RECONCILE_DELAY_SECONDS,
+        )
     return order
 
 
 @transaction.atomic
 def _order_mark_accepted(*, order_id: str, broker_order_id: str) -> Order:
-    order = Order.objects.select_for_update(of=("self",)).select_related("account").get(pk=order_id)
+    order = order_lock(order_id=order_id, related=("account",))
     if not order.broker_order_id:
         order.broker_order_id = broker_order_id
     order.submitted_at = timezone.now()

@@ -10,12 +10,24 @@ from django.db import transaction
 from django.utils import timezone
 
 from algoterm.api.errors import AppError
-from brokers.adapters.base import BrokerError, BrokerOrder
 from brokers.gateway import adapter_for
 from brokers.models import AccountStatus, BrokerAccount
-from orders.models import FINAL_STATUSES, LIVE_STATUSES, LegRole, Order, OrderEvent, OrderSource, OrderStatus
+from brokers.protocol import BrokerError, BrokerOrder
+from brokers.selectors import broker_account_find
+from orders.locks import order_lock
+from orders.models import (
+    FINAL_STATUSES,
+    LIVE_STATUSES,
+    IdempotencyRecord,
+    LegRole,
+    Order,
+    OrderEvent,
+    OrderSource,
+    OrderStatus,
+)
 from orders.services.exits import order_exits_place
 from orders.services.exposure import _held
+from orders.services.idempotency import orders_placed_under_claim
 from orders.services.placement import order_submit
 from orders.services.transitions import EXIT_ROLES, PROTECTIVE_ROLES, _notify_rejection, _push_order, _transition
 from orders.services.updates import _rejected_by_inference, order_apply_update, order_refresh
@@ -43,7 +55,9 @@ def orders_reconcile(*, account_id: str, now: datetime | None = None) -> dict[st
     submitted then (they never reached the broker, so this is their first submission); anything else is rejected.
     """
     now = now or timezone.now()
-    account = BrokerAccount.objects.get(pk=account_id)
+    account = broker_account_find(account_id=account_id)
+    if account is None:
+        raise BrokerAccount.DoesNotExist(f"No broker account {account_id}.")
     counts = {"updated": 0, "submitted": 0, "rejected": 0, "exits": 0}
     for entry in Order.objects.filter(
         account=account,
@@ -147,7 +161,7 @@ def order_refresh_from_broker(*, order_id: str) -> Order:
 
 def _order_resubmit_protective(*, order: Order) -> None:
     with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=order.pk)
+        locked = order_lock(order_id=order.pk)
         if locked.updated_at != order.updated_at:
             return  # touched since we found it stale: another reconciliation claimed it and is sending it
         if locked.status == OrderStatus.PENDING:
@@ -184,7 +198,7 @@ def _order_resubmit_protective(*, order: Order) -> None:
 
 @transaction.atomic
 def _order_reject_missing(*, order_id: str) -> None:
-    order = Order.objects.select_for_update().get(pk=order_id)
+    order = order_lock(order_id=order_id)
     if order.status in (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN, OrderStatus.PENDING):
         _transition(
             order,
@@ -195,3 +209,11 @@ def _order_reject_missing(*, order_id: str) -> None:
         order.save()
         _push_order(order)
         _notify_rejection(order)
+
+
+def orders_settle_under_claim(*, claim: IdempotencyRecord, stale: bool) -> list[Order]:
+    """The orders placed under an Idempotency-Key claim, each settled from its broker's order book first, so a
+    retry learns what the broker holds, never what a dead process last wrote."""
+    return [
+        order_settle_from_broker(order_id=order.pk, stale=stale) for order in orders_placed_under_claim(claim=claim)
+    ]

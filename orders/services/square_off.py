@@ -13,9 +13,8 @@ from accounts.models import User
 from accounts.services import audit_record
 from algoterm.api.errors import AppError, InvalidState
 from algoterm.config import freeze_quantity
-from brokers.adapters.base import BrokerError, OrderType, Side
-from brokers.models import BrokerAccount
-from brokers.selectors import broker_account_get
+from brokers.protocol import BrokerError, OrderType, Side
+from brokers.selectors import broker_account_get, broker_account_list
 from marketdata.instruments import instrument_get
 from orders.models import LIVE_STATUSES, LegRole, Order, OrderSource, Position
 from orders.services.modify_cancel import order_cancel
@@ -81,7 +80,7 @@ def quantities_within_freeze(*, symbol: str, quantity: int) -> list[int]:
 def _positions_square_off(
     *, user: User, account_id: str | None, symbol: str | None, product: str | None, source: str
 ) -> SquareOffResult:
-    accounts = BrokerAccount.objects.filter(owner=user, deleted_at__isnull=True)
+    accounts = broker_account_list(user=user)
     if account_id is not None:
         accounts = accounts.filter(pk=broker_account_get(user=user, account_id=account_id).pk)
     pending = Order.objects.filter(user=user, account__in=accounts, status__in=LIVE_STATUSES).exclude(

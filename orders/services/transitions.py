@@ -1,20 +1,18 @@
-"""Moving an order from one status to the next, and what each move tells the user and the task queue; the roles
-and units the whole package shares."""
+"""Moving an order from one status to the next, and what each move tells the user; the roles and units the whole
+package shares."""
 
 from __future__ import annotations
 
 import logging
 from decimal import Decimal
-from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Notification
 from accounts.services import notification_create
-from algoterm import realtime
 from orders.models import LegRole, Order, OrderEvent, can_transition
+from orders.signals import order_changed
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +48,8 @@ def _transition(order: Order, new_status: str, *, source: str, message: str = ""
 
 
 def _push_order(order: Order) -> None:
-    from orders.serializers import OrderOutput
-
-    realtime.push_to_user(user_id=order.user_id, message_type="order_update", payload=OrderOutput(order).data)
-
-
-def _enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None:
-    """Run a follow-up task once the current transaction commits."""
-    from orders import tasks
-
-    task = getattr(tasks, task_name)
-    transaction.on_commit(lambda: task.apply_async(args=args, countdown=countdown))
+    """Tell the user of the order's change (the push goes out on commit, rendered by `orders.presenters`)."""
+    order_changed.send(sender=Order, order=order)
 
 
 def _notify_rejection(order: Order) -> None:

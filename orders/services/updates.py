@@ -10,13 +10,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.services import notification_create
-from algoterm import realtime
 from algoterm.api.errors import AppError
-from brokers.adapters.base import BrokerError, BrokerOrder, BrokerOrderStatus, OrderType, Side
 from brokers.gateway import adapter_for
 from brokers.prices import quote_for
+from brokers.protocol import BrokerError, BrokerOrder, BrokerOrderStatus, OrderType, Side
+from orders.locks import order_lock, position_lock
 from orders.models import WORKING_STATUSES, LegRole, Order, OrderEvent, OrderSource, OrderStatus, Position, Trade
 from orders.services.transitions import IST, PAISE, _notify_rejection, _push_order, _transition
+from orders.signals import fill_applied, position_changed, trade_recorded
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def order_apply_update(
     prices of a modification; what we read from the broker ourselves does.
     """
     with transaction.atomic():
-        order = Order.objects.select_for_update(of=("self",)).select_related("account", "user").get(pk=order_id)
+        order = order_lock(order_id=order_id, related=("account", "user"))
         if order.broker_order_id and update.broker_order_id and order.broker_order_id != update.broker_order_id:
             logger.warning(
                 "update for %s names broker order %s, ours is %s",
@@ -219,27 +220,16 @@ def _record_fill(order: Order, update: BrokerOrder, filled: int) -> Trade:
     order.filled_quantity = filled
     order.average_price = update.average_price or price.quantize(PAISE)
     position = position_apply_fill(trade=trade)
-    from orders.serializers import PositionOutput, TradeOutput
-
-    realtime.push_to_user(user_id=order.user_id, message_type="trade", payload=TradeOutput(trade).data)
-    _risk_reevaluate(user_id=order.user_id)
-    realtime.push_to_user(
-        user_id=order.user_id, message_type="position_update", payload=PositionOutput(position, context={}).data
-    )
+    trade_recorded.send(sender=Trade, trade=trade)
+    _fill_announce(user_id=order.user_id, order_id=order.pk)
+    position_changed.send(sender=Position, position=position)
     return trade
 
 
-def _risk_reevaluate(*, user_id: str) -> None:
-    """A fill changes the user's MTM (realized PnL, a new position): the risk engine looks again after commit."""
-    from rms.tasks import evaluate_users
-
-    def enqueue() -> None:
-        try:
-            evaluate_users.delay([user_id])
-        except Exception:  # the beat sweep evaluates everyone anyway; a fill must not fail on this
-            logger.exception("risk re-evaluation after a fill could not be queued")
-
-    transaction.on_commit(enqueue)
+def _fill_announce(*, user_id: str, order_id: str) -> None:
+    """A fill changes the user's MTM (realized PnL, a new position): said once it is committed (the risk engine
+    looks again). A listener's error is logged by `send_robust` and never fails the fill."""
+    transaction.on_commit(lambda: fill_applied.send_robust(sender=Trade, user_id=user_id, order_id=order_id))
 
 
 def _needs_exits(order: Order) -> bool:
@@ -261,9 +251,7 @@ def position_apply_fill(*, trade: Trade) -> Position:
         product=trade.product,
         defaults={"user_id": trade.user_id, "trading_day": today},
     )
-    position = Position.objects.select_for_update().get(
-        account_id=trade.account_id, symbol=trade.symbol, product=trade.product
-    )
+    position = position_lock(account_id=trade.account_id, symbol=trade.symbol, product=trade.product)
     if today > position.trading_day:
         position.trading_day = today
         position.day_buy_quantity = position.day_sell_quantity = 0

@@ -10,9 +10,9 @@ from django.utils import timezone
 from accounts.models import User
 from algoterm.api.errors import ValidationFailed
 from algoterm.config import freeze_quantity
-from brokers.adapters.base import OrderType, Product, Side, Validity
 from brokers.models import BrokerAccount
 from brokers.prices import quote_for
+from brokers.protocol import OrderType, Product, Side, Validity
 from brokers.selectors import broker_account_get
 from marketdata.instruments import instrument_get
 from marketdata.models import InstrumentType

@@ -17,9 +17,9 @@ from algoterm.celery import app as celery_app
 from algoterm.health import HEARTBEAT_CACHE_KEY
 from algoterm.tasks import heartbeat
 from algoterm.testing import celery_worker_process
-from brokers.adapters.base import BrokerUnavailable, OrderRequest, OrderType, Product, Side, Validity
 from brokers.gateway import adapter_for
 from brokers.models import SimOrder
+from brokers.protocol import BrokerUnavailable, OrderRequest, OrderType, Product, Side, Validity
 from orders import services
 from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus, Position, Trade
 from orders.services.placement import _order_create, _order_mark_unknown

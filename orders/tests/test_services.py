@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from brokers.adapters.base import BrokerOrder, BrokerOrderStatus, OrderType, Product, Side
+from brokers.protocol import BrokerOrder, BrokerOrderStatus, OrderType, Product, Side
 from orders import services
 from orders.models import (
     FINAL_STATUSES,

@@ -10,7 +10,7 @@ This package is the RMS's service API; by sub-domain: `limits` (profiles, ceilin
 """
 
 from rms.services.breaches import SQUARE_OFF_CLAIM_SECONDS, auto_square_off, breach_handle, breach_square_off
-from rms.services.checks import OrderIntent, check_order
+from rms.services.checks import check_order
 from rms.services.common import IST, PAISE, SEVERITY, STATE_AFTER, Reason, state_today, trading_day
 from rms.services.controls import user_halt, user_resume, user_square_off
 from rms.services.limits import (
@@ -62,7 +62,6 @@ __all__ = [
     "Breach",
     "Limits",
     "MtmBook",
-    "OrderIntent",
     "Reason",
     "SweepResult",
     "auto_square_off",

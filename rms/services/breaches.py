@@ -6,12 +6,16 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Notification, User
+from accounts.selectors import user_by_id
 from accounts.services import audit_record, notification_create
 from algoterm import realtime
+from orders.models import OrderSource
+from orders.services import positions_square_off
 from rms.models import RmsEvent, RmsState, TradingState
 from rms.services.common import SEVERITY, STATE_AFTER, Reason, state_today, trading_day
 
@@ -50,7 +54,7 @@ def breach_handle(
             target_id=user_id,
             details={"reason": reason, "mtm": str(mtm), "state": new_status},
         )
-        user = User.objects.get(pk=user_id)
+        user = _user(user_id)
         notification_create(
             user=user,
             kind="rms_breach",
@@ -75,11 +79,6 @@ def breach_square_off(*, user_id: str, day: date | None = None) -> None:
     One worker at a time: a sweep or tick evaluation that finds it running elsewhere leaves it to that worker, and
     one that arrives after it finished finds nothing pending. A worker that dies leaves the flag set and its claim
     expires, so a later sweep finishes the job."""
-    from django.core.cache import cache
-
-    from orders.models import OrderSource
-    from orders.services import positions_square_off
-
     day = day or trading_day()
     claim = f"rms:breach-square-off:{user_id}"
     if not cache.add(claim, True, timeout=SQUARE_OFF_CLAIM_SECONDS):
@@ -87,8 +86,7 @@ def breach_square_off(*, user_id: str, day: date | None = None) -> None:
     try:
         if not RmsState.objects.filter(user_id=user_id, trading_day=day, square_off_pending=True).exists():
             return
-        user = User.objects.get(pk=user_id)
-        result = positions_square_off(user=user, source=OrderSource.RMS)
+        result = positions_square_off(user=_user(user_id), source=OrderSource.RMS)
         with transaction.atomic():
             state = state_today(user_id=user_id, day=day, lock=True)
             if not result.failed:
@@ -111,9 +109,6 @@ def breach_square_off(*, user_id: str, day: date | None = None) -> None:
 
 def auto_square_off(*, user_id: str, mtm: Decimal, day: date) -> None:
     """Close the user's intraday (MIS) positions at their auto square-off time, once a day."""
-    from orders.models import OrderSource
-    from orders.services import positions_square_off
-
     with transaction.atomic():
         state = state_today(user_id=user_id, day=day, lock=True)
         if state.auto_square_off_done_at is not None:
@@ -121,7 +116,7 @@ def auto_square_off(*, user_id: str, mtm: Decimal, day: date) -> None:
         state.auto_square_off_done_at = timezone.now()
         state.save()
     try:
-        result = positions_square_off(user=User.objects.get(pk=user_id), product="MIS", source=OrderSource.RMS)
+        result = positions_square_off(user=_user(user_id), product="MIS", source=OrderSource.RMS)
     except Exception:  # not run at all (the user's own square-off held the lock): the next sweep tries again
         RmsState.objects.filter(user_id=user_id, trading_day=day).update(auto_square_off_done_at=None)
         raise
@@ -136,3 +131,10 @@ def auto_square_off(*, user_id: str, mtm: Decimal, day: date) -> None:
     if result.failed:
         with transaction.atomic():  # let the next sweep try what failed
             RmsState.objects.filter(user_id=user_id, trading_day=day).update(auto_square_off_done_at=None)
+
+
+def _user(user_id: str) -> User:
+    user = user_by_id(user_id=user_id)
+    if user is None:
+        raise User.DoesNotExist(f"No user {user_id}.")
+    return user

@@ -1,44 +1,29 @@
-"""The pre-trade check: every order that adds exposure passes the risk gate before it goes out."""
+"""The pre-trade check: every order that adds exposure passes the risk gate before it goes out. The order pipeline
+asks it through `orders.hooks` (registered in `RmsConfig.ready()`), so orders never imports the risk engine."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.selectors import user_by_id
 from algoterm.api.errors import AppError, RiskRejected
-from brokers.adapters.base import MARGIN_RATE, BrokerError, Product
-from brokers.models import BrokerAccount
+from algoterm.system import platform_state
+from brokers.gateway import adapter_for
+from brokers.protocol import MARGIN_RATE, BrokerError, Product
+from orders.hooks import OrderIntent
+from orders.selectors import open_position_symbols, orders_placed_on
 from rms.models import RmsState, TradingState
 from rms.services.common import IST, PAISE, Reason, trading_day
 from rms.services.limits import Limits, limits_for
 from rms.services.monitor import user_mtm
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OrderIntent:
-    """What the pre-trade check sees of an order about to be placed, or of a working order as a modification
-    would leave it (`new_order` False: it is not another order of the day, and it needs margin only for
-    `margin_value`, what the modification adds)."""
-
-    account: BrokerAccount
-    symbol: str
-    side: str
-    quantity: int
-    lot_size: int
-    order_type: str
-    product: str
-    reference_price: Decimal
-    reduces_position: bool
-    source: str
-    new_order: bool = True
-    margin_value: Decimal | None = None
 
 
 def _refuse(reason: str, detail: str) -> None:
@@ -48,16 +33,14 @@ def _refuse(reason: str, detail: str) -> None:
 def _check_may_trade(user: User) -> None:
     """The owner as stored now, not as a caller loaded them: a strategy or webhook may act for a user deactivated
     or demoted a moment ago."""
-    current = User.objects.filter(pk=user.pk).values("is_active", "role").first() or {"is_active": False}
-    if not current["is_active"]:
+    current = user_by_id(user_id=user.pk)
+    if current is None or not current.is_active:
         _refuse(Reason.USER_DEACTIVATED, "The account is deactivated; new orders are refused. Exits still go out.")
-    if not User(role=current["role"]).can_trade:
+    if not current.can_trade:
         _refuse(Reason.ROLE_CANNOT_TRADE, "The account is view-only; new orders are refused. Exits still go out.")
 
 
 def _check_not_halted(*, limits: Limits, state: RmsState | None) -> None:
-    from algoterm.system import platform_state
-
     platform = platform_state()
     if platform.trading_halted:
         _refuse(
@@ -119,8 +102,6 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
     value = (intent.reference_price * intent.quantity).quantize(PAISE)
     if limits.max_order_value and value > limits.max_order_value:
         _refuse(Reason.MAX_ORDER_VALUE_EXCEEDED, f"Order value {value} is over your limit {limits.max_order_value}.")
-    from orders.selectors import open_position_symbols, orders_placed_on
-
     if limits.max_orders_per_day and intent.new_order:
         placed = orders_placed_on(user=user, day=trading_day(now))
         if placed >= limits.max_orders_per_day:
@@ -137,13 +118,8 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
 
 
 def _check_funds(intent: OrderIntent, value: Decimal) -> None:
-    from django.conf import settings
-
-    from brokers.gateway import adapter_for
-
     if not settings.RMS_FUNDS_CHECK:
         return
-
     required = (value * MARGIN_RATE[Product(intent.product)]).quantize(PAISE)
     try:
         funds = adapter_for(intent.account).funds()

@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 from django.utils import timezone
 
+from algoterm.locking import row_locked
+from orders.hooks import EXIT_EXCEEDS_POSITION
 from rms.models import RmsState, TradingState
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -30,7 +32,7 @@ class Reason:
     SEGMENT_NOT_ALLOWED = "SEGMENT_NOT_ALLOWED"
     USER_DEACTIVATED = "USER_DEACTIVATED"  # the owner's account was deactivated
     ROLE_CANNOT_TRADE = "ROLE_CANNOT_TRADE"  # the owner's role is view-only
-    EXIT_EXCEEDS_POSITION = "EXIT_EXCEEDS_POSITION"  # an exit grown past the position it closes would open another
+    EXIT_EXCEEDS_POSITION = EXIT_EXCEEDS_POSITION  # the order pipeline's own: an exit grown past its position
     # breaches
     DAILY_PROFIT_TARGET_HIT = "DAILY_PROFIT_TARGET_HIT"
     PROFIT_LOCK_HIT = "PROFIT_LOCK_HIT"
@@ -56,5 +58,5 @@ def state_today(*, user_id: str, day: date | None = None, lock: bool = False) ->
     day = day or trading_day()
     state, _ = RmsState.objects.get_or_create(user_id=user_id, trading_day=day)
     if lock:
-        state = RmsState.objects.select_for_update().get(pk=state.pk)
+        state = row_locked(RmsState.objects.all(), pk=state.pk)
     return state

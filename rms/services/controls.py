@@ -8,17 +8,16 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import audit_record
 from algoterm import realtime
+from orders.models import OrderSource
+from orders.services import SquareOffResult, positions_square_off
 from rms.models import RmsEvent, RmsState, TradingState
 from rms.services.breaches import breach_handle
 from rms.services.common import Reason, state_today
 from rms.services.monitor import user_mtm
 
 
-def user_square_off(*, actor: User, user: User, account_id: str | None = None):
+def user_square_off(*, actor: User | None, user: User, account_id: str | None = None) -> SquareOffResult:
     """The RMS route's manual square-off: everything (or one account), through the order pipeline as `rms`."""
-    from orders.models import OrderSource
-    from orders.services import positions_square_off
-
     result = positions_square_off(user=user, account_id=account_id, source=OrderSource.RMS)
     RmsEvent.objects.create(
         user=user,

@@ -14,7 +14,10 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import audit_record
 from algoterm.api.errors import ValidationFailed
+from algoterm.locking import row_locked
 from brokers.models import BrokerAccount
+from marketdata.calendar import next_trading_day, session_bounds
+from orders.selectors import orders_placed_on
 from rms.models import (
     MONEY_FIELDS,
     MTM_RULES,
@@ -226,7 +229,7 @@ def _ceiling_update(*, actor: User, row: CeilingFields, data: dict[str, Any], sc
 @transaction.atomic
 def platform_ceiling_update(*, actor: User, data: dict[str, Any]) -> PlatformRiskCeiling:
     """An operator sets the platform-wide ceiling on every user's limits."""
-    row = PlatformRiskCeiling.objects.select_for_update().get(pk=platform_ceiling_get().pk)
+    row = row_locked(PlatformRiskCeiling.objects.all(), pk=platform_ceiling_get().pk)
     return _ceiling_update(actor=actor, row=row, data=data, scope="platform", target=None)
 
 
@@ -234,7 +237,7 @@ def platform_ceiling_update(*, actor: User, data: dict[str, Any]) -> PlatformRis
 def user_ceiling_update(*, actor: User, user: User, data: dict[str, Any]) -> UserRiskCeiling:
     """An operator sets one user's ceiling, inside the platform's (the tightest of both applies)."""
     UserRiskCeiling.objects.get_or_create(user=user)
-    row = UserRiskCeiling.objects.select_for_update().get(user=user)
+    row = row_locked(UserRiskCeiling.objects.all(), user=user)
     return _ceiling_update(actor=actor, row=row, data=data, scope="user", target=user)
 
 
@@ -261,9 +264,6 @@ def _pending_values(profile: RiskProfile) -> dict[str, Any]:
 def trading_started(*, user: User, now: datetime | None = None) -> bool:
     """Trading has started for the day once the market's pre-open order entry began on a trading day, or the user
     placed an order today (an after-market order counts)."""
-    from marketdata.calendar import session_bounds
-    from orders.selectors import orders_placed_on
-
     now = now or timezone.now()
     bounds = session_bounds(trading_day(now))
     if bounds is not None and now >= bounds.pre_open_start:
@@ -272,15 +272,13 @@ def trading_started(*, user: User, now: datetime | None = None) -> bool:
 
 
 def _next_trading_day(now: datetime) -> date:
-    from marketdata.calendar import next_trading_day
-
     return next_trading_day(trading_day(now))
 
 
 def _pending_apply(*, profile: RiskProfile, day: date) -> RiskProfile:
     """Put the profile's pending changes in force once their day has come (locked; audited)."""
     with transaction.atomic():
-        profile = RiskProfile.objects.select_for_update().get(pk=profile.pk)
+        profile = row_locked(RiskProfile.objects.all(), pk=profile.pk)
         if profile.pending_from is None or profile.pending_from > day:
             return profile
         applied = _pending_values(profile)
@@ -468,7 +466,7 @@ def profile_update(
         )
     if account is not None:
         profile, _ = RiskProfile.objects.get_or_create(user=user, account=account)
-    profile = RiskProfile.objects.select_for_update().get(pk=_in_force(profile, day=day).pk)
+    profile = row_locked(RiskProfile.objects.all(), pk=_in_force(profile, day=day).pk)
     stored = {name: getattr(profile, name) for name in PROFILE_FIELDS}
     pending = _pending_values(profile)
     previous = stored | pending

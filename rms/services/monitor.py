@@ -14,6 +14,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from algoterm import realtime
+from marketdata.quotes import quotes_get
+from orders.selectors import positions_for_mtm, users_with_open_positions_in
 from rms.models import RmsEvent, RmsState, TradingState, default_limits
 from rms.services.breaches import auto_square_off, breach_handle, breach_square_off
 from rms.services.common import IST, PAISE, SEVERITY, Reason, state_today, trading_day
@@ -39,9 +41,6 @@ def mtm_book(*, user_ids: list[str] | None = None, day: date | None = None) -> M
 
     Only quotes a feed published count: a symbol without one adds its realized PnL alone, never a price the paper
     exchange would make up (a square-off on an invented price is worse than one sweep's blind spot)."""
-    from marketdata.quotes import quotes_get
-    from orders.selectors import positions_for_mtm
-
     rows = positions_for_mtm(user_ids=user_ids, day=day or trading_day())
     if not rows:
         return MtmBook(user_ids=[], mtm=np.zeros(0), open_positions=np.zeros(0), mis_open=np.zeros(0))
@@ -193,6 +192,4 @@ def profit_lock_raise(*, user_id: str, level: Decimal, mtm: Decimal, day: date) 
 
 def users_holding(*, symbols: list[str]) -> list[str]:
     """Users with open positions in any of `symbols`: whom a tick on them may breach."""
-    from orders.selectors import users_with_open_positions_in
-
     return users_with_open_positions_in(symbols=symbols)

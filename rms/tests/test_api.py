@@ -8,9 +8,9 @@ import pytest
 from accounts.models import Role
 from accounts.tests.factories import UserFactory
 from algoterm.testing import assert_error, assert_other_user_gets_404, assert_requires_auth, client_for
-from brokers.adapters.base import BrokerUnavailable
 from brokers.adapters.paper import PaperAdapter
 from brokers.gateway import adapter_for
+from brokers.protocol import BrokerUnavailable
 from brokers.services import broker_session_mark_expired
 from marketdata.models import Instrument
 from orders.models import Order, Position

@@ -9,11 +9,12 @@ from django.utils import timezone
 
 from algoterm.api.errors import RiskRejected
 from algoterm.testing import client_for
+from orders.hooks import OrderIntent
 from orders.models import LegRole, Order, OrderSource, OrderStatus, Position
 from orders.services import OrderSpec, order_place
 from orders.tests.factories import EQUITY, OPTION, paper_account
 from rms.models import RmsState, TradingState
-from rms.services import IST, OrderIntent, Reason, check_order, state_today, trading_day, user_halt
+from rms.services import IST, Reason, check_order, state_today, trading_day, user_halt
 from rms.tests.conftest import place, placed, refused, set_limits
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_tick_evaluation")]

@@ -18,13 +18,13 @@ from algoterm.testing import client_for
 from brokers.models import AccountStatus
 from brokers.prices import quote_at, quote_publish
 from brokers.services import broker_account_refresh, broker_session_mark_expired
+from orders.hooks import OrderIntent
 from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus, Position
 from orders.tests.factories import EQUITY, paper_account, standard_instruments
 from rms import services
 from rms.models import RmsEvent, RmsState, TradingState
 from rms.services import (
     IST,
-    OrderIntent,
     Reason,
     check_order,
     mtm_book,

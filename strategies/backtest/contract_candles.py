@@ -5,27 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
-from django.db import connection
-from django.db.models import F, Q, Window
-from django.db.models.functions import RowNumber, TruncDate
 
-from marketdata.calendar import IST
-from marketdata.models import Candle
+from marketdata.selectors import minute_candle_day_rows, minute_candle_last_prices
 
-from ..candles import (
-    _EPOCH_DAY,
-    _IST_OFFSET_SECONDS,
-    _SECONDS_PER_DAY,
-    MINUTE_INTERVAL,
-    _candle_rows,
-    _EpochSeconds,
-    _float,
-    _ist_midnight,
-    _Minutes,
-)
+from ..candles import _EPOCH_DAY, _IST_OFFSET_SECONDS, _SECONDS_PER_DAY, _Minutes
 
 _Item = TypeVar("_Item")
 
@@ -33,42 +19,6 @@ _Item = TypeVar("_Item")
 def _batches(items: Sequence[_Item], size: int) -> Iterable[Sequence[_Item]]:
     for first in range(0, len(items), size):
         yield items[first : first + size]
-
-
-def _day_candles_portable(pairs: Sequence[tuple[str, date]]) -> Iterable[tuple[Any, ...]]:
-    """(symbol, start epoch, open, high, low, close, volume) of each (symbol, IST day), by symbol and start."""
-    days_of_symbols = Q(
-        *(
-            Q(symbol=symbol, start__gte=_ist_midnight(day), start__lt=_ist_midnight(day + timedelta(days=1)))
-            for symbol, day in pairs
-        ),
-        _connector=Q.OR,
-    )
-    return _candle_rows(
-        Candle.objects.filter(days_of_symbols, interval=MINUTE_INTERVAL).order_by("symbol", "start"), "symbol"
-    )
-
-
-def _day_candles_postgresql(pairs: Sequence[tuple[str, date]]) -> Iterable[tuple[Any, ...]]:
-    """The same rows as `_day_candles_portable`, joined against the pairs as arrays: one short statement whatever
-    their number, where Django would compile hundreds of OR-ed lookups."""
-    sql = (
-        "SELECT candle.symbol, date_part('epoch', candle.start), candle.open::float8, candle.high::float8, "
-        "candle.low::float8, candle.close::float8, candle.volume::float8 "
-        "FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS wanted(symbol, since, until) "
-        f"JOIN {connection.ops.quote_name(Candle._meta.db_table)} AS candle ON candle.symbol = wanted.symbol "
-        "AND candle.interval = %s AND candle.start >= wanted.since AND candle.start < wanted.until "
-        "ORDER BY candle.symbol, candle.start"
-    )
-    params = [
-        [symbol for symbol, _ in pairs],
-        [_ist_midnight(day) for _, day in pairs],
-        [_ist_midnight(day + timedelta(days=1)) for _, day in pairs],
-        MINUTE_INTERVAL,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
 
 
 class _ContractCandles:
@@ -83,10 +33,9 @@ class _ContractCandles:
 
     def prefetch(self, wanted: Iterable[tuple[str, date]]) -> None:
         missing = sorted({key for key in wanted if key not in self._days})
-        fetch = _day_candles_postgresql if connection.vendor == "postgresql" else _day_candles_portable
         for batch in _batches(missing, self.BATCH):
             by_symbol: dict[str, list[tuple[float, ...]]] = {}
-            for symbol, *values in fetch(batch):
+            for symbol, *values in minute_candle_day_rows(days=batch):
                 by_symbol.setdefault(symbol, []).append(values)
             found: dict[tuple[str, date], _Minutes | None] = {}
             for symbol, values in by_symbol.items():
@@ -126,28 +75,15 @@ def _stored_premiums(questions: Sequence[_PremiumQuestion]) -> dict[tuple[int, s
         else:
             rounds.append([index])
     for indices in rounds:
-        asked = Q(
-            *(
-                Q(
-                    symbol__in=questions[index].symbols,
-                    start__gte=_ist_midnight(questions[index].day),
-                    start__lte=datetime.fromtimestamp(questions[index].bar_start, tz=UTC),
+        latest = minute_candle_last_prices(
+            asks=[
+                (
+                    questions[index].symbols,
+                    questions[index].day,
+                    datetime.fromtimestamp(questions[index].bar_start, tz=UTC),
                 )
                 for index in indices
-            ),
-            _connector=Q.OR,
-        )
-        latest = (
-            Candle.objects.filter(asked, interval=MINUTE_INTERVAL)
-            .annotate(
-                recency=Window(
-                    RowNumber(),
-                    partition_by=[F("symbol"), TruncDate("start", tzinfo=IST)],
-                    order_by=F("start").desc(),
-                )
-            )
-            .filter(recency=1)
-            .values_list("symbol", _EpochSeconds("start"), _float("open"), _float("close"))
+            ]
         )
         index_of_day = {questions[index].day: index for index in indices}
         for symbol, start, opening, closing in latest:

@@ -13,8 +13,8 @@ import numpy as np
 from marketdata.calendar import is_trading_day
 from marketdata.chain import expiry_moment, risk_free_rate
 from marketdata.instruments import DEMO_INDICES, DEMO_STOCKS, kite_future_tradingsymbol, kite_option_tradingsymbol
-from marketdata.models import Instrument, InstrumentType
 from marketdata.options import black_scholes_price
+from marketdata.selectors import instrument_derivative_lot_size
 
 from .. import legs as leg_choice
 from ..candles import _SECONDS_PER_DAY, _ist_midnight, _Minutes, _minutes_load, _moment
@@ -116,15 +116,7 @@ class _Backtest:
         if leg.instrument == LegInstrument.EQUITY:
             size = 1
         else:
-            size = (
-                Instrument.objects.filter(
-                    underlying=leg.underlying,
-                    instrument_type__in=(InstrumentType.FUT, InstrumentType.CE, InstrumentType.PE),
-                )
-                .order_by("-is_active", "-expiry")
-                .values_list("lot_size", flat=True)
-                .first()
-            )
+            size = instrument_derivative_lot_size(underlying=leg.underlying)
             if size is None:
                 known = {index.underlying: index.lot_size for index in DEMO_INDICES} | {
                     stock.tradingsymbol: stock.lot_size for stock in DEMO_STOCKS

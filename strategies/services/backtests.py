@@ -18,9 +18,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Notification, User
+from accounts.selectors import user_row_lock
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import ValidationFailed
 from algoterm.failpoints import failpoint
+from algoterm.locking import rows_locked
+from algoterm.tasking import task_send_on_commit
 from billing.services import require_backtest_slot
 
 from ..backtest import BacktestError, BacktestSignal, backtest_execute
@@ -30,6 +33,8 @@ from .definitions import _add, _input_of, _lock_own, definition_of
 from .webhooks import WEBHOOK_ACTIONS
 
 logger = logging.getLogger(__name__)
+
+BACKTEST_RUN_TASK = "strategies.tasks.backtest_run"
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,6 @@ class BacktestInput:
 
 def backtest_start(*, user: User, strategy_id: str, data: BacktestInput) -> Backtest:
     """Queue a backtest over stored candles; the worker runs it and reports progress on the row."""
-    from ..tasks import backtest_run  # the task module delegates to this package
-
     errors: dict[str, list[str]] = {}
     today = timezone.localdate(timezone=IST)
     if data.start > data.end:
@@ -60,7 +63,7 @@ def backtest_start(*, user: User, strategy_id: str, data: BacktestInput) -> Back
         raise ValidationFailed(errors=errors)
     with transaction.atomic():
         # The user's row is the lock two concurrent starts queue on, so both cannot pass the plan's cap.
-        User.objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).get()
+        user_row_lock(user=user)
         strategy = _lock_own(user=user, strategy_id=strategy_id)
         active = Backtest.objects.filter(user=user, status__in=ACTIVE_BACKTEST_STATUSES).count()
         require_backtest_slot(user=user, active=active)
@@ -74,7 +77,7 @@ def backtest_start(*, user: User, strategy_id: str, data: BacktestInput) -> Back
             definition=_definition_json(strategy),
         )
         audit_record(action="strategy.backtest", actor=user, target=strategy, details={"backtest": backtest.pk})
-        transaction.on_commit(lambda: backtest_run.delay(backtest.pk))
+        task_send_on_commit(name=BACKTEST_RUN_TASK, args=(backtest.pk,))
     return backtest
 
 
@@ -107,9 +110,7 @@ def backtest_execute_stored(*, backtest_id: str) -> Backtest:
     from ..charts import equity_chart_png  # matplotlib loads only where a backtest is drawn: on the worker
 
     with transaction.atomic():
-        backtest = (
-            Backtest.objects.select_for_update(of=("self",)).select_related("strategy").filter(pk=backtest_id).first()
-        )
+        backtest = rows_locked(Backtest.objects.select_related("strategy").filter(pk=backtest_id)).first()
         if backtest is None or backtest.status != BacktestStatus.QUEUED:
             return backtest
         backtest.status = BacktestStatus.RUNNING
@@ -198,12 +199,9 @@ def backtests_expire(*, now: datetime | None = None) -> int:
     expired = 0
     for backtest_id in stale:
         with transaction.atomic():
-            backtest = (
-                Backtest.objects.select_for_update(of=("self",))
-                .select_related("strategy")
-                .filter(pk=backtest_id, status__in=ACTIVE_BACKTEST_STATUSES)
-                .first()
-            )
+            backtest = rows_locked(
+                Backtest.objects.select_related("strategy").filter(pk=backtest_id, status__in=ACTIVE_BACKTEST_STATUSES)
+            ).first()
             if backtest is None:
                 continue
             error = (

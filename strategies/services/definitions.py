@@ -14,10 +14,11 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import audit_record
 from algoterm.api.errors import InvalidState, NotFound, ValidationFailed
+from algoterm.locking import rows_locked
 from brokers.models import BrokerAccount
 from brokers.selectors import broker_account_get
 from marketdata.instruments import instrument_get
-from marketdata.models import Instrument, InstrumentType
+from marketdata.selectors import instrument_derivatives_exist
 
 from ..definitions import (
     ExitLevel,
@@ -117,12 +118,7 @@ def _leg_errors(errors: dict[str, list[str]], index: int, leg: LegInput, *, toda
             _add(errors, f"{prefix}.option_type", "An option leg needs option_type CE or PE.")
     elif leg.option_type:
         _add(errors, f"{prefix}.option_type", "Only option legs have an option type.")
-    if (
-        leg.instrument != LegInstrument.EQUITY
-        and not Instrument.objects.filter(
-            underlying=leg.underlying, instrument_type__in=(InstrumentType.FUT, InstrumentType.CE, InstrumentType.PE)
-        ).exists()
-    ):
+    if leg.instrument != LegInstrument.EQUITY and not instrument_derivatives_exist(underlying=leg.underlying):
         _add(errors, f"{prefix}.underlying", f"No derivatives of {leg.underlying} are listed.")
     if leg.instrument == LegInstrument.EQUITY and instrument_get(symbol=f"NSE:{leg.underlying}") is None:
         _add(errors, f"{prefix}.underlying", f"NSE:{leg.underlying} is not a listed instrument.")
@@ -244,7 +240,7 @@ def strategy_create(*, user: User, data: StrategyInput) -> tuple[Strategy, str]:
 
 
 def _lock_own(*, user: User, strategy_id: str) -> Strategy:
-    strategy = Strategy.objects.select_for_update().filter(user=user, pk=strategy_id).first()
+    strategy = rows_locked(Strategy.objects.filter(user=user, pk=strategy_id)).first()
     if strategy is None:
         raise NotFound()
     return strategy

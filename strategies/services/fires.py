@@ -12,11 +12,13 @@ from django.utils import timezone
 from accounts.models import Notification
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import AppError
-from brokers.adapters.base import OrderType, Side
+from algoterm.locking import row_locked
 from brokers.models import BrokerAccount
+from brokers.protocol import OrderType, Side
 from marketdata.instruments import instrument_get, monthly_expiry
-from marketdata.models import Instrument, InstrumentType
+from marketdata.models import InstrumentType
 from marketdata.quotes import quotes_get
+from marketdata.selectors import instrument_contract_expiries, instrument_contract_list
 from orders.models import OrderSource
 from orders.services import OrderSpec, order_place
 
@@ -38,11 +40,8 @@ class ResolvedLeg:
     tick_size: Decimal
 
 
-def _offered_contracts(leg: LegDefinition, *, day: date):
-    types = [leg.option_type] if leg.instrument == LegInstrument.OPTION else [InstrumentType.FUT]
-    return Instrument.objects.filter(
-        underlying=leg.underlying, instrument_type__in=types, expiry__gte=day, is_active=True
-    )
+def _contract_types(leg: LegDefinition) -> list[str]:
+    return [leg.option_type] if leg.instrument == LegInstrument.OPTION else [InstrumentType.FUT]
 
 
 def leg_resolve(*, leg: LegDefinition, day: date) -> ResolvedLeg:
@@ -52,17 +51,19 @@ def leg_resolve(*, leg: LegDefinition, day: date) -> ResolvedLeg:
         if instrument is None:
             raise leg_choice.LegUnresolvable(f"NSE:{leg.underlying} is not listed")
     else:
-        contracts = _offered_contracts(leg, day=day)
-        offered = sorted(set(contracts.values_list("expiry", flat=True)))
+        types = _contract_types(leg)
+        offered = instrument_contract_expiries(underlying=leg.underlying, instrument_types=types, expiring_from=day)
         exchange = leg_choice.derivatives_exchange(leg.underlying)
         monthly = [expiry for expiry in offered if expiry == _monthly_of(exchange, expiry)]
         choice = leg.expiry
         if leg.instrument == LegInstrument.FUTURE and choice in (ExpiryChoice.CURRENT_WEEK, ExpiryChoice.NEXT_WEEK):
             choice = ExpiryChoice.CURRENT_MONTH if choice == ExpiryChoice.CURRENT_WEEK else ExpiryChoice.NEXT_MONTH
         expiry = leg_choice.expiry_pick(choice=choice, day=day, offered=offered, monthly=monthly, fixed=leg.expiry_date)
-        series = contracts.filter(expiry=expiry)
+        series = instrument_contract_list(
+            underlying=leg.underlying, instrument_types=types, expiring_from=day, expiry=expiry
+        )
         if leg.instrument == LegInstrument.FUTURE:
-            instrument = series.first()
+            instrument = series[0] if series else None
         else:
             by_strike = {contract.strike: contract for contract in series}
             spot_symbol = leg_choice.spot_symbol(leg.underlying)
@@ -282,7 +283,7 @@ def _completed_check(*, strategy: Strategy, run: StrategyRun, day: date) -> None
     fixed = [leg.expiry_date for leg in strategy.legs.all() if leg.expiry == ExpiryChoice.FIXED]
     if fixed and len(fixed) == strategy.legs.count() and max(fixed) <= day:
         with transaction.atomic():
-            locked = Strategy.objects.select_for_update().get(pk=strategy.pk)
+            locked = row_locked(Strategy.objects, pk=strategy.pk)
             if locked.status == StrategyStatus.RUNNING:
                 _run_end(strategy=locked, run=run, status=RunStatus.COMPLETED, message="every expiry has passed")
                 audit_record(action="strategy.complete", actor=None, target=locked, details={"run": run.pk})

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from ..definitions import Kind
 from ..models import FireAction, FireStatus, RunStatus, Signal, SignalStatus, StrategyRun
+from ..rules import rule_history, rule_parse, rule_true_on_last_bar
 from .clock import IST, _runnable_today, _today_ist
 from .definitions import definition_of
 from .fires import STRATEGY_LEVEL, _fire_claim, _fire_finish, _fires_failed, _leg_fire
@@ -17,8 +18,6 @@ from .runs import _own_open_quantities, run_exit
 def rules_evaluate(*, now: datetime | None = None) -> int:
     """Each running rule strategy against its symbol's last closed candle: enter when the entry rule turns true
     and the run holds nothing, exit when the exit rule does. Once per (strategy, day, bar) however often it runs."""
-    from ..rules import rule_history, rule_parse, rule_true_on_last_bar
-
     now = now or timezone.now()
     day = _today_ist(now)
     acted = 0

@@ -14,12 +14,14 @@ from django.utils import timezone
 from accounts.models import Notification, User
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import AppError, ErrorCode, InvalidState
+from algoterm.locking import rows_locked
 from billing.services import require_live_trading, require_running_strategy_slot
-from brokers.adapters.base import OrderType, Side
 from brokers.models import AccountStatus, Broker, BrokerAccount
-from brokers.selectors import broker_account_list
+from brokers.protocol import OrderType, Side
+from brokers.selectors import paper_account_get
 from marketdata.quotes import quotes_get
-from orders.models import LegRole, Order, OrderSource, OrderStatus, Position, Trade
+from orders.models import LegRole, Order, OrderSource, OrderStatus
+from orders.selectors import position_quantity, strategy_fill_rows, strategy_order_list
 from orders.services import OrderSpec, order_cancel, order_place, quantities_within_freeze
 
 from ..models import RunMode, RunStatus, Strategy, StrategyRun, StrategyStatus
@@ -32,7 +34,7 @@ CANCELLABLE_OWN = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED, Ord
 
 
 def _paper_account(user: User) -> BrokerAccount | None:
-    return broker_account_list(user=user, broker=Broker.PAPER, status=AccountStatus.CONNECTED).first()
+    return paper_account_get(user=user)
 
 
 def _require_startable(*, strategy: Strategy, mode: str) -> None:
@@ -119,7 +121,7 @@ def strategies_stop_for_user(*, user: User, actor: User | None, reason: str) -> 
     each audited and announced to its owner. Open positions and their exits stay: the RMS and the exits still
     close them, and nothing the strategy would place next gets past the risk gate anyway."""
     stopped = []
-    running = Strategy.objects.select_for_update().filter(user=user, status=StrategyStatus.RUNNING).order_by("pk")
+    running = rows_locked(Strategy.objects.filter(user=user, status=StrategyStatus.RUNNING))
     for strategy in running:
         run = strategy.runs.filter(status=RunStatus.RUNNING).first()
         if run is None:
@@ -147,12 +149,16 @@ def strategies_stop_for_user(*, user: User, actor: User | None, reason: str) -> 
 # --- the strategy's own orders and positions ---------------------------------------------------------------------
 
 
-def run_orders(run: StrategyRun):
-    orders = Order.objects.filter(strategy_ref=run.strategy_id, created_at__gte=run.started_at)
-    if run.ended_at is not None:
-        # Exits placed by the stop itself belong to the run too: they follow `ended_at` by moments.
-        orders = orders.filter(created_at__lte=run.ended_at + timedelta(minutes=5))
-    return orders
+def _run_window(run: StrategyRun) -> dict[str, Any]:
+    """The run's orders as the orders app finds them: placed by its strategy while it ran."""
+    # Exits placed by the stop itself belong to the run too: they follow `ended_at` by moments.
+    until = run.ended_at + timedelta(minutes=5) if run.ended_at is not None else None
+    return {"strategy_ref": run.strategy_id, "placed_from": run.started_at, "placed_until": until}
+
+
+def run_orders(run: StrategyRun, *, statuses: frozenset[str] | None = None) -> list[Order]:
+    """The run's own orders (with their accounts), newest first; only those in `statuses` when given."""
+    return strategy_order_list(**_run_window(run), statuses=statuses)
 
 
 @dataclass
@@ -165,13 +171,8 @@ class RunPnl:
 
 def run_pnl(*, run: StrategyRun, since: datetime | None = None) -> RunPnl:
     """The run's PnL from its own fills: sells minus buys plus the open quantity at the last price."""
-    trades = Trade.objects.filter(order__in=run_orders(run))
-    if since is not None:
-        trades = trades.filter(traded_at__gte=since)
     books: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for account_id, symbol, product, side, quantity, price in trades.values_list(
-        "account_id", "symbol", "product", "side", "quantity", "price"
-    ):
+    for account_id, symbol, product, side, quantity, price in strategy_fill_rows(**_run_window(run), traded_from=since):
         book = books.setdefault((account_id, symbol, product), {"net": 0, "cash": Decimal(0), "bought": 0})
         signed = quantity if side == Side.BUY else -quantity
         book["net"] += signed
@@ -209,9 +210,7 @@ def run_pnl(*, run: StrategyRun, since: datetime | None = None) -> RunPnl:
 
 def _own_open_quantities(run: StrategyRun) -> dict[tuple[str, str, str], int]:
     net: dict[tuple[str, str, str], int] = {}
-    for account_id, symbol, product, side, quantity in Trade.objects.filter(order__in=run_orders(run)).values_list(
-        "account_id", "symbol", "product", "side", "quantity"
-    ):
+    for account_id, symbol, product, side, quantity, _price in strategy_fill_rows(**_run_window(run)):
         key = (account_id, symbol, product)
         net[key] = net.get(key, 0) + (quantity if side == Side.BUY else -quantity)
     return {key: quantity for key, quantity in net.items() if quantity}
@@ -221,7 +220,7 @@ def run_exit(*, run: StrategyRun, reason: str, symbol: str | None = None) -> lis
     """Cancel the run's working orders (pending entries and their target/stop-loss legs) and close what the run
     itself holds, capped by what the account still holds. Returns the exit orders' ids."""
     strategy = run.strategy
-    for order in run_orders(run).filter(status__in=CANCELLABLE_OWN).select_related("account"):
+    for order in run_orders(run, statuses=CANCELLABLE_OWN):
         if symbol is not None and order.symbol != symbol:
             continue
         try:
@@ -232,8 +231,7 @@ def run_exit(*, run: StrategyRun, reason: str, symbol: str | None = None) -> lis
     for (account_id, held_symbol, product), quantity in sorted(_own_open_quantities(run).items()):
         if symbol is not None and held_symbol != symbol:
             continue
-        position = Position.objects.filter(account_id=account_id, symbol=held_symbol, product=product).first()
-        account_net = position.quantity if position is not None else 0
+        account_net = position_quantity(account_id=account_id, symbol=held_symbol, product=product)
         # Close no more than the account still holds in the same direction (the user may have closed some).
         closable = min(abs(quantity), abs(account_net)) if account_net * quantity > 0 else 0
         if not closable:

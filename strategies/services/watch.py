@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import Notification
 from accounts.services import notification_create
-from orders.models import LegRole, Order, OrderStatus
+from orders.selectors import stop_loss_filled_get
 
 from ..models import FireAction, FireStatus, RunStatus, StrategyFire, StrategyRun
 from .clock import IST, _runnable_today, _today_ist
@@ -100,9 +100,7 @@ def _reentries_place(*, run: StrategyRun, day: date) -> int:
     for leg_index, fire in latest.items():
         if leg_index < 0 or fire.attempt >= strategy.reentries:
             continue
-        stopped = Order.objects.filter(
-            parent_id__in=fire.order_ids, role=LegRole.STOP_LOSS, status=OrderStatus.FILLED
-        ).first()
+        stopped = stop_loss_filled_get(entry_order_ids=fire.order_ids)
         if stopped is None:
             continue
         claim = _fire_claim(

@@ -17,7 +17,7 @@ from django.utils import timezone
 from accounts.services import audit_record
 from algoterm.api.errors import AppError, ErrorCode, NotFound
 from algoterm.config import freeze_quantity
-from brokers.adapters.base import OrderType, Side
+from brokers.protocol import OrderType, Side
 from marketdata.instruments import instrument_get
 from marketdata.models import InstrumentType
 from orders.models import OrderSource

@@ -358,7 +358,7 @@ def test_an_option_with_stored_candles_that_day_is_priced_from_them_stop_loss_in
 
 def test_the_portable_contract_query_returns_what_the_postgresql_one_does():
     # Embedded mode runs on SQLite, which has no unnest: both ways of fetching contracts' days must agree.
-    from strategies.backtest.contract_candles import _day_candles_portable, _day_candles_postgresql
+    from marketdata.selectors import _candle_days_portable, _candle_days_postgresql
 
     store_closes("NFO:NIFTY2631024000CE", PLAIN_MONDAY, [100, 101, 102])
     store_closes("NFO:NIFTY2631024000CE", PLAIN_MONDAY + timedelta(days=1), [90, 91])
@@ -369,9 +369,9 @@ def test_the_portable_contract_query_returns_what_the_postgresql_one_does():
         ("NFO:NIFTY2631024050CE", PLAIN_MONDAY),
     ]
 
-    rows = list(_day_candles_postgresql(pairs))
+    rows = list(_candle_days_postgresql(pairs))
 
-    assert rows == [tuple(row) for row in _day_candles_portable(pairs)]
+    assert rows == [tuple(row) for row in _candle_days_portable(pairs)]
     assert [(symbol, start, closing) for symbol, start, _, _, _, closing, _ in rows] == [
         ("NFO:NIFTY2631024000CE", at(PLAIN_MONDAY, "09:15").timestamp(), 100.0),
         ("NFO:NIFTY2631024000CE", at(PLAIN_MONDAY, "09:16").timestamp(), 101.0),

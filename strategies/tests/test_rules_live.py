@@ -265,6 +265,7 @@ def test_the_rule_history_holds_the_bars_an_hourly_ema_200_needs(db):
 def test_live_evaluation_and_the_backtest_read_rule_history_through_the_same_function(hourly_ema_strategy, monkeypatch):
     from strategies import rules
     from strategies.backtest import engine
+    from strategies.services import live_rules
 
     real_rule_history = rules.rule_history
     calls = []
@@ -275,7 +276,7 @@ def test_live_evaluation_and_the_backtest_read_rule_history_through_the_same_fun
         return history
 
     # Recorded where each caller looks the function up: live evaluation, and the backtest engine.
-    monkeypatch.setattr(rules, "rule_history", recorded)
+    monkeypatch.setattr(live_rules, "rule_history", recorded)
     monkeypatch.setattr(engine, "rule_history", recorded)
     definition = StrategyDefinition(
         kind=Kind.RULE,

@@ -17,8 +17,8 @@ from django.utils import timezone
 from accounts.tests.factories import UserFactory
 from algoterm.console import dashboard
 from billing.models import Payment, PaymentStatus, Plan, Subscription
-from brokers.adapters.base import Quote
 from brokers.models import AccountStatus, BrokerAccount
+from brokers.protocol import Quote
 from marketdata.quotes import quotes_put
 from orders.models import Order, OrderStatus, Position
 from orders.tests.conftest import instruments, paper  # noqa: F401

@@ -13,18 +13,24 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, transaction
 
+from accounts.models import Notification
+from accounts.services import audit_record
+from algoterm import embedded, realtime
+from algoterm.api.ws import server_ping_args, server_ping_options
+from algoterm.config import FEED, config_stored_or_builtin
+from algoterm.console.system import admins_notify
 from algoterm.supervisor import ChildEvent, ChildSpec, EventKind, Supervisor, SupervisorError
 
 
 def market_feed_choice() -> tuple[str, float]:
     """The feed `serve` runs and its interval: the `feed` configuration section when an operator stored one, else
     (or when the store cannot be read yet) the settings MARKET_FEED and MARKET_FEED_INTERVAL_SECONDS. "" runs none."""
-    from algoterm.config import FEED, config_stored_or_builtin
-
     stored = config_stored_or_builtin(name=FEED)
     if stored is None:
         return settings.MARKET_FEED, float(settings.MARKET_FEED_INTERVAL_SECONDS)
@@ -35,8 +41,6 @@ class Command(BaseCommand):
     help = "Serve AlgoTerm: web, worker and beat (in one process when embedded)."
 
     def __init__(self, *args, **kwargs) -> None:
-        import threading
-
         super().__init__(*args, **kwargs)
         self._feed_stop = threading.Event()
 
@@ -106,9 +110,7 @@ class Command(BaseCommand):
         return lines
 
     def _serve_embedded(self, host: str, port: int) -> None:
-        import uvicorn
-
-        from algoterm import embedded, realtime
+        import uvicorn  # the embedded server only: distributed mode runs uvicorn as a child process
 
         embedded.start_worker()
         embedded.start_backtest_worker()
@@ -125,8 +127,6 @@ class Command(BaseCommand):
             self._start_embedded_feed(interval)
         elif source:
             self._broker_feed_note(source)
-        from algoterm.api.ws import server_ping_options
-
         config = uvicorn.Config(
             "algoterm.asgi:application",
             host=host,
@@ -153,8 +153,7 @@ class Command(BaseCommand):
         self.stdout.write(f"feed source {source}: run `manage.py runfeed --source {source} --account ACC_ID`")
 
     def _start_embedded_feed(self, interval: float) -> None:
-        import threading
-
+        # The feeds bring the broker SDKs: loaded only by the process that runs one.
         from marketdata.candles import MinuteCandleBuilder
         from marketdata.feeds.runner import PublishAndRecord, feed_build, feed_supervise
 
@@ -178,8 +177,6 @@ class Command(BaseCommand):
 
     def _distributed_children(self, host: str, port: int) -> list[ChildSpec]:
         python = sys.executable
-        from algoterm.api.ws import server_ping_args
-
         web = [python, "-m", "uvicorn", "algoterm.asgi:application", "--host", host, "--port", str(port)]
         web += server_ping_args()  # keepalive pings so idle sockets survive proxies
         celery = [python, "-m", "celery", "-A", "algoterm"]
@@ -231,12 +228,6 @@ def backtest_worker_options() -> list[str]:
 def operators_alert(event: ChildEvent) -> None:
     """Every active admin is notified (live on /ws/events, and in the admin's notifications) and the audit log
     records the event. Runs on the supervisor's alert thread, which survives its failures."""
-    from django.db import connection, transaction
-
-    from accounts.models import Notification
-    from accounts.services import audit_record
-    from algoterm.console.system import admins_notify
-
     title, level, action = {
         EventKind.RESTARTING: (f"{event.child} crashed and is restarting", Notification.Level.WARNING, "restart"),
         EventKind.GIVEN_UP: (f"{event.child} is left stopped", Notification.Level.ERROR, "given_up"),

@@ -20,16 +20,6 @@ from zoneinfo import ZoneInfo
 
 from algoterm.sandbox.simulators.base import RateWindows, SimRequest, SimResponse, SimulatorApp
 from brokers import exchange, instruments
-from brokers.adapters.base import (
-    BrokerOrder,
-    BrokerOrderStatus,
-    InvalidInput,
-    ModifyRequest,
-    OrderRequest,
-    OrderType,
-    Quote,
-    split_symbol,
-)
 from brokers.adapters.dhan import (
     DHAN_ORDER_TYPES,
     DHAN_SIDES,
@@ -46,6 +36,16 @@ from brokers.adapters.dhan import (
 )
 from brokers.models import SimAccount, SimOrder
 from brokers.prices import quote_for
+from brokers.protocol import (
+    BrokerOrder,
+    BrokerOrderStatus,
+    InvalidInput,
+    ModifyRequest,
+    OrderRequest,
+    OrderType,
+    Quote,
+    split_symbol,
+)
 
 IST = ZoneInfo("Asia/Kolkata")
 TRADABLE_PRODUCTS = {dhan: product for product, dhan in PRODUCTS.items()}  # Dhan's MTF, CO and BO are not simulated

@@ -26,9 +26,9 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 
 from algoterm.sandbox.simulators.kite_ticker import ThreadedWebSocketServer
-from brokers.adapters.base import Quote
 from brokers.adapters.dhan import dhan_instrument, symbol_from_dhan
 from brokers.prices import quote_for
+from brokers.protocol import Quote
 
 TICKER, QUOTE, FULL = 15, 17, 21
 UNSUBSCRIBE = {TICKER + 1: TICKER, QUOTE + 1: QUOTE, FULL + 1: FULL}

@@ -28,17 +28,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from brokers import exchange
-from brokers.adapters.base import (
-    BrokerOrder,
-    BrokerOrderStatus,
-    InvalidInput,
-    ModifyRequest,
-    OrderRequest,
-    OrderType,
-    Product,
-    Side,
-    Validity,
-)
 from brokers.adapters.fyers import (
     ORDER_TYPE_FROM_FYERS,
     ORDER_TYPE_TO_FYERS,
@@ -55,6 +44,17 @@ from brokers.adapters.fyers import (
 from brokers.exchange import UnknownOrder
 from brokers.models import SimAccount
 from brokers.prices import quote_for
+from brokers.protocol import (
+    BrokerOrder,
+    BrokerOrderStatus,
+    InvalidInput,
+    ModifyRequest,
+    OrderRequest,
+    OrderType,
+    Product,
+    Side,
+    Validity,
+)
 
 from .base import RateWindows, SimRequest, SimResponse, SimulatorApp
 

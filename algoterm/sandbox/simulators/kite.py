@@ -25,7 +25,10 @@ from zoneinfo import ZoneInfo
 
 from algoterm.sandbox.simulators.base import RateWindows, SimRequest, SimResponse, SimulatorApp
 from brokers import exchange
-from brokers.adapters.base import (
+from brokers.instruments import DEMO_INSTRUMENTS, BrokerInstrument, by_kite_token, by_symbol
+from brokers.models import SimOrder, Venue
+from brokers.prices import quote_for, synthetic_quote
+from brokers.protocol import (
     BrokerOrderStatus,
     InvalidInput,
     ModifyRequest,
@@ -36,9 +39,6 @@ from brokers.adapters.base import (
     Validity,
     split_symbol,
 )
-from brokers.instruments import DEMO_INSTRUMENTS, BrokerInstrument, by_kite_token, by_symbol
-from brokers.models import SimOrder, Venue
-from brokers.prices import quote_for, synthetic_quote
 from marketdata.calendar import is_trading_day
 from marketdata.instruments import instrument_as_kite_row, kite_csv_text
 from marketdata.models import Instrument

@@ -30,9 +30,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from brokers.adapters.base import Quote
 from brokers.instruments import by_kite_token, by_symbol
 from brokers.prices import quote_for
+from brokers.protocol import Quote
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from algoterm.api.errors import AppError, ValidationFailed
-from brokers.models import BrokerAccount
+from brokers.selectors import broker_account_find
 from marketdata.candles import DAY, MINUTE, candles_import_csv, candles_import_from_broker, ist_day_start
 
 
@@ -81,7 +81,7 @@ class Command(BaseCommand):
     ) -> None:
         if not symbol or first_day is None or last_day is None:
             raise CommandError("--account needs --symbol, --from and --to.")
-        account = BrokerAccount.objects.filter(pk=account_id, deleted_at__isnull=True).first()
+        account = broker_account_find(account_id=account_id, include_disconnected=False)
         if account is None:
             raise CommandError(f"No broker account {account_id}.")
         label = f"{symbol.strip().upper()} {interval}"

@@ -6,8 +6,8 @@ from datetime import date
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from brokers.adapters.base import BrokerError
-from brokers.models import BrokerAccount
+from brokers.protocol import BrokerError
+from brokers.selectors import broker_account_find
 from marketdata.instruments import (
     InstrumentLoadError,
     LoadResult,
@@ -49,7 +49,7 @@ class Command(BaseCommand):
             if csv:
                 result = instruments_load_kite_csv(source=csv, full=not partial, progress=progress)
             elif account:
-                broker_account = BrokerAccount.objects.filter(pk=account).first()
+                broker_account = broker_account_find(account_id=account)
                 if broker_account is None:
                     raise CommandError(f"No broker account {account}.")
                 result = instruments_load_from_account(account=broker_account, full=not partial, progress=progress)

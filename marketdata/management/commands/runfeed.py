@@ -7,7 +7,9 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from brokers.adapters.base import BrokerError
+from brokers.models import BrokerAccount
+from brokers.protocol import BrokerError
+from brokers.selectors import broker_account_find
 from marketdata.candles import MinuteCandleBuilder
 from marketdata.feeds.runner import (
     BROKER_SOURCES,
@@ -19,10 +21,8 @@ from marketdata.feeds.runner import (
 )
 
 
-def _account(account_id: str):
-    from brokers.models import BrokerAccount
-
-    account = BrokerAccount.objects.filter(pk=account_id).first()
+def _account(account_id: str) -> BrokerAccount:
+    account = broker_account_find(account_id=account_id)
     if account is None:
         raise CommandError(f"No broker account {account_id}.")
     return account

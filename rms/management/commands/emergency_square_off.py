@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from accounts.models import User
+from accounts.selectors import user_list_by_ids
 from accounts.services import audit_record
 from algoterm.api.errors import AppError
 from rms import services
@@ -33,7 +34,7 @@ class Command(BaseCommand):
             for user_id, count, mtm in zip(book.user_ids, book.open_positions, book.mtm, strict=True)
             if count > 0
         }
-        users = list(User.objects.filter(pk__in=holding).order_by("email"))
+        users = user_list_by_ids(user_ids=list(holding))
         if not users:
             self.stdout.write(self.style.SUCCESS("No user holds an open position; nothing to do."))
             return

@@ -17,9 +17,10 @@ from brokers.models import Broker
 from brokers.selectors import broker_account_list
 from brokers.services import broker_account_connect
 from marketdata import calendar
+from marketdata.candles import CandleBar, candles_upsert
 from marketdata.instruments import instruments_load_demo
 from marketdata.models import Candle, Instrument
-from strategies.models import Strategy
+from strategies.selectors import strategy_list
 from strategies.services import AccountInput, LegInput, StrategyInput, strategy_create
 
 
@@ -72,7 +73,7 @@ class Command(BaseCommand):
     def _seed_strategy(self, trader: User) -> None:
         """A draft short straddle in the paper account, ready to start in paper mode or to backtest."""
 
-        if Strategy.objects.filter(user=trader).exists():
+        if strategy_list(user=trader).exists():
             self.stdout.write("  demo strategy (kept)")
             return
         account = broker_account_list(user=trader, broker=Broker.PAPER).first()
@@ -127,7 +128,7 @@ class Command(BaseCommand):
                 high = max(opens[minute], closes[minute]) * (1 + abs(rng.normal(0, 0.0002)))
                 low = min(opens[minute], closes[minute]) * (1 - abs(rng.normal(0, 0.0002)))
                 rows.append(
-                    Candle(
+                    CandleBar(
                         symbol=symbol,
                         interval="1m",
                         start=session + timedelta(minutes=minute),
@@ -144,5 +145,5 @@ class Command(BaseCommand):
                     )
                 )
             level = float(closes[-1])
-        Candle.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+        candles_upsert(candles=rows)
         self.stdout.write(f"  {symbol} history: {len(rows)} one-minute candles over {days} trading days (created)")
