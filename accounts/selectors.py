@@ -142,3 +142,8 @@ def user_by_id(*, user_id: str) -> User | None:
 def user_list_by_ids(*, user_ids: list[str]) -> list[User]:
     """The users with these ids, by email."""
     return list(User.objects.filter(pk__in=user_ids).order_by("email"))
+
+
+def user_by_email(*, email: str) -> User | None:
+    """Operators' tooling: the user with this email, or None."""
+    return User.objects.filter(email=email).first()

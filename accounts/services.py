@@ -401,3 +401,19 @@ def tokens_purge_expired() -> int:
     deleted, _ = OutstandingToken.objects.filter(expires_at__lte=now).delete()
     revocations, _ = RevokedAccessToken.objects.filter(expires_at__lte=now).delete()
     return deleted + revocations
+
+
+@transaction.atomic
+def user_provision(*, email: str, password: str, role: str, name: str = "", phone: str = "") -> tuple[User, bool]:
+    """The user with this email, created with the role when absent (an admin gets the Django admin too); returns
+    (user, created). For operators' tooling and demo seeding: no login, no tokens, an existing user is left as is."""
+    existing = User.objects.filter(email=normalize_email(email)).first()
+    if existing is not None:
+        return existing, False
+    fields = {"name": name, "phone": phone, "role": role}
+    if role == Role.ADMIN:
+        user = User.objects.create_superuser(email, password, **fields)
+    else:
+        user = User.objects.create_user(email, password, **fields)
+    audit_record(action="user.provision", target=user, details={"role": role})
+    return user, True

@@ -319,3 +319,19 @@ def instrument_underlyings(*, symbols: list[str]) -> dict[str, str]:
     left out."""
     rows = Instrument.objects.filter(symbol__in=symbols).values_list("symbol", "underlying", "tradingsymbol")
     return {symbol: underlying or tradingsymbol for symbol, underlying, tradingsymbol in rows}
+
+
+def instrument_master_count() -> int:
+    """How many instruments the master holds (0 before the first load)."""
+    return Instrument.objects.count()
+
+
+def instrument_active_list(*, exchange: str | None = None) -> QuerySet[Instrument]:
+    """The active instruments of the master, in primary-key order, optionally of one exchange."""
+    instruments = Instrument.objects.filter(is_active=True).order_by("pk")
+    return instruments.filter(exchange=exchange) if exchange else instruments
+
+
+def candle_history_exists(*, symbol: str, interval: str, before: datetime) -> bool:
+    """Whether any stored candle of this symbol and interval starts before the moment."""
+    return Candle.objects.filter(symbol=symbol, interval=interval, start__lt=before).exists()

@@ -41,7 +41,7 @@ from brokers.protocol import (
 )
 from marketdata.calendar import is_trading_day
 from marketdata.instruments import instrument_as_kite_row, kite_csv_text
-from marketdata.models import Instrument
+from marketdata.selectors import instrument_active_list, instrument_master_count
 
 logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
@@ -549,11 +549,9 @@ class KiteSimulator(SimulatorApp):
     def instrument_dump(self, request: SimRequest, exchange: str | None = None) -> SimResponse:
         """Kite's instrument dump (CSV, no login needed), from the instrument master or, while that is empty,
         the static instrument table."""
-        instruments = Instrument.objects.filter(is_active=True).order_by("pk")
-        if exchange:
-            instruments = instruments.filter(exchange=exchange)
+        instruments = instrument_active_list(exchange=exchange)
         rows = [instrument_as_kite_row(instrument) for instrument in instruments.iterator(chunk_size=5000)]
-        if not rows and not Instrument.objects.exists():
+        if not rows and not instrument_master_count():
             rows = [_static_kite_row(instrument) for instrument in DEMO_INSTRUMENTS]
             rows = [row for row in rows if not exchange or row["exchange"] == exchange]
         return SimResponse(200, kite_csv_text(rows=rows).encode(), "text/csv")

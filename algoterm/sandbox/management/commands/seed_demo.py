@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Role, User
+from accounts.models import User
+from accounts.services import user_provision
 from algoterm.sandbox.demo import DEMO_USERS
 from brokers.models import Broker
 from brokers.selectors import broker_account_list
@@ -19,7 +20,7 @@ from brokers.services import broker_account_connect
 from marketdata import calendar
 from marketdata.candles import CandleBar, candles_upsert
 from marketdata.instruments import instruments_load_demo
-from marketdata.models import Candle, Instrument
+from marketdata.selectors import candle_history_exists, instrument_master_count
 from strategies.selectors import strategy_list
 from strategies.services import AccountInput, LegInput, StrategyInput, strategy_create
 
@@ -37,26 +38,23 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def _seed(self) -> None:
+        users = {}
         for spec in DEMO_USERS:
-            fields = {key: value for key, value in spec.items() if key not in ("email", "password")}
-            if User.objects.filter(email=spec["email"]).exists():
-                state = "kept"
-            elif spec["role"] == Role.ADMIN:
-                User.objects.create_superuser(spec["email"], spec["password"], **fields)
-                state = "created"
-            else:
-                User.objects.create_user(spec["email"], spec["password"], **fields)
-                state = "created"
+            user, created = user_provision(**spec)
+            users[spec["email"]] = user
+            state = "created" if created else "kept"
             self.stdout.write(f"  {spec['role']:<7} {spec['email']:<22} password {spec['password']:<16} ({state})")
-        self._seed_paper_account(User.objects.get(email="trader@example.com"))
+        trader = users["trader@example.com"]
+        self._seed_paper_account(trader)
         self._seed_instruments()
-        self._seed_strategy(User.objects.get(email="trader@example.com"))
+        self._seed_strategy(trader)
         self._seed_history()
 
     def _seed_instruments(self) -> None:
 
-        if Instrument.objects.exists():
-            self.stdout.write(f"  instruments: {Instrument.objects.count()} (kept)")
+        count = instrument_master_count()
+        if count:
+            self.stdout.write(f"  instruments: {count} (kept)")
             return
         result = instruments_load_demo()
         self.stdout.write(f"  instruments: {result.total} demo instruments loaded in {result.seconds:.1f}s")
@@ -108,9 +106,9 @@ class Command(BaseCommand):
 
         symbol, ist = "NSE:NIFTY 50", ZoneInfo("Asia/Kolkata")
         today = timezone.localdate(timezone=ist)
-        if Candle.objects.filter(
-            symbol=symbol, interval="1m", start__lt=datetime.combine(today, datetime.min.time(), ist)
-        ).exists():
+        if candle_history_exists(
+            symbol=symbol, interval="1m", before=datetime.combine(today, datetime.min.time(), ist)
+        ):
             self.stdout.write(f"  {symbol} history (kept)")
             return
         trading_days, day = [], today
