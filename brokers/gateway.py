@@ -17,6 +17,7 @@ from brokers.protocol import (
     AdapterConfig,
     BrokerAdapter,
     BrokerError,
+    BrokerOrder,
     BrokerSession,
     BrokerUnavailable,
     SessionExpired,
@@ -175,3 +176,12 @@ def adapter_for(account: BrokerAccount) -> GuardedAdapter:
         )
         inner = PaperRouted(real=inner, paper=paper)
     return GuardedAdapter(account, inner)
+
+
+def kite_order_parse(payload: dict[str, Any]) -> BrokerOrder:
+    """A Kite order as Kite pushes it (postback or ticker update), in our vocabulary. Raises what the field parsing
+    raises (KeyError, ValueError...) on a malformed one."""
+    # The Kite adapter brings its SDK: loaded with the first push, like adapter_for loads it with the first call.
+    from brokers.adapters.zerodha import order_from_kite
+
+    return order_from_kite(payload)

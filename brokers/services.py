@@ -22,6 +22,7 @@ from accounts.services import audit_record, notification_create
 from algoterm.api.errors import InvalidState, NotFound, ValidationFailed
 from algoterm.locking import row_locked
 from billing.services import require_broker_account_slot
+from brokers import exchange
 from brokers.egress import proxy_url_is_public
 from brokers.gateway import adapter_for, build_adapter
 from brokers.models import AccountStatus, Broker, BrokerAccount
@@ -340,3 +341,16 @@ def broker_login_reminders_send() -> int:
         )
         sent += 1
     return sent
+
+
+# --- the paper exchange, as other floors see it ---------------------------------------------------------------------
+
+
+def paper_orders_match(*, symbols: list[str]) -> int:
+    """New quotes for `symbols` reach the paper exchange: resting orders that now cross fill. Returns the fills."""
+    return exchange.match_resting_orders_for(symbols=symbols)
+
+
+def paper_order_changes_listen(listener: exchange.OrderChangeListener) -> None:
+    """Call `listener(account, order_ids)` after every commit that changed paper orders (the paper broker's push)."""
+    exchange.order_changes_listen(listener)

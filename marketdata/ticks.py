@@ -13,8 +13,8 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from brokers.exchange import match_resting_orders_for
 from brokers.protocol import Quote
+from brokers.services import paper_orders_match
 from marketdata.quotes import _encode, quotes_put
 from marketdata.signals import ticks_published
 
@@ -44,7 +44,7 @@ def ticks_publish(quotes: list[Quote], *, fan_out: bool = True) -> int:
         return 0
     quotes_put(quotes)
     try:
-        fills = match_resting_orders_for(symbols=[quote.symbol for quote in quotes])
+        fills = paper_orders_match(symbols=[quote.symbol for quote in quotes])
     except Exception:  # one bad order must not stop ticks reaching subscribers and candles
         logger.exception("matching resting orders failed")
         fills = 0

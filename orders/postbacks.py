@@ -21,7 +21,7 @@ from django.db import transaction
 from algoterm.api.errors import ValidationFailed
 from algoterm.ids import from_compact
 from algoterm.tasking import task_send
-from brokers.adapters.zerodha import order_from_kite
+from brokers.gateway import kite_order_parse
 from brokers.models import Broker
 from brokers.protocol import BrokerOrder
 from orders.models import Order
@@ -54,7 +54,7 @@ def _kite_order_for(payload: dict[str, Any], *, account_id: str | None = None) -
 
 def _kite_update(payload: dict[str, Any]) -> BrokerOrder:
     try:
-        return order_from_kite(payload)
+        return kite_order_parse(payload)
     except (KeyError, ValueError, TypeError, AttributeError, InvalidOperation) as error:
         raise _NotAKiteOrder(f"Missing or malformed field: {error}") from None
 

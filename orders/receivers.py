@@ -15,8 +15,8 @@ from typing import Any
 
 from algoterm import realtime
 from algoterm.api.idempotency import IdempotencyStore, idempotency_store_register
-from brokers.exchange import order_changes_listen
 from brokers.models import Venue
+from brokers.services import paper_order_changes_listen
 from marketdata.signals import kite_order_update_received
 from orders import postbacks, presenters, services, tasks
 from orders.models import Order, Position, Trade
@@ -66,6 +66,6 @@ def receivers_connect() -> None:
     order_changed.connect(on_order_changed, dispatch_uid="orders.push_order_update")
     trade_recorded.connect(on_trade_recorded, dispatch_uid="orders.push_trade")
     position_changed.connect(on_position_changed, dispatch_uid="orders.push_position_update")
-    order_changes_listen(on_paper_fills)
+    paper_order_changes_listen(on_paper_fills)
     realtime.snapshot_part_register(presenters.events_snapshot)
     idempotency_store_register(IDEMPOTENCY_STORE)

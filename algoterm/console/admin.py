@@ -13,11 +13,11 @@ from django.urls import path
 from django.utils.html import format_html
 
 from accounts import services
-from accounts.forms import UserChangeAdminForm, UserCreationAdminForm
 from accounts.models import User
 from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import AppError
 from algoterm.console.dashboard import dashboard_view
+from algoterm.console.forms import UserChangeAdminForm, UserCreationAdminForm
 from algoterm.models import ConfigSection, PlatformState
 from orders.admin_actions import SquareOffJob, square_off_selected
 from rms import services as rms_services

@@ -9,7 +9,7 @@ Mapping a Kite row to an Instrument:
   indices with derivatives the name their contracts use (`NSE:NIFTY 50` -> NIFTY), so an option chain finds its spot.
 * Dhan's security id is the exchange's own token, which Kite publishes as `exchange_token`, except for indices,
   whose Dhan ids (IDX_I segment) are listed here; the static table in `brokers.instruments` wins where it knows one.
-* Fyers: as `brokers.adapters.fyers.to_fyers_symbol` spells it (`NSE:SBIN-EQ`, `NSE:<tradingsymbol>` for NFO,
+* Fyers: as `brokers.symbols.to_fyers_symbol` spells it (`NSE:SBIN-EQ`, `NSE:<tradingsymbol>` for NFO,
   `BSE:<tradingsymbol>` for BFO, `BSE:<tradingsymbol>-A` for BSE cash), and `NSE:NIFTY50-INDEX`-style names for
   indices: the known ones from the Fyers adapter, the rest by dropping spaces (our best guess; Fyers' own symbol
   master is the authority).
@@ -38,6 +38,7 @@ from django.utils import timezone
 from brokers import instruments as static_instruments
 from brokers.gateway import adapter_for
 from brokers.protocol import EXCHANGES
+from brokers.symbols import INDEX_TO_FYERS, to_fyers_symbol
 from marketdata.models import Instrument, InstrumentType
 
 KITE_CSV_COLUMNS = (
@@ -173,9 +174,6 @@ def _expiry(row: Mapping[str, Any]) -> date | None:
 
 
 def fyers_symbol_for(*, symbol: str, instrument_type: str) -> str:
-    # The Fyers adapter brings its SDK: loaded by the first load, not by everything that imports the master.
-    from brokers.adapters.fyers import INDEX_TO_FYERS, to_fyers_symbol
-
     if instrument_type == InstrumentType.INDEX:
         exchange, _, tradingsymbol = symbol.partition(":")
         return INDEX_TO_FYERS.get(symbol) or f"{exchange}:{tradingsymbol.replace(' ', '')}-INDEX"

@@ -4,6 +4,7 @@ from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
 from django.core.exceptions import ValidationError
 
 from accounts.models import User
+from accounts.selectors import user_by_email
 from accounts.validators import normalize_email, normalize_phone
 
 
@@ -22,7 +23,7 @@ class UserCreationAdminForm(_PhoneCleaning, BaseUserCreationForm):
 
     def clean_email(self):
         email = normalize_email(self.cleaned_data["email"])
-        if User.objects.filter(email=email).exists():
+        if user_by_email(email=email) is not None:
             raise ValidationError("An account with this email already exists.")
         return email
 
