@@ -12,8 +12,10 @@ class AccountsConfig(AppConfig):
     def ready(self) -> None:
         # These modules load models: importable only once the app registry is ready.
         from accounts.authentication import authenticate_access_token
+        from accounts.receivers import receivers_connect
         from accounts.services import audit_record
         from algoterm.config import config_audit_connect
 
         socket_authenticator_register(authenticate_access_token)
         config_audit_connect(audit_record)
+        receivers_connect()

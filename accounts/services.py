@@ -18,7 +18,7 @@ from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from accounts import login_limits
 from accounts.models import ROLE_RANK, AuditEvent, Notification, RevokedAccessToken, Role, User
-from accounts.signals import trading_revoked_send
+from accounts.signals import notification_created, trading_revoked_send
 from accounts.validators import normalize_email, normalize_phone
 from algoterm import realtime, request_context
 from algoterm.api.errors import (
@@ -365,12 +365,10 @@ def notification_create(
     data: dict[str, Any] | None = None,
 ) -> Notification:
     """Store a notification and push it to the user's live connections once the transaction commits."""
-    from accounts.serializers import NotificationOutput
-
     notification = Notification.objects.create(
         user=user, kind=kind, title=title, body=body, level=level, data=realtime.to_wire(data or {})
     )
-    realtime.push_to_user(user_id=user.pk, message_type="notification", payload=NotificationOutput(notification).data)
+    notification_created.send(sender=Notification, notification=notification)
     return notification
 
 

@@ -19,3 +19,8 @@ def trading_revoked_send(*, user, actor, reason: str) -> None:
     for receiver, result in trading_revoked.send_robust(sender=user.__class__, user=user, actor=actor, reason=reason):
         if isinstance(result, Exception):
             logger.error("trading_revoked receiver %s failed for %s", receiver, user.pk, exc_info=result)
+
+
+# A notification was stored. Sent inside the transaction that stores it, with `notification`; accounts' receivers
+# push it to the user's live connections once that transaction commits.
+notification_created = Signal()
