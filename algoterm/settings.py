@@ -51,6 +51,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    # A pool of connections per process (psycopg's, through Django): an ASGI request runs in a context of its own,
+    # so without one every request would connect anew, and persistent connections (CONN_MAX_AGE) would pile up
+    # one per context. A URL that asks for conn_max_age keeps persistent connections instead; a MAX_SIZE of 0 turns
+    # the pool off. A request waits at most TIMEOUT for a connection: during a PostgreSQL outage that is how soon
+    # it answers 503. A pool opens only what its threads use at once (a web process one or two, a worker child one;
+    # embedded mode's threads more) and closes idle extras after ten minutes: the maximum is a bound, not a cost.
+    # Off by default under DJANGO_ENV=test: the suite's throwaway Celery workers expect a refused connection to fail
+    # at once, where a pool waits TIMEOUT (the tests of the pool, the stack and the benchmarks turn it on).
+    DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0 if DJANGO_ENV == "test" else 20)
+    if DATABASE_POOL_MAX_SIZE > 0 and not DATABASES["default"].get("CONN_MAX_AGE"):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": min(env.int("DATABASE_POOL_MIN_SIZE", default=1), DATABASE_POOL_MAX_SIZE),
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=2.0),
+        }
+        # Celery's Django fix-up closes a prefork child's whole pool around every task unless told to reuse it:
+        # reused here for this many tasks, while algoterm.celery hands the connection back to the pool after each.
+        CELERY_DB_REUSE_MAX = 1000
 if env.str("TEST_DATABASE_NAME", default=""):
     # Lets two test runs share one PostgreSQL server without dropping each other's test database.
     DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME")}
@@ -354,7 +372,10 @@ CELERY_TASK_ROUTES = {
             "rms.tasks.sweep",
             "rms.tasks.evaluate_symbols",
             "rms.tasks.evaluate_users",
-            "strategies.tasks.fire",
+            "rms.tasks.funds_snapshot_refresh",
+            "strategies.tasks.dispatch_fires",
+            "strategies.tasks.fire_chunk",
+            "strategies.tasks.recover_fires",
             "strategies.tasks.evaluate_rules",
             # Beat's heartbeat rides the urgent path, so health's scheduler age says how long order work waits.
             "algoterm.tasks.heartbeat",
@@ -378,6 +399,9 @@ CELERY_TASK_ROUTES = {
 # The queues `serve` starts workers for: the main worker takes urgent and default, the backtest worker (few slots:
 # a backtest is CPU-bound) only backtests.
 WORKER_QUEUES = (TASK_QUEUE_URGENT, TASK_QUEUE_DEFAULT)
+# Processes of the main (orders, exits, risk, strategy fires) worker under distributed serve: fires and orders wait on
+# the database and the broker more than on the CPU, so more processes than cores keep a 09:20 burst moving.
+WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=4)
 BACKTEST_WORKER_CONCURRENCY = env.int("BACKTEST_WORKER_CONCURRENCY", default=1)
 # A backtest past its soft limit is stopped and marked failed with the reason; the hard limit kills a worker child
 # that ignores the soft one (its row is then failed by strategies.tasks.expire_backtests).
@@ -399,8 +423,10 @@ RMS_TICK_EVALUATION = env.bool("RMS_TICK_EVALUATION", default=True)
 _RMS_CLOCKLESS = env.bool("MARKET_ALWAYS_OPEN", default=DJANGO_ENV == "development") or DJANGO_ENV == "test"
 RMS_DEFAULT_TRADING_WINDOW = env.str("RMS_DEFAULT_TRADING_WINDOW", default="" if _RMS_CLOCKLESS else "09:15-15:30")
 RMS_DEFAULT_AUTO_SQUARE_OFF = env.str("RMS_DEFAULT_AUTO_SQUARE_OFF", default="" if _RMS_CLOCKLESS else "15:15")
-# The pre-trade funds check reads the account's funds from the broker (one call per new-exposure order).
+# The pre-trade funds check answers from the account's funds snapshot: read from the broker after the account's
+# fills and when older than RMS_FUNDS_MAX_AGE_SECONDS (then once, by the order that finds it so), never per order.
 RMS_FUNDS_CHECK = env.bool("RMS_FUNDS_CHECK", default=True)
+RMS_FUNDS_MAX_AGE_SECONDS = env.float("RMS_FUNDS_MAX_AGE_SECONDS", default=30.0)
 RMS_DEFAULT_MAX_ORDERS_PER_DAY = env.int("RMS_DEFAULT_MAX_ORDERS_PER_DAY", default=1000)
 RMS_DEFAULT_MAX_OPEN_POSITIONS = env.int("RMS_DEFAULT_MAX_OPEN_POSITIONS", default=100)
 # Strategies: how often rule strategies are evaluated, how old a webhook's own timestamp may be, backtest span.
@@ -411,6 +437,14 @@ STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY = env.int("STRATEGY_WEBHOOK_REJECTED_S
 # Largest quantity one webhook signal may ask for, in units: above any exchange freeze quantity for equities.
 STRATEGY_WEBHOOK_MAX_QUANTITY = env.int("STRATEGY_WEBHOOK_MAX_QUANTITY", default=100_000)
 STRATEGY_BACKTEST_MAX_DAYS = env.int("STRATEGY_BACKTEST_MAX_DAYS", default=1100)
+# Time-based fires: one dispatcher a minute claims the due fires and sends them to the urgent queue in about this
+# many chunks; a fire not acted on within the lease (its message lost, its worker killed) is sent again by the
+# recovery pass; entries missed while beat was down are still made up to this many minutes late (exits always).
+STRATEGY_FIRE_CHUNKS = env.int("STRATEGY_FIRE_CHUNKS", default=64)
+STRATEGY_FIRE_LEASE_SECONDS = env.int("STRATEGY_FIRE_LEASE_SECONDS", default=30)
+STRATEGY_FIRE_RECOVER_SECONDS = env.float("STRATEGY_FIRE_RECOVER_SECONDS", default=10.0)
+STRATEGY_FIRE_RECOVER_MAX = env.int("STRATEGY_FIRE_RECOVER_MAX", default=5000)
+STRATEGY_FIRE_CATCHUP_MINUTES = env.int("STRATEGY_FIRE_CATCHUP_MINUTES", default=5)
 CELERY_BEAT_SCHEDULE = {
     "system.heartbeat": {"task": "algoterm.tasks.heartbeat", "schedule": timedelta(seconds=10)},
     # Next year's NSE holiday list is due in December; admins are told once a year when it is missing.
@@ -445,6 +479,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(hours=24),
     },
     "strategies.expire_backtests": {"task": "strategies.tasks.expire_backtests", "schedule": timedelta(minutes=1)},
+    # Time-based strategies' entry and exit times, in IST (CELERY_TIMEZONE), at the start of every minute.
+    "strategies.dispatch_fires": {"task": "strategies.tasks.dispatch_fires", "schedule": crontab(minute="*")},
+    "strategies.recover_fires": {
+        "task": "strategies.tasks.recover_fires",
+        "schedule": timedelta(seconds=STRATEGY_FIRE_RECOVER_SECONDS),
+    },
 }
 NOTIFICATION_RETENTION = timedelta(days=env.int("NOTIFICATION_RETENTION_DAYS", default=90))
 

@@ -1,10 +1,11 @@
 """Keeps a set of child processes running: `manage.py serve` runs the distributed stack under it.
 
 A child that exits is started again after an exponential backoff, because web and worker processes hold no state
-and most deaths are transient (a dependency restarting, a leak). A child that keeps dying is in a crash loop that
-restarting cannot fix (a bad setting, a schema the code does not match), so the supervisor stops the stack and says
-why. Ports a child binds are checked before each start: a port held by another program is one clear message, never
-a crash loop.
+and most deaths are transient (a dependency restarting, a leak); the processes the dead child started (a web
+server's workers, a Celery worker's pool) are stopped with it, so its replacement starts clean. A child that keeps
+dying is in a crash loop that restarting cannot fix (a bad setting, a schema the code does not match), so the
+supervisor stops the stack and says why. Ports a child binds are checked before each start: a port held by another
+program is one clear message, never a crash loop.
 """
 
 from __future__ import annotations
@@ -204,9 +205,29 @@ class Supervisor:
             if child.process is None:
                 if child.restart_at is not None and now >= child.restart_at:
                     self._start(child, alerts)
-            elif (returncode := child.process.poll()) is not None:
-                child.process = None
+            elif self._exited(child.process):
+                returncode = self._stop_leftovers_and_reap(child)
                 self._after_exit(child, describe_exit(returncode), alerts)
+
+    @staticmethod
+    def _exited(process: subprocess.Popen) -> bool:
+        # WNOWAIT: the dead child stays a zombie, holding its pid (and so its process group's id) until it is reaped.
+        try:
+            return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True  # reaped already
+
+    def _stop_leftovers_and_reap(self, child: _Child) -> int:
+        """What the dead child started dies with it: a web server's worker processes would otherwise keep serving,
+        and keep the port its replacement must listen on. Its group id cannot have been reused, as its unreaped
+        leader still holds that pid."""
+        process = child.process
+        child.process = None
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return process.wait()
 
     def _start(self, child: _Child, alerts: _Alerts) -> None:
         name = child.spec.name
@@ -261,19 +282,13 @@ class Supervisor:
     def _terminate_all(self) -> None:
         running = [child for child in self._children if child.process is not None]
         for child in running:
-            if child.process.poll() is None:
+            if not self._exited(child.process):
                 child.process.terminate()
         deadline = time.monotonic() + self._stop_timeout
         for child in running:
-            try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            while not self._exited(child.process) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self._exited(child.process):
                 logger.warning("%s did not stop within %gs of SIGTERM; killing it", child.spec.name, self._stop_timeout)
-                # The whole group: a worker's pool processes would otherwise outlive it. The unreaped leader keeps
-                # its pid, so the group id cannot have been reused by another program.
-                try:
-                    os.killpg(child.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                child.process.wait()
-            child.process = None
+            # The whole group, even after a clean exit: a worker's pool processes would otherwise outlive it.
+            self._stop_leftovers_and_reap(child)

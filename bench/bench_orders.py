@@ -41,6 +41,7 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "algoterm.settings"
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("REDIS_KEY_PREFIX", f"bench-orders-{os.getpid()}")
 os.environ["DJANGO_ENV"] = "test"
+os.environ.setdefault("DATABASE_POOL_MAX_SIZE", "20")  # the server's pools, as in production (not the test default)
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 # A load test would spend the plan's requests-per-minute budget in a second and measure 429s instead.
 os.environ["BILLING_PLAN_THROTTLE"] = "false"
@@ -54,25 +55,48 @@ BOOK_ACCOUNTS, BOOK_SYMBOLS = 5, 100  # 5 x 100 = 500 open positions
 PRICE = "100"
 
 
-# --- the server (a subprocess: its CPU and its single sync-view thread are not the clients') ------------------------
+# --- the server (subprocesses, as production runs them: WEB_CONCURRENCY uvicorn processes, default one per CPU, each
+# with its connection pool; their CPU is not the clients') --------------------------------------------------------
 
 
-def run_server(port: int) -> None:
+def floor_application():
+    """The ASGI application each web process builds (a uvicorn factory): the product's, with the floor routes."""
     import django
     from django.conf import settings
 
     django.setup()
     settings.ROOT_URLCONF = FLOOR_URLCONF  # the product's routes plus the floor; set before any URL is resolved
+    from algoterm.asgi import application
+
+    return application
+
+
+def web_processes() -> int:
+    import django
+
+    django.setup()
+    from algoterm.management.commands.serve import web_concurrency
+
+    return web_concurrency()
+
+
+def run_server(port: int) -> None:
+    workers = web_processes()
     import uvicorn
 
+    from algoterm.api.ws import server_ping_options
+
     uvicorn.run(
-        "algoterm.asgi:application",
+        "bench.bench_orders:floor_application",
+        factory=True,
         host="127.0.0.1",
         port=port,
+        workers=workers,
         lifespan="off",
         access_log=False,
         log_level="warning",
         log_config=None,
+        **server_ping_options(),
     )
 
 
@@ -431,8 +455,13 @@ def main() -> None:
 
 
 def report(args, results: dict[tuple[str, int], Phase], fixture: Fixture, facts: dict, open_positions: int) -> None:
+    processes = web_processes()
+    from django.conf import settings
+
+    pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+    web = f"uvicorn ({processes} process{'es' if processes > 1 else ''}, {'a' if pool else 'no'} connection pool each)"
     print(
-        f"\norder pipeline over HTTP: uvicorn (1 process) -> Django -> paper broker, PostgreSQL "
+        f"\norder pipeline over HTTP: {web} -> Django -> paper broker, PostgreSQL "
         f"{facts['postgres']} and Redis on 127.0.0.1, {args.seconds:g}s measured per row after "
         f"{args.warmup:g}s warm-up, {os.cpu_count()} CPUs"
     )
@@ -461,8 +490,8 @@ def report(args, results: dict[tuple[str, int], Phase], fixture: Fixture, facts:
     )
     print(
         f"note: the position book ({open_positions} open: {BOOK_ACCOUNTS} accounts x {BOOK_SYMBOLS} symbols) is "
-        f"seeded directly; Django runs sync views on one thread per uvicorn process, so concurrency 16 queues rather "
-        f"than scales; migrate took {fixture.migrate_seconds:.1f}s."
+        f"seeded directly; Django runs sync views on one thread per uvicorn process, so requests beyond the processes "
+        f"queue; migrate took {fixture.migrate_seconds:.1f}s."
     )
     for (name, concurrency), phase in results.items():
         if phase.errors:

@@ -132,6 +132,15 @@ def _locked(account: SimAccount) -> SimAccount:
     return row_locked(SimAccount.objects.all(), pk=account.pk)
 
 
+def exchange_account_locked(*, venue: str, client_id: str, opening_balance: Decimal | None = None) -> SimAccount:
+    """The exchange account, read and locked in one query (created on first use); inside a transaction."""
+    try:
+        return row_locked(SimAccount.objects.all(), venue=venue, client_id=client_id)
+    except SimAccount.DoesNotExist:
+        account = exchange_account(venue=venue, client_id=client_id, opening_balance=opening_balance)
+        return _locked(account)
+
+
 def _validate(request: OrderRequest) -> None:
     split_symbol(request.symbol)
     if request.quantity <= 0:
@@ -147,9 +156,13 @@ def _validate(request: OrderRequest) -> None:
             raise InvalidInput(f"Prices must be multiples of the tick size {TICK}.")
 
 
-def _used_margin(account: SimAccount, *, exclude: SimOrder | None = None) -> Decimal:
+def _used_margin(
+    account: SimAccount, *, exclude: SimOrder | None = None, positions: list[SimPosition] | None = None
+) -> Decimal:
     used = Decimal("0")
-    for position in account.positions.exclude(quantity=0):
+    for position in account.positions.exclude(quantity=0) if positions is None else positions:
+        if position.quantity == 0:
+            continue
         used += abs(position.quantity) * position.average_price * MARGIN_RATE[Product(position.product)]
     for order in account.orders.filter(status__in=RESTING).exclude(pk=exclude.pk if exclude else None):
         reference = order.price or order.trigger_price or quote_for(order.symbol).last_price
@@ -157,28 +170,42 @@ def _used_margin(account: SimAccount, *, exclude: SimOrder | None = None) -> Dec
     return used.quantize(Decimal("0.01"))
 
 
-def _reduces_position(account: SimAccount, request: OrderRequest) -> bool:
-    position = account.positions.filter(symbol=request.symbol, product=request.product).first()
+def _reduces_position(account: SimAccount, request: OrderRequest, *, position: SimPosition | None = None) -> bool:
+    if position is None:
+        position = account.positions.filter(symbol=request.symbol, product=request.product).first()
     if position is None or position.quantity == 0:
         return False
     signed = request.quantity if request.side == Side.BUY else -request.quantity
     return (position.quantity > 0 > signed or position.quantity < 0 < signed) and abs(signed) <= abs(position.quantity)
 
 
-def _rejection_reason(account: SimAccount, request: OrderRequest, *, replacing: SimOrder | None = None) -> str:
+def _rejection_reason(
+    account: SimAccount,
+    request: OrderRequest,
+    *,
+    replacing: SimOrder | None = None,
+    positions: dict[tuple[str, str], SimPosition] | None = None,
+    last_price: Decimal | None = None,
+) -> str:
     """Why the exchange refuses `request` ("" when it accepts); `replacing` is the order a modification rewrites,
-    whose own blocked margin is not counted against it."""
+    whose own blocked margin is not counted against it. `positions` (all the account's, by symbol and product) and
+    `last_price` are what the caller already read."""
     if request.product == Product.CNC and request.side == Side.SELL:
         held = account.holdings.filter(symbol=request.symbol).values_list("quantity", flat=True).first() or 0
-        position = account.positions.filter(symbol=request.symbol, product=Product.CNC).first()
+        if positions is None:
+            position = account.positions.filter(symbol=request.symbol, product=Product.CNC).first()
+        else:
+            position = positions.get((request.symbol, Product.CNC))
         available = held + (position.quantity if position else 0)
         if available < request.quantity:
             return f"Insufficient holdings: {available} available to sell."
-    if _reduces_position(account, request):
+    own = None if positions is None else positions.get((request.symbol, request.product))
+    if (positions is None or own is not None) and _reduces_position(account, request, position=own):
         return ""
-    reference = request.price or request.trigger_price or quote_for(request.symbol).last_price
+    reference = request.price or request.trigger_price or last_price or quote_for(request.symbol).last_price
     required = request.quantity * reference * MARGIN_RATE[request.product]
-    available_cash = account.cash - _used_margin(account, exclude=replacing)
+    held_positions = None if positions is None else list(positions.values())
+    available_cash = account.cash - _used_margin(account, exclude=replacing, positions=held_positions)
     if required > available_cash:
         return f"Insufficient funds: required {required:.2f}, available {available_cash:.2f}."
     return ""
@@ -188,9 +215,18 @@ def _rejection_reason(account: SimAccount, request: OrderRequest, *, replacing: 
 def place(*, account: SimAccount, request: OrderRequest) -> SimOrder:
     """Validation errors raise InvalidInput; an order the exchange refuses (funds, holdings) is stored REJECTED."""
     _validate(request)
-    account = _locked(account)
-    reason = _rejection_reason(account, request)
-    order = SimOrder.objects.create(
+    return place_locked(account=_locked(account), request=request)
+
+
+def place_locked(*, account: SimAccount, request: OrderRequest) -> SimOrder:
+    """`place` for a caller that holds the account's row lock in its transaction (`exchange_account_locked`)."""
+    _validate(request)
+    # Everything the order needs is read once: the account's positions (its own, the margin in use, the one a fill
+    # moves) and the quote (the margin reference, the fill).
+    positions = {(position.symbol, position.product): position for position in account.positions.all()}
+    quote = quote_for(request.symbol)
+    reason = _rejection_reason(account, request, positions=positions, last_price=quote.last_price)
+    order = SimOrder(
         account=account,
         symbol=request.symbol,
         side=request.side,
@@ -205,8 +241,11 @@ def place(*, account: SimAccount, request: OrderRequest) -> SimOrder:
         status=BrokerOrderStatus.REJECTED if reason else _resting_status(request.order_type),
         status_message=reason,
     )
-    if not reason:
-        _try_fill(account, order)
+    fill = None if reason else _match_now(order, quote)
+    # One INSERT of the order as it stands after meeting the quote; its trade and position follow.
+    order.save(force_insert=True)
+    if fill is not None:
+        _apply_fill(account, order, fill, position=positions.get((order.symbol, order.product)), read=True)
     return order
 
 
@@ -269,35 +308,50 @@ def cancel(*, account: SimAccount, order_id: str) -> SimOrder:
     return order
 
 
-def _try_fill(account: SimAccount, order: SimOrder) -> int:
-    """Returns 1 if the order (partly) filled now, else 0."""
-    quote = quote_for(order.symbol)
+def _match_now(order: SimOrder, quote) -> Fill | None:
+    """Meet the quote: trigger a stop it crosses, take the fill it gives (the order's quantities and status are
+    updated; the trade and position are the caller's, through `_apply_fill`), cancel an IOC's remainder. Sets
+    `order._changed` when anything moved."""
     changed = False
     if order.order_type in (OrderType.SL, OrderType.SL_M) and not order.triggered:
         if _trigger_crossed(order, quote.last_price):
             order.triggered, order.status, changed = True, BrokerOrderStatus.OPEN, True
     fill = match(order, quote)
     if fill is not None:
-        _apply_fill(account, order, fill)
+        filled_value = (order.average_price or Decimal("0")) * order.filled_quantity + fill.price * fill.quantity
+        order.filled_quantity += fill.quantity
+        order.average_price = (filled_value / order.filled_quantity).quantize(Decimal("0.01"))
+        order.status = BrokerOrderStatus.FILLED if order.remaining == 0 else BrokerOrderStatus.PARTIALLY_FILLED
         changed = True
     if order.validity == Validity.IOC and order.remaining > 0 and order.status in RESTING:
         order.status, order.status_message, changed = BrokerOrderStatus.CANCELLED, "IOC remainder cancelled.", True
     if changed:
         order.updated_at = timezone.now()
+    order._changed = changed
+    return fill
+
+
+def _try_fill(account: SimAccount, order: SimOrder) -> int:
+    """Returns 1 if the order (partly) filled now, else 0."""
+    fill = _match_now(order, quote_for(order.symbol))
+    if order._changed:
         order.save()
+    if fill is not None:
+        _apply_fill(account, order, fill)
     return 1 if fill else 0
 
 
-def _apply_fill(account: SimAccount, order: SimOrder, fill: Fill) -> None:
+def _apply_fill(
+    account: SimAccount, order: SimOrder, fill: Fill, *, position: SimPosition | None = None, read: bool = False
+) -> None:
+    """The trade and the position of a fill already counted on `order`, under the account's row lock (which every
+    write to its positions holds, so the position row needs no lock of its own); `read` when the caller has read
+    the position already (`position`, None when there is none yet)."""
     SimTrade.objects.create(order=order, account=account, quantity=fill.quantity, price=fill.price)
-    filled_value = (order.average_price or Decimal("0")) * order.filled_quantity + fill.price * fill.quantity
-    order.filled_quantity += fill.quantity
-    order.average_price = (filled_value / order.filled_quantity).quantize(Decimal("0.01"))
-    order.status = BrokerOrderStatus.FILLED if order.remaining == 0 else BrokerOrderStatus.PARTIALLY_FILLED
-
-    position, _ = rows_locked(SimPosition.objects.all()).get_or_create(
-        account=account, symbol=order.symbol, product=order.product
-    )
+    if position is None and not read:
+        position = SimPosition.objects.filter(account=account, symbol=order.symbol, product=order.product).first()
+    if position is None:
+        position = SimPosition(account=account, symbol=order.symbol, product=order.product)
     signed = fill.quantity if order.side == Side.BUY else -fill.quantity
     if order.side == Side.BUY:
         position.buy_quantity += fill.quantity

@@ -140,6 +140,7 @@ class PaperRouted:
             "positions",
             "holdings",
             "funds",
+            "order_as_placed",
         }
     )
 

@@ -25,12 +25,12 @@ from orders.serializers import (
     OrderOutput,
     PortfolioOutput,
     PositionListQuery,
-    PositionOutput,
     PositionsOutput,
     SquareOffInput,
     SquareOffOutput,
     TradeListQuery,
     TradeOutput,
+    positions_render,
 )
 
 
@@ -231,7 +231,7 @@ class PositionListApi(APIView):
             open_only=query.validated_data.get("open", False),
         )
         body = {
-            "items": PositionOutput(book.positions, many=True, context={"quotes": book.quotes}).data,
+            "items": positions_render(positions=book.positions, quotes=book.quotes),
             "consolidated": book.consolidated,
             "totals": book.totals,
         }
@@ -272,8 +272,6 @@ class PortfolioApi(APIView):
     def get(self, request: Request) -> Response:
         portfolio = selectors.portfolio_get(user=request.user)
         body = dict(portfolio)
-        body["positions"] = PositionOutput(
-            portfolio["positions"], many=True, context={"quotes": portfolio["quotes"]}
-        ).data
+        body["positions"] = positions_render(positions=portfolio["positions"], quotes=portfolio["quotes"])
         body.pop("quotes")
         return Response(body)

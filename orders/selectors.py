@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import ExtractHour
+from django.db import connection
+from django.db.models import Case, Count, IntegerField, Q, QuerySet, TextField, Value, When
+from django.db.models.functions import Cast, ExtractHour
 
 from accounts.models import User
 from algoterm.api.errors import NotFound
 from brokers.gateway import adapter_for
 from brokers.models import AccountStatus, Broker
-from brokers.prices import quote_for
+from brokers.prices import synthetic_quote
 from brokers.protocol import BrokerError, Quote
 from brokers.selectors import broker_account_get, broker_account_list
 from marketdata.quotes import quotes_get
@@ -106,73 +106,113 @@ def position_list(*, user: User, account_id: str | None = None, open_only: bool 
 
 
 def last_prices(symbols: list[str]) -> dict[str, Quote]:
-    """Latest quotes from the cache in one round trip; symbols the feed has not quoted get the exchange's price."""
+    """Latest quotes from the cache in one round trip; symbols the feed has not quoted get the exchange's price
+    (`quote_for`'s, without asking the cache again for each)."""
     quotes = quotes_get(sorted(set(symbols)))
     for symbol in set(symbols) - set(quotes):
-        quotes[symbol] = quote_for(symbol)
+        quotes[symbol] = synthetic_quote(symbol)
     return quotes
+
+
+class PositionRow(NamedTuple):
+    """A position as the position book reads it: a plain row, as a book of hundreds is read on every request."""
+
+    account_id: str
+    symbol: str
+    product: str
+    quantity: int
+    average_price: Decimal
+    realized_pnl: Decimal
+    day_buy_quantity: int
+    day_sell_quantity: int
+    day_buy_value: Decimal
+    day_sell_value: Decimal
+    day_realized_pnl: Decimal
+    trading_day: date
+    updated_at: datetime
+
+    @property
+    def day_quantity(self) -> int:
+        return self.day_buy_quantity - self.day_sell_quantity
+
+
+def position_rows(*, user: User, account_id: str | None = None, open_only: bool = False) -> list[PositionRow]:
+    """`position_list` as plain rows, in the same order."""
+    # The time is read as its text: the driver's loader for timestamps with a time zone costs more than the rest of
+    # the row, and the text carries the offset (or is UTC, as SQLite stores it).
+    rows = position_list(user=user, account_id=account_id, open_only=open_only).values_list(
+        *PositionRow._fields[:-1], Cast("updated_at", TextField())
+    )
+    return [PositionRow(*row[:-1], _timestamp(row[-1])) for row in rows]
+
+
+def _timestamp(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
 class PositionBook:
-    positions: list[Position]
+    positions: list[PositionRow]
     quotes: dict[str, Quote]
     consolidated: list[dict[str, Any]]
     totals: dict[str, Any]
-
-
-def _unrealized(position: Position, quotes: dict[str, Quote]) -> Decimal:
-    quote = quotes.get(position.symbol)
-    if quote is None or position.quantity == 0:
-        return Decimal("0")
-    return ((quote.last_price - position.average_price) * position.quantity).quantize(PAISE)
 
 
 def position_book(*, user: User, account_id: str | None = None, open_only: bool = False) -> PositionBook:
     """Positions with LTP and unrealized PnL, grouped across accounts, and the totals."""
     if account_id:
         broker_account_get(user=user, account_id=account_id)
-    positions = list(position_list(user=user, account_id=account_id, open_only=open_only))
+    positions = position_rows(user=user, account_id=account_id, open_only=open_only)
     quotes = last_prices([position.symbol for position in positions])
-    groups: dict[tuple[str, str], list[Position]] = defaultdict(list)
+    zero = Decimal("0")
+    prices = {symbol: quote.last_price for symbol, quote in quotes.items()}
+    # One pass: a book of hundreds of positions is summed on every request.
+    groups: dict[tuple[str, str], list] = {}
+    realized_total = day_realized_total = unrealized_total = zero
+    open_positions = 0
     for position in positions:
-        groups[(position.symbol, position.product)].append(position)
+        quantity, average = position.quantity, position.average_price
+        ltp = prices.get(position.symbol)
+        unrealized = ((ltp - average) * quantity).quantize(PAISE) if ltp is not None and quantity else zero
+        group = groups.get((position.symbol, position.product))
+        if group is None:
+            group = groups[(position.symbol, position.product)] = [[], 0, zero, zero, zero, set()]
+        group[0].append(position)
+        group[1] += quantity
+        group[2] += unrealized
+        group[3] += position.realized_pnl
+        group[4] += position.day_realized_pnl
+        group[5].add(position.account_id)
+        realized_total += position.realized_pnl
+        day_realized_total += position.day_realized_pnl
+        unrealized_total += unrealized
+        open_positions += 1 if quantity else 0
     consolidated = []
-    for (symbol, product), members in groups.items():
-        quantity = sum(member.quantity for member in members)
+    for (symbol, product), (members, quantity, unrealized, realized, day_realized, accounts) in groups.items():
         same_side = [m for m in members if m.quantity and (m.quantity > 0) == (quantity > 0)]
         held = sum(abs(m.quantity) for m in same_side)
-        average = (
-            (sum(abs(m.quantity) * m.average_price for m in same_side) / held).quantize(PAISE) if held else Decimal("0")
-        )
-        ltp = quotes[symbol].last_price if symbol in quotes else None
+        average = (sum(abs(m.quantity) * m.average_price for m in same_side) / held).quantize(PAISE) if held else zero
         consolidated.append(
             {
                 "symbol": symbol,
                 "product": product,
                 "quantity": quantity,
                 "average_price": average,
-                "ltp": ltp,
-                "unrealized_pnl": sum((_unrealized(m, quotes) for m in members), Decimal("0")),
-                "realized_pnl": sum((m.realized_pnl for m in members), Decimal("0")),
-                "day_realized_pnl": sum((m.day_realized_pnl for m in members), Decimal("0")),
-                "accounts": sorted({m.account_id for m in members}),
+                "ltp": prices.get(symbol),
+                "unrealized_pnl": unrealized,
+                "realized_pnl": realized,
+                "day_realized_pnl": day_realized,
+                "accounts": sorted(accounts),
             }
         )
-    return PositionBook(
-        positions=positions, quotes=quotes, consolidated=consolidated, totals=_totals(positions, quotes)
-    )
-
-
-def _totals(positions: list[Position], quotes: dict[str, Quote]) -> dict[str, Any]:
-    unrealized = sum((_unrealized(p, quotes) for p in positions), Decimal("0"))
-    day_realized = sum((p.day_realized_pnl for p in positions), Decimal("0"))
-    return {
-        "realized_pnl": sum((p.realized_pnl for p in positions), Decimal("0")),
-        "unrealized_pnl": unrealized,
-        "day_pnl": day_realized + unrealized,
-        "open_positions": sum(1 for p in positions if p.quantity),
+    totals = {
+        "realized_pnl": realized_total,
+        "unrealized_pnl": unrealized_total,
+        "day_pnl": day_realized_total + unrealized_total,
+        "open_positions": open_positions,
     }
+    return PositionBook(positions=positions, quotes=quotes, consolidated=consolidated, totals=totals)
 
 
 def portfolio_get(*, user: User) -> dict[str, Any]:
@@ -236,16 +276,63 @@ def open_position_symbols(*, user: User) -> set[tuple[str, str]]:
     return set(Position.objects.filter(user=user).exclude(quantity=0).values_list("symbol", "product").distinct())
 
 
-def positions_for_mtm(*, user_ids: list[str] | None, day) -> list[tuple]:
-    """(user, account, symbol, product, quantity, average price, today's realized PnL) of every position that is
-    open or traded on `day`: one query, the monitor's whole input."""
+def _positions_for_mtm(*, user_ids: list[str] | None, day) -> QuerySet[Position]:
     positions = Position.objects.filter(Q(trading_day=day) | ~Q(quantity=0))
     if user_ids is not None:
         positions = positions.filter(user_id__in=user_ids)
-    rows = positions.values_list(
-        "user_id", "account_id", "symbol", "product", "quantity", "average_price", "day_realized_pnl", "trading_day"
+    return positions
+
+
+def mtm_symbols(*, user_ids: list[str] | None, day) -> list[str]:
+    """The symbols of every position that is open or traded on `day` (of `user_ids`, or everyone's)."""
+    return list(_positions_for_mtm(user_ids=user_ids, day=day).order_by().values_list("symbol", flat=True).distinct())
+
+
+def mtm_user_ids(*, day) -> QuerySet:
+    """The users with a position open or traded on `day`, as a query to filter other tables by in SQL."""
+    return _positions_for_mtm(user_ids=None, day=day).order_by().values("user_id")
+
+
+def mtm_by_account(
+    *, user_ids: list[str] | None, day, prices: dict[str, Decimal]
+) -> list[tuple[str, str, Decimal, int, int]]:
+    """(user, account, MTM, open positions, open MIS positions) per account with a position open or traded on
+    `day`: one aggregate query, the prices joined in SQL. MTM is today's realized PnL plus the unrealized PnL at
+    `prices`, exact; a symbol missing from `prices` adds its realized PnL alone."""
+    inner, inner_params = (
+        _positions_for_mtm(user_ids=user_ids, day=day)
+        .order_by()
+        .values("user_id", "account_id", "symbol", "product", "quantity", "average_price", "day_realized_pnl")
+        .annotate(today=Case(When(trading_day=day, then=Value(1)), default=Value(0), output_field=IntegerField()))
+        .query.sql_with_params()
     )
-    return [(*row[:6], row[6] if row[7] == day else Decimal("0")) for row in rows]
+    symbols, values = list(prices), [prices[symbol] for symbol in prices]
+    if connection.vendor == "postgresql":
+        quoted, quoted_params = "SELECT * FROM unnest(%s::varchar[], %s::numeric[])", [symbols, values]
+    elif symbols:
+        quoted = "VALUES " + ", ".join(["(%s, %s)"] * len(symbols))
+        quoted_params = [item for pair in zip(symbols, (str(value) for value in values), strict=True) for item in pair]
+    else:
+        quoted, quoted_params = "SELECT NULL, NULL WHERE 1 = 0", []
+    sql = f"""
+        WITH quoted(symbol, ltp) AS ({quoted})
+        SELECT p.user_id, p.account_id,
+            COALESCE(SUM((quoted.ltp - p.average_price) * p.quantity), 0)
+                + SUM(CASE WHEN p.today = 1 THEN p.day_realized_pnl ELSE 0 END),
+            SUM(CASE WHEN p.quantity <> 0 THEN 1 ELSE 0 END),
+            SUM(CASE WHEN p.quantity <> 0 AND p.product = 'MIS' THEN 1 ELSE 0 END)
+        FROM ({inner}) AS p LEFT JOIN quoted ON quoted.symbol = p.symbol
+        GROUP BY p.user_id, p.account_id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*quoted_params, *inner_params])
+        rows = cursor.fetchall()
+    return [(user, account, _decimal(mtm), int(opened), int(mis)) for user, account, mtm, opened, mis in rows]
+
+
+def _decimal(value) -> Decimal:
+    # SQLite answers sums of decimals as floats; PostgreSQL as exact Decimals.
+    return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
 def users_with_open_positions_in(*, symbols: list[str]) -> list[str]:

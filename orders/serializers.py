@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from collections.abc import Iterable
+from datetime import datetime, tzinfo
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from algoterm.api.errors import ErrorCode, ValidationFailed
@@ -163,6 +167,55 @@ class PositionOutput(serializers.ModelSerializer):
         if ltp is None:
             return None
         return float(((ltp - position.average_price) * position.quantity).quantize(Decimal("0.01")))
+
+
+_PAISE = Decimal("0.01")
+# DecimalField quantizes with its max_digits as the precision.
+_MONEY_CONTEXT = Context(prec=MONEY["max_digits"], rounding=ROUND_HALF_EVEN)
+
+
+def _iso_datetime(value: datetime | None, zone: tzinfo) -> str | None:
+    if not value:
+        return None
+    text = value.astimezone(zone).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def positions_render(*, positions: Iterable[Any], quotes: dict[str, Any]) -> list[dict[str, Any]]:
+    """What `PositionOutput(positions, many=True, context={"quotes": quotes}).data` renders, to the byte once
+    encoded, built directly: a serializer's per-field machinery costs more than the request around it for a book
+    of hundreds of positions. `PositionOutput` stays the schema; a test holds the two to the same bytes."""
+    zone = timezone.get_current_timezone()
+    prices = {symbol: quote.last_price for symbol, quote in quotes.items() if quote}
+    floats = {symbol: float(price) for symbol, price in prices.items()}
+    paise, context = _PAISE, _MONEY_CONTEXT
+    rendered = []
+    append = rendered.append
+    for position in positions:
+        symbol, quantity, average = position.symbol, position.quantity, position.average_price
+        ltp = prices.get(symbol)
+        trading_day = position.trading_day
+        append(
+            {
+                "account_id": str(position.account_id),
+                "symbol": str(symbol),
+                "product": str(position.product),
+                "quantity": int(quantity),
+                "average_price": float(average.quantize(paise, context=context)),
+                "ltp": floats[symbol] if ltp is not None else None,
+                "unrealized_pnl": float(((ltp - average) * quantity).quantize(paise)) if ltp is not None else None,
+                "realized_pnl": float(position.realized_pnl.quantize(paise, context=context)),
+                "day_quantity": int(position.day_quantity),
+                "day_buy_quantity": int(position.day_buy_quantity),
+                "day_sell_quantity": int(position.day_sell_quantity),
+                "day_buy_value": float(position.day_buy_value.quantize(paise, context=context)),
+                "day_sell_value": float(position.day_sell_value.quantize(paise, context=context)),
+                "day_realized_pnl": float(position.day_realized_pnl.quantize(paise, context=context)),
+                "trading_day": trading_day.isoformat() if trading_day else None,
+                "updated_at": _iso_datetime(position.updated_at, zone),
+            }
+        )
+    return rendered
 
 
 class PositionGroupOutput(serializers.Serializer):

@@ -6,14 +6,17 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.cache import cache
 
 from marketdata.signals import ticks_published
 from orders.hooks import pre_trade_check_register
 from orders.signals import fill_applied
 from rms.services import check_order
-from rms.tasks import evaluate_symbols, evaluate_users
+from rms.tasks import evaluate_symbols, evaluate_users, funds_snapshot_refresh
 
 logger = logging.getLogger(__name__)
+
+FUNDS_REFRESH_WINDOW = 2  # seconds
 
 
 def on_ticks_published(sender: object, *, symbols: list[str], **kwargs: object) -> None:
@@ -26,10 +29,15 @@ def on_ticks_published(sender: object, *, symbols: list[str], **kwargs: object) 
         logger.exception("tick-driven risk evaluation could not be queued")
 
 
-def on_fill_applied(sender: object, *, user_id: str, **kwargs: object) -> None:
-    """A fill changed the user's MTM (realized PnL, a new position) without a tick: they are evaluated again."""
+def on_fill_applied(sender: object, *, user_id: str, account_id: str | None = None, **kwargs: object) -> None:
+    """A fill changed the user's MTM (realized PnL, a new position) without a tick: they are evaluated again, and the
+    account's funds snapshot is refreshed off the order path."""
     try:
         evaluate_users.delay([user_id])
+        # A burst of fills asks for one refresh per account and window, not one per fill (queueing costs more than
+        # the check it saves); the snapshot is still never older than RMS_FUNDS_MAX_AGE_SECONDS.
+        if account_id is not None and cache.add(f"rms:funds-refresh-queued:{account_id}", True, FUNDS_REFRESH_WINDOW):
+            funds_snapshot_refresh.delay(account_id)
     except Exception:  # the beat sweep evaluates everyone anyway; a fill must not fail on this
         logger.exception("risk re-evaluation after a fill could not be queued")
 

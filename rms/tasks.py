@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from brokers.selectors import broker_account_find
 from rms import services
 from rms.signals import sweep_finished
 
@@ -28,3 +29,11 @@ def evaluate_symbols(symbols: list[str]) -> int:
 def evaluate_users(user_ids: list[str]) -> int:
     """After a fill: the user's MTM changed without a tick."""
     return len(services.sweep(user_ids=user_ids).breaches)
+
+
+@shared_task(name="rms.tasks.funds_snapshot_refresh")
+def funds_snapshot_refresh(account_id: str) -> None:
+    """After a fill: the account's funds snapshot, which the pre-trade check answers from, is read again."""
+    account = broker_account_find(account_id=account_id, include_disconnected=False)
+    if account is not None:
+        services.funds_snapshot_refresh(account=account)

@@ -17,6 +17,7 @@ from . import services
 from .models import (
     LEG_FIELDS,
     Backtest,
+    FireMinute,
     Leg,
     Signal,
     Strategy,
@@ -180,3 +181,11 @@ class StrategyFireAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ["strategy__name", "strategy__id", "detail"]
     list_select_related = ["strategy"]
     date_hierarchy = "created_at"
+
+
+@admin.register(FireMinute)
+class FireMinuteAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """The minute dispatcher's ledger: which minutes were dispatched, when, and how many strategies acted."""
+
+    list_display = ["minute", "started_at", "dispatched_at", "fires", "skipped"]
+    date_hierarchy = "minute"

@@ -139,8 +139,9 @@ class StrategyStartApi(APIView):
         summary="Start a strategy: backtest, paper or live",
         description="`backtest` (start, end, capital, volatility) queues a backtest over stored candles and answers "
         "202 with it; poll GET .../backtests/{id} for progress and results. `paper` runs live against your paper "
-        "account and the feed; `live` trades in the strategy's accounts, which must be connected. Starting creates "
-        "the beat entries (IST, the strategy's weekdays; exchange holidays are skipped).",
+        "account and the feed; `live` trades in the strategy's accounts, which must be connected. From then on the "
+        "minute dispatcher fires it at its entry and exit times (IST, the strategy's weekdays; exchange holidays are "
+        "skipped).",
     )
     def post(self, request: Request, strategy_id: str) -> Response:
         data = StartInput(data=request.data)
@@ -162,7 +163,7 @@ class StrategyStopApi(APIView):
         request=StopInput,
         responses={200: RunOutput, 404: NOT_YOURS, 409: OpenApiResponse(ErrorSerializer, description="not running")},
         summary="Stop a strategy, optionally exiting its positions",
-        description="Removes the beat entries and ends the run. With `exit_positions` the strategy's working "
+        description="Ends the run: nothing fires for it any more. With `exit_positions` the strategy's working "
         "orders are cancelled and its own positions squared off (never your other positions).",
     )
     def post(self, request: Request, strategy_id: str) -> Response:

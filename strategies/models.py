@@ -59,7 +59,12 @@ class Strategy(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["user", "name"], name="strategy_name_unique_per_user")]
-        indexes = [models.Index(fields=["status", "kind"])]
+        indexes = [
+            models.Index(fields=["status", "kind"]),
+            # The minute dispatcher's look-ups: the running strategies due at one entry or exit time.
+            models.Index(fields=["status", "entry_time"], name="strategy_due_entry"),
+            models.Index(fields=["status", "exit_time"], name="strategy_due_exit"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} {self.name} ({self.kind}, {self.status})"
@@ -183,7 +188,11 @@ class FireStatus(models.TextChoices):
 
 class StrategyFire(models.Model):
     """The claim that makes one (strategy, day, leg, action, attempt) act once, however often its task arrives.
-    `leg` is -1 for actions on the whole strategy (exit time, MTM exit)."""
+    `leg` is -1 for actions on the whole strategy (exit time, MTM exit).
+
+    Entry and exit-time fires are claimed in bulk by the minute dispatcher before any worker sees them; a worker
+    takes one (`taken_at`, a lease) right before acting on it, so a fire sent twice acts once and one whose worker
+    died is sent again by the recovery pass once its lease has run out."""
 
     strategy = models.ForeignKey(Strategy, on_delete=models.CASCADE, related_name="fires")
     run = models.ForeignKey(StrategyRun, on_delete=models.CASCADE, related_name="fires")
@@ -196,6 +205,8 @@ class StrategyFire(models.Model):
     order_ids = models.JSONField(default=list)
     scheduled_for = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="when a worker was last asked to act on it")
+    taken_at = models.DateTimeField(null=True, blank=True, help_text="when a worker last took it (its lease)")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -204,9 +215,30 @@ class StrategyFire(models.Model):
                 fields=["strategy", "trading_day", "leg", "action", "attempt"], name="strategy_fire_once"
             )
         ]
+        indexes = [
+            # The recovery pass reads only the fires still claimed, a handful outside the busy minutes.
+            models.Index(fields=["sent_at"], condition=models.Q(status="claimed"), name="strategy_fire_open")
+        ]
 
     def __str__(self) -> str:
         return f"{self.strategy_id} {self.trading_day} leg {self.leg} {self.action}#{self.attempt} {self.status}"
+
+
+class FireMinute(models.Model):
+    """One IST minute the dispatcher has claimed the due fires of; the first dispatcher to insert it does the
+    minute, and the minutes missing after a scheduler outage are the ones it catches up."""
+
+    minute = models.DateTimeField(unique=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="when its last chunk was sent")
+    fires = models.PositiveIntegerField(default=0, help_text="strategies sent to act (entry or exit)")
+    skipped = models.PositiveIntegerField(default=0, help_text="strategies whose entry was too late to take")
+
+    class Meta:
+        ordering = ["-minute"]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M}: {self.fires} fire(s)"
 
 
 class SignalStatus(models.TextChoices):

@@ -1,15 +1,29 @@
 """Strategy tasks: each parses its arguments and calls one service; all are safe to run twice."""
 
+from datetime import datetime
+
 from celery import shared_task
 from django.conf import settings
 
 from strategies import services
 
 
-@shared_task(name="strategies.tasks.fire")
-def fire(strategy_id: str, run_id: str, action: str) -> int:
-    """A strategy's beat entry: its entry or exit time has come."""
-    return len(services.strategy_fire(strategy_id=strategy_id, run_id=run_id, action=action))
+@shared_task(name="strategies.tasks.dispatch_fires")
+def dispatch_fires() -> int:
+    """Beat, every minute: claim the fires due this minute (and any missed) and fan them out in chunks."""
+    return services.fires_dispatch().fires
+
+
+@shared_task(name="strategies.tasks.fire_chunk")
+def fire_chunk(minute: str, strategy_ids: list[str]) -> int:
+    """A chunk of strategies whose claimed fires are due at `minute`; each acts once however often it arrives."""
+    return services.fires_execute(minute=datetime.fromisoformat(minute), strategy_ids=list(strategy_ids))
+
+
+@shared_task(name="strategies.tasks.recover_fires")
+def recover_fires() -> int:
+    """Beat: send again the fires claimed and not finished (a lost message, a worker killed mid-burst)."""
+    return services.fires_recover()
 
 
 @shared_task(name="strategies.tasks.evaluate_rules")

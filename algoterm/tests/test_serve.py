@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from pathlib import Path
 
 import psycopg
@@ -160,12 +161,76 @@ def child_pid(parent: int, marker: str) -> int:
     raise AssertionError(f"no child of {parent} runs {marker}")
 
 
+def children(parent: int) -> dict[int, bytes]:
+    """`parent`'s child processes: pid to command line."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # a process that ended while we looked
+            continue
+        if ppid == parent:
+            found[int(stat.parent.name)] = command
+    return found
+
+
+def web_parent(serve_pid: int) -> int | None:
+    """uvicorn's parent process under serve, if one runs (a dead one, not yet reaped, has no command line)."""
+    return next((pid for pid, command in children(serve_pid).items() if b"uvicorn" in command), None)
+
+
+def accepting_process(server_port: int, client_port: int, candidates: set[int]) -> int | None:
+    """Which of `candidates` holds the server end of the TCP connection from `client_port` to `server_port`: the
+    kernel's socket table gives the socket's inode, each process's open files say who has it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+                if (local, remote) == (server_port, client_port):
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid in candidates:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return pid
+    return None
+
+
+def several_web_processes_answer_on_one_port(base: str, *, serve_pid: int, expected: int) -> None:
+    """WEB_CONCURRENCY processes accept connections on the one port: each connection's server end is traced to the
+    process that holds it, until every web process has answered one."""
+    web = child_pid(serve_pid, "uvicorn")
+    workers = {pid for pid, command in children(web).items() if b"spawn_main" in command}
+    assert len(workers) == expected, children(web)
+    port = urllib.parse.urlsplit(base).port
+    answered, held = set(), []
+    try:
+        for _ in range(200):
+            connection = HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/api/health")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            held.append(connection)  # kept open, so the next one is accepted anew
+            answered.add(accepting_process(port, connection.sock.getsockname()[1], workers))
+            if answered >= workers:
+                break
+    finally:
+        for connection in held:
+            connection.close()
+    assert answered == workers
+
+
 def web_is_restarted_and_operators_alerted(base: str, *, serve_pid: int) -> None:
     """The outage the supervisor exists for: the web process dies, serve starts another, admins hear of it."""
     web = child_pid(serve_pid, "uvicorn")
     killed = time.monotonic()
     os.kill(web, signal.SIGKILL)
-    while http_status(f"{base}/api/health") != 200 or child_pid(serve_pid, "uvicorn") == web:
+    # Until serve has noticed, the dead parent's workers may still answer: wait for a new parent too.
+    while http_status(f"{base}/api/health") != 200 or web_parent(serve_pid) in (None, web):
         assert time.monotonic() - killed < 20, "the web process was not restarted"
         time.sleep(0.2)
     print(f"web answered again {time.monotonic() - killed:.1f}s after it was killed")
@@ -289,9 +354,14 @@ def test_distributed_stack_runs_web_worker_and_beat_processes():
             "DATABASE_URL": database_url,
             "REDIS_URL": settings.REDIS_URL,
             "REDIS_KEY_PREFIX": f"{settings.REDIS_KEY_PREFIX}-e2e",
+            "WEB_CONCURRENCY": "2",
+            "DATABASE_POOL_MAX_SIZE": "20",  # as in production (the test environment's default is no pool)
         }
         with running_stack(env) as (base, server):
             health = exercise(base, base.replace("http", "ws", 1))
             assert health["mode"] == "distributed"
             assert health["components"]["workers"]["info"]["count"] >= 1
+            several_web_processes_answer_on_one_port(base, serve_pid=server.pid, expected=2)
+            # Killing uvicorn's parent takes its workers with it: otherwise they would keep the port.
             web_is_restarted_and_operators_alerted(base, serve_pid=server.pid)
+            several_web_processes_answer_on_one_port(base, serve_pid=server.pid, expected=2)

@@ -27,7 +27,10 @@ URGENT = {
     "rms.tasks.sweep",
     "rms.tasks.evaluate_symbols",
     "rms.tasks.evaluate_users",
-    "strategies.tasks.fire",
+    "rms.tasks.funds_snapshot_refresh",
+    "strategies.tasks.dispatch_fires",
+    "strategies.tasks.fire_chunk",
+    "strategies.tasks.recover_fires",
     "strategies.tasks.evaluate_rules",
     "algoterm.tasks.heartbeat",
 }

@@ -18,10 +18,16 @@ from brokers.protocol import BrokerError, OrderType, Side
 from marketdata.instruments import instrument_get
 from orders.locks import order_lock
 from orders.models import LIVE_STATUSES, WORKING_STATUSES, LegRole, Order, OrderEvent, OrderSource, OrderStatus
-from orders.services.exposure import _exit_cover, _exit_groups, _exit_room, _held
+from orders.services.exposure import (
+    _exit_cover,
+    _exit_groups_by_side,
+    _exit_room,
+    _held_from,
+    _position_quantity,
+)
 from orders.services.modify_cancel import order_cancel, order_modify
 from orders.services.placement import order_submit
-from orders.services.transitions import EXIT_ROLES, PAISE, _transition
+from orders.services.transitions import EXIT_ROLES, PAISE, _events_save, _transition
 from orders.services.updates import _needs_exits, fill_follow_up_connect
 
 logger = logging.getLogger(__name__)
@@ -50,9 +56,13 @@ def exits_fit_position(*, account_id: str, symbol: str, product: str) -> int:
     square-off, the RMS or a strategy's exit): a stop left working on a flat position would open a naked one.
     The oldest entries keep their cover; returns how many legs were changed."""
     changed = 0
+    groups_by_side = _exit_groups_by_side(account_id=account_id, symbol=symbol, product=product)
+    if not any(groups_by_side.values()):
+        return 0
+    quantity = _position_quantity(account_id=account_id, symbol=symbol, product=product)
     for side in (Side.SELL, Side.BUY):
-        room = _held(account_id=account_id, symbol=symbol, product=product, closing_side=side)
-        for group in _exit_groups(account_id=account_id, symbol=symbol, product=product, side=side):
+        room = _held_from(quantity, closing_side=side)
+        for group in groups_by_side[side]:
             keep = min(_exit_cover(group), room)
             room -= keep
             for leg in group:
@@ -112,6 +122,7 @@ def order_exits_place(*, order_id: str) -> list[Order]:
         if entry.stop_loss is not None:
             legs.append((LegRole.STOP_LOSS, OrderType.SL_M, None, entry.stop_loss))
         created = []
+        events: list[OrderEvent] = []
         for role, order_type, price, trigger in legs:
             exit_order = Order(
                 user=entry.user,
@@ -129,16 +140,19 @@ def order_exits_place(*, order_id: str) -> list[Order]:
                 strategy_ref=entry.strategy_ref,
                 status=OrderStatus.PENDING,
             )
-            exit_order.save(force_insert=True)
-            OrderEvent.objects.create(
-                order=exit_order,
-                to_status=OrderStatus.PENDING,
-                source=OrderSource.SYSTEM,
-                message=f"{role.label} of {entry.pk}",
+            events.append(
+                OrderEvent(
+                    order=exit_order,
+                    to_status=OrderStatus.PENDING,
+                    source=OrderSource.SYSTEM,
+                    message=f"{role.label} of {entry.pk}",
+                )
             )
-            _transition(exit_order, OrderStatus.SUBMITTING, source=OrderSource.SYSTEM)
-            exit_order.save()
+            _transition(exit_order, OrderStatus.SUBMITTING, source=OrderSource.SYSTEM, events=events)
             created.append(exit_order)
+        # Both legs and their events in two INSERTs, committed as SUBMITTING before either is sent.
+        Order.objects.bulk_create(created)
+        _events_save(events)
     placed = []
     for exit_order in created:
         try:

@@ -46,6 +46,30 @@ def _exit_groups(*, account_id: str, symbol: str, product: str, side: str) -> li
     return list(groups.values())
 
 
+def _exit_groups_by_side(*, account_id: str, symbol: str, product: str) -> dict[str, list[list[Order]]]:
+    """`_exit_groups` of both sides in one query."""
+    by_side: dict[str, dict[str, list[Order]]] = {Side.SELL: {}, Side.BUY: {}}
+    legs = Order.objects.filter(
+        account_id=account_id, symbol=symbol, product=product, role__in=EXIT_ROLES, status__in=LIVE_STATUSES
+    ).order_by("created_at", "id")
+    for leg in legs:
+        by_side[leg.side].setdefault(leg.parent_id or leg.pk, []).append(leg)
+    return {side: list(groups.values()) for side, groups in by_side.items()}
+
+
+def _held_from(quantity: int, *, closing_side: str) -> int:
+    return max(quantity, 0) if closing_side == Side.SELL else max(-quantity, 0)
+
+
+def _position_quantity(*, account_id: str, symbol: str, product: str) -> int:
+    return (
+        Position.objects.filter(account_id=account_id, symbol=symbol, product=product)
+        .values_list("quantity", flat=True)
+        .first()
+        or 0
+    )
+
+
 def _held(*, account_id: str, symbol: str, product: str, closing_side: str) -> int:
     """How much of the position an order on `closing_side` can close: the long for a sell, the short for a buy."""
     quantity = (

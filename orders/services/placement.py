@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -16,6 +18,7 @@ from brokers.models import Broker
 from brokers.protection import CircuitOpen
 from brokers.protocol import (
     BrokerError,
+    BrokerOrder,
     BrokerRateLimited,
     InvalidInput,
     OrderRejected,
@@ -31,9 +34,17 @@ from orders.locks import order_lock
 from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus
 from orders.services.exposure import _reduces_position
 from orders.services.idempotency import _idempotency_record_id
-from orders.services.transitions import PROTECTIVE_ROLES, _notify_rejection, _push_order, _transition
-from orders.services.updates import order_refresh
+from orders.services.transitions import (
+    PROTECTIVE_ROLES,
+    _events_save,
+    _notify_rejection,
+    _push_order,
+    _transition,
+)
+from orders.services.updates import STATUS_FROM_BROKER, _order_apply_update_locked
 from orders.services.validation import OrderSpec, ValidatedOrder, order_validate
+
+logger = logging.getLogger(__name__)
 
 
 def risk_gate(*, user: User, intent: OrderIntent, role: str) -> None:
@@ -123,10 +134,11 @@ def _order_create(
         idempotency_record_id=_idempotency_record_id.get(),
         status=OrderStatus.PENDING,
     )
+    # Created and moved to SUBMITTING before its first save: one INSERT of the order, one of its two events.
+    events = [OrderEvent(order=order, to_status=OrderStatus.PENDING, source=source)]
+    _transition(order, OrderStatus.SUBMITTING, source=source, events=events)
     order.save(force_insert=True)
-    OrderEvent.objects.create(order=order, to_status=OrderStatus.PENDING, source=source)
-    _transition(order, OrderStatus.SUBMITTING, source=source)
-    order.save()
+    _events_save(events)
     audit_record(
         action="order.place",
         actor=user if source == OrderSource.API else None,
@@ -175,10 +187,33 @@ def order_submit(*, order: Order) -> Order:
     except BrokerError as error:
         return _order_mark_unknown(order_id=order.pk, error=error)
     failpoint("orders.submit.sent")
+    # A broker that knows, without another call, how the order stood when it took it (the paper exchange) lets us
+    # record the acceptance and what it says (a fill) in one transaction; others are asked after the acceptance
+    # is recorded, so a lost answer to that question never loses the broker's order id.
+    as_placed = getattr(adapter, "order_as_placed", None)
+    update = as_placed(broker_order_id) if as_placed is not None else None
+    if update is not None:
+        order = _order_mark_accepted(order_id=order.pk, broker_order_id=broker_order_id, update=update)
+        failpoint("orders.submit.accepted")
+        if order.target is not None or order.stop_loss is not None:
+            order.refresh_from_db()  # its exits went out after the commit, and marked it
+        return order
     order = _order_mark_accepted(order_id=order.pk, broker_order_id=broker_order_id)
     failpoint("orders.submit.accepted")
-    order_refresh(order=order, adapter=adapter)
-    order.refresh_from_db()
+    try:
+        update = adapter.order(broker_order_id)
+    except BrokerError as error:
+        logger.info("could not refresh %s from the broker: %s", order.pk, error.detail)
+        _push_order(order)
+        return order
+    if update.filled_quantity == 0 and STATUS_FROM_BROKER[update.status] == order.status == OrderStatus.OPEN:
+        # Resting as we recorded it: nothing to apply, the user is told it is working.
+        _push_order(order)
+        return order
+    order = _order_settle_placed(order_id=order.pk, update=update)
+    if order.target is not None or order.stop_loss is not None:
+        # Its exits went out after the commit, and marked it.
+        order.refresh_from_db()
     return order
 
 
@@ -211,12 +246,36 @@ def _order_mark_unknown(*, order_id: str, error: BrokerError) -> Order:
 
 
 @transaction.atomic
-def _order_mark_accepted(*, order_id: str, broker_order_id: str) -> Order:
-    order = order_lock(order_id=order_id, related=("account",))
+def _order_mark_accepted(*, order_id: str, broker_order_id: str, update: BrokerOrder | None = None) -> Order:
+    """The broker took it: its id is recorded at once (with the OPEN event), before anything else is asked. With
+    `update` (what the broker said of it when it took it), that is applied in the same transaction, with one save
+    and one push."""
+    order = order_lock(order_id=order_id, related=("account", "user") if update is not None else ("account",))
     if not order.broker_order_id:
         order.broker_order_id = broker_order_id
     order.submitted_at = timezone.now()
-    _transition(order, OrderStatus.OPEN, source=OrderSource.BROKER, message="")
-    order.save()
-    _push_order(order)
+    events: list[OrderEvent] = []
+    _transition(order, OrderStatus.OPEN, source=OrderSource.BROKER, message="", events=events)
+    if update is not None:
+        return _order_apply_update_locked(
+            order,
+            update=update,
+            source=OrderSource.BROKER,
+            settle_pending=True,
+            fresh=True,
+            changed=True,
+            events=events,
+        )
+    order.save(update_fields=["broker_order_id", "submitted_at", "status", "status_message", "updated_at"])
+    _events_save(events)
     return order
+
+
+@transaction.atomic
+def _order_settle_placed(*, order_id: str, update: BrokerOrder) -> Order:
+    """What the broker says of the order just placed (a paper MARKET order: filled), applied as any broker news is,
+    then pushed once."""
+    order = order_lock(order_id=order_id, related=("account", "user"))
+    return _order_apply_update_locked(
+        order, update=update, source=OrderSource.BROKER, settle_pending=True, fresh=True, changed=True
+    )

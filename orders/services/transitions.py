@@ -25,14 +25,17 @@ EXIT_ROLES = (LegRole.TARGET, LegRole.STOP_LOSS)
 PROTECTIVE_ROLES = (LegRole.TARGET, LegRole.STOP_LOSS, LegRole.SQUARE_OFF)
 
 
-def _transition(order: Order, new_status: str, *, source: str, message: str = "") -> bool:
-    """Move `order` (locked by the caller) to `new_status` with an event; False when the move is not legal."""
+def _transition(
+    order: Order, new_status: str, *, source: str, message: str = "", events: list[OrderEvent] | None = None
+) -> bool:
+    """Move `order` (locked by the caller) to `new_status` with an event; False when the move is not legal. With
+    `events`, the event is appended there for the caller to insert with the others (`_events_save`)."""
     if order.status == new_status:
         return False
     if order.pk and not can_transition(order.status, new_status):
         logger.info("ignored transition %s -> %s of %s (%s)", order.status, new_status, order.pk, source)
         return False
-    OrderEvent.objects.create(
+    event = OrderEvent(
         order=order,
         from_status=order.status if order.pk else "",
         to_status=new_status,
@@ -40,11 +43,22 @@ def _transition(order: Order, new_status: str, *, source: str, message: str = ""
         message=message[:300],
         filled_quantity=order.filled_quantity,
     )
+    if events is None:
+        event.save(force_insert=True)
+    else:
+        events.append(event)
     order.status = new_status
     if message:
         order.status_message = message[:300]
     order.updated_at = timezone.now()
     return True
+
+
+def _events_save(events: list[OrderEvent]) -> None:
+    """Insert the events gathered by `_transition(..., events=...)`, in their order, in one statement."""
+    if events:
+        OrderEvent.objects.bulk_create(events)
+        events.clear()
 
 
 def _push_order(order: Order) -> None:

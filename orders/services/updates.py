@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.services import notification_create
@@ -16,7 +16,7 @@ from brokers.prices import quote_for
 from brokers.protocol import BrokerError, BrokerOrder, BrokerOrderStatus, OrderType, Side
 from orders.locks import order_lock, position_lock
 from orders.models import WORKING_STATUSES, LegRole, Order, OrderEvent, OrderSource, OrderStatus, Position, Trade
-from orders.services.transitions import IST, PAISE, _notify_rejection, _push_order, _transition
+from orders.services.transitions import IST, PAISE, _events_save, _notify_rejection, _push_order, _transition
 from orders.signals import fill_applied, position_changed, trade_recorded
 
 logger = logging.getLogger(__name__)
@@ -119,22 +119,40 @@ def order_apply_update(
     """
     with transaction.atomic():
         order = order_lock(order_id=order_id, related=("account", "user"))
-        if order.broker_order_id and update.broker_order_id and order.broker_order_id != update.broker_order_id:
-            logger.warning(
-                "update for %s names broker order %s, ours is %s",
-                order.pk,
-                update.broker_order_id,
-                order.broker_order_id,
-            )
-            return order
-        revived = bool(update.broker_order_id) and _rejected_by_inference(order)
-        if not order.broker_order_id and update.broker_order_id:
-            order.broker_order_id = update.broker_order_id
-        changed = False
-        trade = None
-        if revived:
-            # We settled it as never placed, yet the broker holds it after all: the broker is the truth.
-            OrderEvent.objects.create(
+        return _order_apply_update_locked(
+            order, update=update, source=source, settle_pending=settle_pending, fresh=fresh, changed=False
+        )
+
+
+def _order_apply_update_locked(
+    order: Order,
+    *,
+    update: BrokerOrder,
+    source: str,
+    settle_pending: bool,
+    fresh: bool,
+    changed: bool,
+    events: list[OrderEvent] | None = None,
+) -> Order:
+    """`order_apply_update` on an order the caller has locked in its transaction. `changed`: the caller has moved
+    the order already (it is saved and pushed here either way then); its `events` are inserted with ours."""
+    events = [] if events is None else events
+    if order.broker_order_id and update.broker_order_id and order.broker_order_id != update.broker_order_id:
+        logger.warning(
+            "update for %s names broker order %s, ours is %s",
+            order.pk,
+            update.broker_order_id,
+            order.broker_order_id,
+        )
+        return _order_changes_save(order, events=events, trade=None) if changed else order
+    revived = bool(update.broker_order_id) and _rejected_by_inference(order)
+    if not order.broker_order_id and update.broker_order_id:
+        order.broker_order_id = update.broker_order_id
+    trade = None
+    if revived:
+        # We settled it as never placed, yet the broker holds it after all: the broker is the truth.
+        events.append(
+            OrderEvent(
                 order=order,
                 from_status=order.status,
                 to_status=OrderStatus.OPEN,
@@ -142,53 +160,61 @@ def order_apply_update(
                 message="The broker has this order after all.",
                 filled_quantity=order.filled_quantity,
             )
-            order.status = OrderStatus.OPEN
+        )
+        order.status = OrderStatus.OPEN
+        changed = True
+    takes_terms = fresh or update.filled_quantity > order.quantity
+    if not order.is_final and takes_terms and update.quantity and update.quantity != order.quantity:
+        if update.quantity >= max(order.filled_quantity, update.filled_quantity):
+            order.quantity = update.quantity
             changed = True
-        takes_terms = fresh or update.filled_quantity > order.quantity
-        if not order.is_final and takes_terms and update.quantity and update.quantity != order.quantity:
-            if update.quantity >= max(order.filled_quantity, update.filled_quantity):
-                order.quantity = update.quantity
+    if not order.is_final and fresh:
+        for name in ("price", "trigger_price"):
+            value = getattr(update, name)
+            if (
+                value is not None
+                and value > 0
+                and getattr(order, name) != value
+                and order.order_type != OrderType.MARKET
+            ):
+                setattr(order, name, value)
                 changed = True
-        if not order.is_final and fresh:
-            for name in ("price", "trigger_price"):
-                value = getattr(update, name)
-                if (
-                    value is not None
-                    and value > 0
-                    and getattr(order, name) != value
-                    and order.order_type != OrderType.MARKET
-                ):
-                    setattr(order, name, value)
-                    changed = True
-        if update.filled_quantity > order.filled_quantity:
-            trade = _record_fill(order, update, min(update.filled_quantity, order.quantity))
-            changed = True
-        new_status = STATUS_FROM_BROKER[update.status]
-        if order.filled_quantity >= order.quantity and order.quantity > 0:
-            new_status = OrderStatus.FILLED
-        waiting = order.status in (OrderStatus.PENDING_MODIFY, OrderStatus.PENDING_CANCEL)
-        if waiting and new_status in WORKING_STATUSES and not settle_pending:
-            new_status = order.status
-        if new_status == OrderStatus.OPEN and order.filled_quantity > 0:
-            new_status = OrderStatus.PARTIALLY_FILLED
-        if _transition(order, new_status, source=source, message=update.status_message):
-            changed = True
-        if not changed:
-            return order
-        order.updated_at = timezone.now()
-        order.save()
-        _push_order(order)
-        if order.status == OrderStatus.REJECTED:
-            _notify_rejection(order)
-        if order.status == OrderStatus.FILLED:
-            notification_create(
-                user=order.user,
-                kind="order_filled",
-                title=f"Filled: {order.side} {order.filled_quantity} {order.symbol} @ {order.average_price}",
-                data={"order_id": order.pk},
-            )
-        if trade is not None or _needs_exits(order):
-            transaction.on_commit(lambda: _fill_follow_up(order_id=order.pk))
+    if update.filled_quantity > order.filled_quantity:
+        trade = _record_fill(order, update, min(update.filled_quantity, order.quantity))
+        changed = True
+    new_status = STATUS_FROM_BROKER[update.status]
+    if order.filled_quantity >= order.quantity and order.quantity > 0:
+        new_status = OrderStatus.FILLED
+    waiting = order.status in (OrderStatus.PENDING_MODIFY, OrderStatus.PENDING_CANCEL)
+    if waiting and new_status in WORKING_STATUSES and not settle_pending:
+        new_status = order.status
+    if new_status == OrderStatus.OPEN and order.filled_quantity > 0:
+        new_status = OrderStatus.PARTIALLY_FILLED
+    if _transition(order, new_status, source=source, message=update.status_message, events=events):
+        changed = True
+    if not changed:
+        return order
+    return _order_changes_save(order, events=events, trade=trade)
+
+
+def _order_changes_save(order: Order, *, events: list[OrderEvent], trade: Trade | None) -> Order:
+    """Save a changed order with its events, push it once, and leave what it makes due for after the commit."""
+    order.updated_at = timezone.now()
+    order.save()
+    _events_save(events)
+    _push_order(order)
+    if order.status == OrderStatus.REJECTED:
+        _notify_rejection(order)
+    if order.status == OrderStatus.FILLED:
+        # Its row commits with the fill (no transaction of its own); the push waits for the commit.
+        notification_create(
+            user=order.user,
+            kind="order_filled",
+            title=f"Filled: {order.side} {order.filled_quantity} {order.symbol} @ {order.average_price}",
+            data={"order_id": order.pk},
+        )
+    if _needs_exits(order) or (trade is not None and not _only_grew(order, trade)):
+        transaction.on_commit(lambda: _fill_follow_up(order_id=order.pk))
     return order
 
 
@@ -199,6 +225,17 @@ def _rejected_by_inference(order: Order) -> bool:
         and not order.broker_order_id
         and order.events.filter(source=OrderSource.RECONCILE, to_status=OrderStatus.REJECTED).exists()
     )
+
+
+def _only_grew(order: Order, trade: Trade) -> bool:
+    """The fill of an entry that only added to its position (flat or on its side before): no exit can now close more
+    than is held and no sibling waits on it, so it makes nothing due beyond its own exits."""
+    position = getattr(trade, "position_after", None)
+    if order.role != LegRole.ENTRY or position is None:
+        return False
+    signed = trade.quantity if trade.side == Side.BUY else -trade.quantity
+    before = position.quantity - signed
+    return before == 0 or (before > 0) == (signed > 0)
 
 
 def _record_fill(order: Order, update: BrokerOrder, filled: int) -> Trade:
@@ -220,16 +257,19 @@ def _record_fill(order: Order, update: BrokerOrder, filled: int) -> Trade:
     order.filled_quantity = filled
     order.average_price = update.average_price or price.quantize(PAISE)
     position = position_apply_fill(trade=trade)
+    trade.position_after = position
     trade_recorded.send(sender=Trade, trade=trade)
-    _fill_announce(user_id=order.user_id, order_id=order.pk)
+    _fill_announce(user_id=order.user_id, order_id=order.pk, account_id=order.account_id)
     position_changed.send(sender=Position, position=position)
     return trade
 
 
-def _fill_announce(*, user_id: str, order_id: str) -> None:
-    """A fill changes the user's MTM (realized PnL, a new position): said once it is committed (the risk engine
-    looks again). A listener's error is logged by `send_robust` and never fails the fill."""
-    transaction.on_commit(lambda: fill_applied.send_robust(sender=Trade, user_id=user_id, order_id=order_id))
+def _fill_announce(*, user_id: str, order_id: str, account_id: str) -> None:
+    """A fill changes the user's MTM (realized PnL, a new position) and the account's funds: said once it is
+    committed (the risk engine looks again). A listener's error is logged by `send_robust` and never fails the fill."""
+    transaction.on_commit(
+        lambda: fill_applied.send_robust(sender=Trade, user_id=user_id, order_id=order_id, account_id=account_id)
+    )
 
 
 def _needs_exits(order: Order) -> bool:
@@ -245,13 +285,21 @@ def _needs_exits(order: Order) -> bool:
 def position_apply_fill(*, trade: Trade) -> Position:
     """Apply one fill to the account's position in the instrument, under the position's row lock."""
     today = timezone.localtime(trade.traded_at, IST).date()
-    Position.objects.get_or_create(
-        account_id=trade.account_id,
-        symbol=trade.symbol,
-        product=trade.product,
-        defaults={"user_id": trade.user_id, "trading_day": today},
-    )
-    position = position_lock(account_id=trade.account_id, symbol=trade.symbol, product=trade.product)
+    try:
+        position = position_lock(account_id=trade.account_id, symbol=trade.symbol, product=trade.product)
+    except Position.DoesNotExist:
+        try:
+            with transaction.atomic():
+                # The row we insert is ours, locked, until the commit.
+                position = Position.objects.create(
+                    account_id=trade.account_id,
+                    symbol=trade.symbol,
+                    product=trade.product,
+                    user_id=trade.user_id,
+                    trading_day=today,
+                )
+        except IntegrityError:  # a concurrent first fill made it: wait for its lock
+            position = position_lock(account_id=trade.account_id, symbol=trade.symbol, product=trade.product)
     if today > position.trading_day:
         position.trading_day = today
         position.day_buy_quantity = position.day_sell_quantity = 0

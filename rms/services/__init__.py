@@ -1,8 +1,8 @@
 """Risk management: pre-trade checks, the MTM monitor, breaches and square-off, kill switches.
 
-The sweep evaluates every user with positions today in one set-based pass (two queries, one quote fetch, numpy
-sums); a breach is handled once per user and day under the state row's lock, and a square-off a dead worker left
-half-done is resumed by the next sweep.
+The sweep evaluates every user with positions today in one set-based pass (one quote fetch, MTM summed per account
+in SQL, the users' limits and states in a few queries); a breach is handled once per user and day under the state
+row's lock, and a square-off a dead worker left half-done is resumed by the next sweep.
 
 This package is the RMS's service API; by sub-domain: `limits` (profiles, ceilings, the limits in force),
 `checks` (the pre-trade check), `monitor` (MTM and the sweep), `breaches` (breach handling, square-off),
@@ -10,7 +10,7 @@ This package is the RMS's service API; by sub-domain: `limits` (profiles, ceilin
 """
 
 from rms.services.breaches import SQUARE_OFF_CLAIM_SECONDS, auto_square_off, breach_handle, breach_square_off
-from rms.services.checks import check_order
+from rms.services.checks import check_order, funds_snapshot_refresh
 from rms.services.common import IST, PAISE, SEVERITY, STATE_AFTER, Reason, state_today, trading_day
 from rms.services.controls import user_halt, user_resume, user_square_off
 from rms.services.limits import (
@@ -70,6 +70,7 @@ __all__ = [
     "ceiling_validate",
     "ceilings_for",
     "check_order",
+    "funds_snapshot_refresh",
     "limits_by_user",
     "limits_for",
     "mtm_book",

@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 
 from accounts.models import User
@@ -15,6 +16,7 @@ from accounts.selectors import user_by_id
 from algoterm.api.errors import AppError, RiskRejected
 from algoterm.system import platform_state
 from brokers.gateway import adapter_for
+from brokers.models import BrokerAccount
 from brokers.protocol import MARGIN_RATE, BrokerError, Product
 from orders.hooks import OrderIntent
 from orders.selectors import open_position_symbols, orders_placed_on
@@ -30,10 +32,10 @@ def _refuse(reason: str, detail: str) -> None:
     raise RiskRejected(detail, reason=reason)
 
 
-def _check_may_trade(user: User) -> None:
+def _check_may_trade(user: User, *, source: str) -> None:
     """The owner as stored now, not as a caller loaded them: a strategy or webhook may act for a user deactivated
-    or demoted a moment ago."""
-    current = user_by_id(user_id=user.pk)
+    or demoted a moment ago. A user's own request was authenticated from the stored row moments ago."""
+    current = user if source == "api" else user_by_id(user_id=user.pk)
     if current is None or not current.is_active:
         _refuse(Reason.USER_DEACTIVATED, "The account is deactivated; new orders are refused. Exits still go out.")
     if not current.can_trade:
@@ -76,7 +78,7 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
     if intent.reduces_position:
         _check_not_halted(limits=limits, state=state)
         return
-    _check_may_trade(user)
+    _check_may_trade(user, source=intent.source)
     _check_not_halted(limits=limits, state=state)
     if status == TradingState.REDUCING:
         _refuse(Reason.REDUCE_ONLY, f"Only exits are allowed for the rest of the day ({state.reason}).")
@@ -117,15 +119,41 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
     _check_funds(intent, value if intent.margin_value is None else intent.margin_value)
 
 
+def _funds_key(account_id: str) -> str:
+    return f"rms:funds:{account_id}"
+
+
+def funds_snapshot_refresh(*, account: BrokerAccount) -> Decimal | None:
+    """Ask the broker for the account's available cash once and keep it as the account's funds snapshot; None when
+    the broker cannot say (the snapshot is left as it was)."""
+    try:
+        funds = adapter_for(account).funds()
+    except (BrokerError, AppError) as error:
+        logger.info("funds of %s unavailable for the pre-trade check: %s", account.pk, error.detail)
+        return None
+    cache.set(
+        _funds_key(account.pk),
+        {"available_cash": str(funds.available_cash), "taken_at": timezone.now().timestamp()},
+        timeout=max(1, int(settings.RMS_FUNDS_MAX_AGE_SECONDS * 2)),
+    )
+    return funds.available_cash
+
+
+def funds_snapshot_available(*, account: BrokerAccount) -> Decimal | None:
+    """The account's available cash as last read from its broker: refreshed after its fills and whenever it is older
+    than RMS_FUNDS_MAX_AGE_SECONDS (then read once, here). None when the broker cannot say."""
+    snapshot = cache.get(_funds_key(account.pk))
+    if snapshot is not None and timezone.now().timestamp() - snapshot["taken_at"] <= settings.RMS_FUNDS_MAX_AGE_SECONDS:
+        return Decimal(snapshot["available_cash"])
+    return funds_snapshot_refresh(account=account)
+
+
 def _check_funds(intent: OrderIntent, value: Decimal) -> None:
     if not settings.RMS_FUNDS_CHECK:
         return
     required = (value * MARGIN_RATE[Product(intent.product)]).quantize(PAISE)
-    try:
-        funds = adapter_for(intent.account).funds()
-    except (BrokerError, AppError) as error:
-        # The broker checks margin itself; a funds read that fails must not block trading.
-        logger.info("funds of %s unavailable for the pre-trade check: %s", intent.account.pk, error.detail)
-        return
-    if required > funds.available_cash:
-        _refuse(Reason.INSUFFICIENT_FUNDS, f"Needs about {required} of margin; {funds.available_cash} is available.")
+    # The broker checks margin itself: an answer a few seconds old (or none, when the funds read fails) only decides
+    # whether we refuse first, and must not block trading.
+    available = funds_snapshot_available(account=intent.account)
+    if available is not None and required > available:
+        _refuse(Reason.INSUFFICIENT_FUNDS, f"Needs about {required} of margin; {available} is available.")

@@ -3,12 +3,15 @@ effective limits in force (pending loosenings applied once their day has come), 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.models import User
@@ -355,28 +358,52 @@ def limits_for(*, user: User, account: BrokerAccount | None = None, now: datetim
     return Limits({name: values[name] for name in PROFILE_FIELDS})
 
 
-def limits_by_user(*, user_ids: list[str], day: date) -> dict[str, dict[str, Any]]:
-    """`limits_for` (profile level) of many users at once, for the sweep: a few queries, whatever their number."""
-    profiles = {
-        profile.user_id: profile for profile in RiskProfile.objects.filter(account__isnull=True, user_id__in=user_ids)
-    }
-    personal = {row.user_id: _ceiling_values(row) for row in UserRiskCeiling.objects.filter(user_id__in=user_ids)}
+def limits_by_user(
+    *, user_ids: list[str], day: date, among: list[str] | QuerySet | None = None
+) -> dict[str, dict[str, Any]]:
+    """`limits_for` (profile level) of many users at once, for the sweep: a few queries, whatever their number.
+    `among` selects the same users in SQL (a subquery of their ids) where a list of thousands of ids would cost
+    more than the rows."""
+    scope = user_ids if among is None else among
+    # The list settings come as their JSON text: decoded once per distinct value, not once per user.
+    columns = [Cast(name, TextField()) if name in LIST_FIELDS else name for name in PROFILE_FIELDS]
+    profiles: dict[str, tuple] = {}
+    rows = RiskProfile.objects.filter(account__isnull=True, user_id__in=scope).values_list(
+        "pk", "user_id", "pending_from", *columns
+    )
+    for pk, user_id, pending_from, *values in rows:
+        if pending_from is not None and pending_from <= day:
+            profile = _in_force(RiskProfile.objects.get(pk=pk), day=day)
+            values = [_as_text(name, getattr(profile, name)) for name in PROFILE_FIELDS]
+        profiles[user_id] = tuple(values)
+    personal = {row.user_id: _ceiling_values(row) for row in UserRiskCeiling.objects.filter(user_id__in=scope)}
     platform = _ceiling_values(PlatformRiskCeiling.objects.first())
     defaults = default_limits()
+    default_values = tuple(
+        _as_text(name, defaults.get(name, [] if name in LIST_FIELDS else False if name == "kill_switch" else None))
+        for name in PROFILE_FIELDS
+    )
     empty = _ceiling_values(None)
+    # Most users share their settings (the defaults, a few common profiles): each combination is bounded once.
+    bounded: dict[tuple, dict[str, Any]] = {}
     result = {}
     for user_id in user_ids:
-        profile = _in_force(profiles.get(user_id), day=day)
-        own = (
-            {name: getattr(profile, name) for name in PROFILE_FIELDS}
-            if profile is not None
-            else {
-                name: defaults.get(name, [] if name in LIST_FIELDS else False if name == "kill_switch" else None)
-                for name in PROFILE_FIELDS
+        values = profiles.get(user_id, default_values)
+        ceiling = personal.get(user_id)
+        key = (values, user_id if ceiling is not None else None)
+        limits = bounded.get(key)
+        if limits is None:
+            own = {
+                name: (json.loads(value) if value is not None else []) if name in LIST_FIELDS else value
+                for name, value in zip(PROFILE_FIELDS, values, strict=True)
             }
-        )
-        result[user_id] = {"user_id": user_id, **_bound(own, platform, personal.get(user_id, empty))}
+            limits = bounded[key] = _bound(own, platform, ceiling or empty)
+        result[user_id] = {"user_id": user_id, **limits}
     return result
+
+
+def _as_text(name: str, value: Any) -> Any:
+    return json.dumps(value) if name in LIST_FIELDS and value is not None else value
 
 
 def _looser(unit: tuple[str, ...], before: dict[str, Any], after: dict[str, Any]) -> bool:

@@ -1,5 +1,6 @@
-"""The MTM monitor: the sweep evaluates every user with positions today in one set-based pass (two queries, one
-quote fetch, numpy sums) and hands what breached to the breach handling; the profit lock rises as MTM does."""
+"""The MTM monitor: the sweep evaluates every user with positions today in one set-based pass (the day's symbols,
+one quote fetch, MTM summed per account in SQL, then the users' limits and states) and hands what breached to the
+breach handling; the profit lock rises as MTM does."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 from accounts.models import User
 from algoterm import realtime
 from marketdata.quotes import quotes_get
-from orders.selectors import positions_for_mtm, users_with_open_positions_in
+from orders.selectors import mtm_by_account, mtm_symbols, mtm_user_ids, users_with_open_positions_in
 from rms.models import RmsEvent, RmsState, TradingState, default_limits
 from rms.services.breaches import auto_square_off, breach_handle, breach_square_off
 from rms.services.common import IST, PAISE, SEVERITY, Reason, state_today, trading_day
@@ -29,47 +30,47 @@ class MtmBook:
     """MTM per user (and per account) for the users evaluated, with what it was computed from."""
 
     user_ids: list[str]
-    mtm: np.ndarray  # per user, rupees (float64: a monitor's view; money actions use Decimal)
+    mtm: np.ndarray  # per user, rupees rounded to paise (float64: a monitor's view)
     account_mtm: dict[str, float] = field(default_factory=dict)
     open_positions: np.ndarray | None = None
     mis_open: np.ndarray | None = None
+    mtm_exact: list[Decimal] = field(default_factory=list)  # per user, to the paise: what the sweep acts on
 
 
 def mtm_book(*, user_ids: list[str] | None = None, day: date | None = None) -> MtmBook:
-    """One set-based computation: every position of the day (open, or closed today) of the users, the latest
-    quote of each symbol in one fetch, and per-user sums with numpy.
+    """One set-based computation: the symbols of every position of the day (open, or closed today) of the users,
+    the latest quote of each in one fetch, and the sums per user and account in one aggregate query, exact.
 
     Only quotes a feed published count: a symbol without one adds its realized PnL alone, never a price the paper
     exchange would make up (a square-off on an invented price is worse than one sweep's blind spot)."""
-    rows = positions_for_mtm(user_ids=user_ids, day=day or trading_day())
-    if not rows:
+    day = day or trading_day()
+    symbols = mtm_symbols(user_ids=user_ids, day=day)
+    if not symbols:
         return MtmBook(user_ids=[], mtm=np.zeros(0), open_positions=np.zeros(0), mis_open=np.zeros(0))
-    users, accounts, symbols, products, quantity, average, realized = zip(*rows, strict=True)
-    quotes = quotes_get(sorted(set(symbols)))
-    ltp = np.array([float(quotes[s].last_price) if s in quotes else np.nan for s in symbols])
-    quantity_a = np.array(quantity, dtype=np.float64)
-    average_a = np.array([float(a) for a in average])
-    unrealized = np.where(np.isnan(ltp), 0.0, (ltp - average_a) * quantity_a)
-    position_mtm = unrealized + np.array([float(r) for r in realized])
-    user_ids_sorted, user_index = np.unique(np.array(users), return_inverse=True)
-    mtm = np.bincount(user_index, weights=position_mtm, minlength=len(user_ids_sorted))
-    open_positions = np.bincount(user_index, weights=(quantity_a != 0), minlength=len(user_ids_sorted))
-    mis = np.array([p == "MIS" for p in products])
-    mis_open = np.bincount(user_index, weights=(quantity_a != 0) & mis, minlength=len(user_ids_sorted))
-    account_ids, account_index = np.unique(np.array(accounts), return_inverse=True)
-    account_sums = np.bincount(account_index, weights=position_mtm, minlength=len(account_ids))
+    prices = {symbol: quote.last_price for symbol, quote in quotes_get(sorted(symbols)).items()}
+    totals: dict[str, list] = {}
+    account_mtm: dict[str, float] = {}
+    for user_id, account_id, mtm, open_count, mis_open in mtm_by_account(user_ids=user_ids, day=day, prices=prices):
+        account_mtm[account_id] = float(mtm.quantize(PAISE))
+        total = totals.setdefault(user_id, [Decimal("0"), 0, 0])
+        total[0] += mtm
+        total[1] += open_count
+        total[2] += mis_open
+    ordered = sorted(totals)
+    exact = [totals[user_id][0].quantize(PAISE) for user_id in ordered]
     return MtmBook(
-        user_ids=[str(u) for u in user_ids_sorted],
-        mtm=np.round(mtm, 2),
-        account_mtm={str(a): round(float(v), 2) for a, v in zip(account_ids, account_sums, strict=True)},
-        open_positions=open_positions,
-        mis_open=mis_open,
+        user_ids=ordered,
+        mtm=np.array([float(value) for value in exact], dtype=np.float64),
+        account_mtm=account_mtm,
+        open_positions=np.array([totals[user_id][1] for user_id in ordered], dtype=np.float64),
+        mis_open=np.array([totals[user_id][2] for user_id in ordered], dtype=np.float64),
+        mtm_exact=exact,
     )
 
 
 def user_mtm(*, user: User, day: date | None = None) -> Decimal:
     book = mtm_book(user_ids=[user.pk], day=day)
-    return Decimal(str(book.mtm[0])).quantize(PAISE) if book.user_ids else Decimal("0.00")
+    return book.mtm_exact[0] if book.user_ids else Decimal("0.00")
 
 
 def profit_lock_level(*, mtm: Decimal, limits: Limits | dict) -> Decimal | None:
@@ -109,10 +110,12 @@ def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act
     result = SweepResult(evaluated=len(book.user_ids))
     if not book.user_ids:
         return result
-    profiles = limits_by_user(user_ids=book.user_ids, day=day)
+    # Over everyone, the users are named by a subquery: an IN list of thousands of ids costs more than the rows.
+    among = mtm_user_ids(day=day) if user_ids is None else book.user_ids
+    profiles = limits_by_user(user_ids=book.user_ids, day=day, among=among)
     states = {
         row["user_id"]: row
-        for row in RmsState.objects.filter(trading_day=day, user_id__in=book.user_ids).values(
+        for row in RmsState.objects.filter(trading_day=day, user_id__in=among).values(
             "user_id", "status", "locked_profit", "square_off_pending", "auto_square_off_done_at", "mtm_baseline"
         )
     }
@@ -121,7 +124,7 @@ def sweep(*, user_ids: list[str] | None = None, now: datetime | None = None, act
     for index, user_id in enumerate(book.user_ids):
         profile = profiles.get(user_id, {})
         state = states.get(user_id, {})
-        mtm = Decimal(str(book.mtm[index])).quantize(PAISE) - state.get("mtm_baseline", Decimal("0"))
+        mtm = book.mtm_exact[index] - state.get("mtm_baseline", Decimal("0"))
         if state.get("square_off_pending"):
             result.resumed += 1
             if act:

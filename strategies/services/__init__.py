@@ -1,4 +1,4 @@
-"""Every write of the strategies app: defining strategies, starting and stopping them (with their beat entries),
+"""Every write of the strategies app: defining strategies, starting and stopping them, the minute dispatcher and
 firing their legs through the order pipeline exactly once per (strategy, day, leg, action), webhooks, rules, the
 strategy-level MTM watch and backtests. This package's names are the app's service API; each sub-domain lives in
 a module of its own."""
@@ -14,9 +14,10 @@ from .definitions import (
     strategy_update,
     strategy_webhook_secret_rotate,
 )
-from .fires import ResolvedLeg, leg_place, leg_resolve, strategy_fire
+from .fires import LegResolver, ResolvedLeg, fires_execute, leg_place, leg_resolve, strategy_fire
 from .live_rules import rules_evaluate
 from .runs import RunPnl, run_exit, run_orders, run_pnl, strategies_stop_for_user, strategy_start, strategy_stop
+from .scheduling import DispatchResult, fires_dispatch, fires_recover
 from .watch import strategies_monitor
 from .webhooks import WEBHOOK_ACTIONS, WebhookCall, WebhookRefused, signal_receive
 
@@ -24,7 +25,9 @@ __all__ = [
     "WEBHOOK_ACTIONS",
     "AccountInput",
     "BacktestInput",
+    "DispatchResult",
     "LegInput",
+    "LegResolver",
     "ResolvedLeg",
     "RunPnl",
     "StrategyInput",
@@ -34,6 +37,9 @@ __all__ = [
     "backtest_start",
     "backtests_expire",
     "definition_of",
+    "fires_dispatch",
+    "fires_execute",
+    "fires_recover",
     "leg_place",
     "leg_resolve",
     "rules_evaluate",

@@ -33,7 +33,6 @@ from ..definitions import (
 from ..models import Leg, Strategy, StrategyAccount, StrategyStatus
 from ..rules import RuleError, rule_parse
 from .clock import IST
-from .scheduling import _schedules_remove
 
 
 @dataclass
@@ -272,7 +271,6 @@ def strategy_delete(*, user: User, strategy_id: str) -> None:
     if strategy.status == StrategyStatus.RUNNING:
         raise InvalidState("Stop the strategy before deleting it.")
     audit_record(action="strategy.delete", actor=user, target=strategy, details={"name": strategy.name})
-    _schedules_remove(strategy=strategy)
     strategy.delete()
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Notification
@@ -19,7 +21,8 @@ from marketdata.instruments import instrument_get, monthly_expiry
 from marketdata.models import InstrumentType
 from marketdata.quotes import quotes_get
 from marketdata.selectors import instrument_contract_expiries, instrument_contract_list
-from orders.models import OrderSource
+from orders.models import LegRole, OrderSource
+from orders.selectors import strategy_order_list
 from orders.services import OrderSpec, order_place
 
 from .. import legs as leg_choice
@@ -28,8 +31,7 @@ from ..models import FireAction, FireStatus, RunMode, RunStatus, Strategy, Strat
 from .clock import IST, _runnable_today, _today_ist
 from .definitions import definition_of
 from .runs import _paper_account, _run_end, run_exit
-
-STRATEGY_LEVEL = -1  # the `leg` of fires acting on the whole strategy
+from .scheduling import STRATEGY_LEVEL
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,37 @@ def _fire_finish(fire: StrategyFire, *, status: str, order_ids: list[str], detai
     fire.save(update_fields=["status", "order_ids", "detail"])
 
 
+class LegResolver:
+    """Leg resolution shared by the fires of one chunk: the contract a leg means depends on the leg and the day,
+    never on the user, so a burst of straddles on NIFTY reads the instrument master and the quotes once."""
+
+    def __init__(self) -> None:
+        self._resolved: dict[tuple, ResolvedLeg | leg_choice.LegUnresolvable] = {}
+
+    def resolve(self, *, leg: LegDefinition, day: date) -> ResolvedLeg:
+        key = (
+            day,
+            leg.underlying,
+            leg.instrument,
+            leg.option_type,
+            leg.expiry,
+            leg.expiry_date,
+            leg.strike,
+            leg.strike_offset,
+            leg.premium,
+            leg.strike_price,
+        )
+        if key not in self._resolved:
+            try:
+                self._resolved[key] = leg_resolve(leg=leg, day=day)
+            except leg_choice.LegUnresolvable as error:
+                self._resolved[key] = error
+        resolved = self._resolved[key]
+        if isinstance(resolved, leg_choice.LegUnresolvable):
+            raise leg_choice.LegUnresolvable(str(resolved))
+        return resolved
+
+
 def leg_place(
     *,
     strategy: Strategy,
@@ -163,10 +196,12 @@ def leg_place(
     index: int,
     day: date,
     symbol: str | None = None,
+    resolver: LegResolver | None = None,
+    accounts: list[tuple[BrokerAccount, int]] | None = None,
 ) -> list[str]:
     """Place leg `index` in every account of the run; `symbol` re-uses an earlier entry's contract (re-entry)."""
     leg = definition.legs[index]
-    resolved = leg_resolve(leg=leg, day=day)
+    resolved = (resolver or LegResolver()).resolve(leg=leg, day=day)
     if symbol is not None and symbol != resolved.symbol:
         instrument = instrument_get(symbol=symbol)
         quote = quotes_get([symbol]).get(symbol)
@@ -178,7 +213,9 @@ def leg_place(
         )
     target, stop = _exit_prices(leg=leg, side=leg.side, reference=resolved.reference_price, tick=resolved.tick_size)
     placed = []
-    for account, multiplier in _trading_accounts(strategy=strategy, run=run):
+    if accounts is None:
+        accounts = _trading_accounts(strategy=strategy, run=run)
+    for account, multiplier in accounts:
         spec = OrderSpec(
             account_id=account.pk,
             symbol=resolved.symbol,
@@ -197,11 +234,12 @@ def leg_place(
 
 
 def strategy_fire(*, strategy_id: str, run_id: str, action: str, now: datetime | None = None) -> list[StrategyFire]:
-    """What the beat entry asks for: enter every leg, or exit the strategy. Each (day, leg, action) acts once."""
+    """Fire one strategy's entry or exit now, outside the minute dispatcher (which claims in bulk and calls
+    `fires_execute`). Each (day, leg, action) acts once: returns the fires this call acted on."""
     now = now or timezone.now()
     run = StrategyRun.objects.select_related("strategy", "strategy__user").filter(pk=run_id).first()
     if run is None or run.strategy_id != strategy_id or run.status != RunStatus.RUNNING:
-        return []  # a schedule left from a run that ended: nothing to do
+        return []  # a fire left from a run that ended: nothing to do
     strategy = run.strategy
     day = _today_ist(now)
     if not _runnable_today(strategy, day):
@@ -209,26 +247,128 @@ def strategy_fire(*, strategy_id: str, run_id: str, action: str, now: datetime |
     at = strategy.entry_time if action == FireAction.ENTRY else strategy.exit_time
     scheduled_for = datetime.combine(day, at, tzinfo=IST) if at is not None else None
     if action == FireAction.EXIT:
-        fire = _fire_claim(
-            strategy=strategy, run=run, day=day, leg=STRATEGY_LEVEL, action=action, scheduled_for=scheduled_for
+        legs = [STRATEGY_LEVEL]
+    else:
+        legs = list(range(len(definition_of(strategy).legs)))
+    claimed = [
+        fire
+        for leg in legs
+        if (
+            fire := _fire_claim(
+                strategy=strategy, run=run, day=day, leg=leg, action=action, scheduled_for=scheduled_for
+            )
         )
-        if fire is None:
-            return []
-        placed = run_exit(run=run, reason="exit_time")
-        _fire_finish(fire, status=FireStatus.PLACED, order_ids=placed)
-        _completed_check(strategy=strategy, run=run, day=day)
-        return [fire]
-    definition = definition_of(strategy)
-    fires = []
-    for index in range(len(definition.legs)):
-        fire = _fire_claim(strategy=strategy, run=run, day=day, leg=index, action=action, scheduled_for=scheduled_for)
-        if fire is None:
+        is not None
+    ]
+    return _strategy_fires_act(strategy=strategy, run=run, fires=claimed, resolver=LegResolver())
+
+
+def fires_execute(*, minute: datetime, strategy_ids: list[str]) -> int:
+    """Act on the claimed entry and exit fires of `strategy_ids` due at `minute` (a chunk from the minute
+    dispatcher or the recovery pass), each taken right before acting on it, so a chunk delivered twice acts once.
+    Returns how many fires acted."""
+    fires = list(
+        StrategyFire.objects.filter(
+            strategy_id__in=strategy_ids,
+            scheduled_for=minute,
+            action__in=(FireAction.ENTRY, FireAction.EXIT),
+            status=FireStatus.CLAIMED,
+        )
+        .select_related("run", "strategy", "strategy__user")
+        .order_by("strategy_id", "leg")
+    )
+    resolver = LegResolver()
+    acted = 0
+    by_strategy: dict[str, list[StrategyFire]] = {}
+    for fire in fires:
+        by_strategy.setdefault(fire.strategy_id, []).append(fire)
+    for strategy_fires in by_strategy.values():
+        first = strategy_fires[0]
+        acted += len(
+            _strategy_fires_act(strategy=first.strategy, run=first.run, fires=strategy_fires, resolver=resolver)
+        )
+    return acted
+
+
+def _fire_take(fire: StrategyFire) -> bool:
+    """Take the claimed fire for this worker: no other worker holds it, or the one that did is presumed dead (its
+    lease ran out). One conditional UPDATE, so two deliveries never both win."""
+    taken_at = timezone.now()
+    expired = taken_at - timedelta(seconds=settings.STRATEGY_FIRE_LEASE_SECONDS)
+    taken = (
+        StrategyFire.objects.filter(pk=fire.pk, status=FireStatus.CLAIMED)
+        .filter(Q(taken_at__isnull=True) | Q(taken_at__lt=expired))
+        .update(taken_at=taken_at)
+    )
+    return taken == 1
+
+
+def _orphans(*, fire: StrategyFire, since: datetime) -> list[str]:
+    """Orders the strategy placed for `fire` by a worker that died before recording them: its own orders of the
+    fire's role since that worker took it, which no fire of the day names."""
+    role = LegRole.SQUARE_OFF if fire.action == FireAction.EXIT else LegRole.ENTRY
+    named = set()
+    today = StrategyFire.objects.filter(strategy_id=fire.strategy_id, trading_day=fire.trading_day)
+    for order_ids in today.values_list("order_ids", flat=True):
+        named.update(order_ids)
+    orders = strategy_order_list(strategy_ref=fire.strategy_id, placed_from=since, placed_until=None, statuses=None)
+    return sorted(order.pk for order in orders if order.role == role and order.pk not in named)
+
+
+def _strategy_fires_act(
+    *, strategy: Strategy, run: StrategyRun, fires: list[StrategyFire], resolver: LegResolver
+) -> list[StrategyFire]:
+    if not fires:
+        return []
+    if run.status != RunStatus.RUNNING:
+        for fire in fires:
+            if _fire_take(fire):
+                _fire_finish(fire, status=FireStatus.SKIPPED, order_ids=[], detail="the run had ended")
+        return []
+    acted, failed = [], []
+    definition = None
+    accounts = None
+    day = fires[0].trading_day
+    for fire in fires:
+        previous = fire.taken_at
+        if not _fire_take(fire):
             continue
-        fires.append(_leg_fire(strategy=strategy, run=run, definition=definition, fire=fire, index=index, day=day))
-    failed = [fire for fire in fires if fire.status == FireStatus.FAILED]
+        if previous is not None:
+            adopted = _orphans(fire=fire, since=previous)
+            if adopted:
+                _fire_finish(
+                    fire, status=FireStatus.PLACED, order_ids=adopted, detail="recorded after its worker was lost"
+                )
+                acted.append(fire)
+                continue
+        if fire.action == FireAction.EXIT:
+            placed = run_exit(run=run, reason="exit_time")
+            _fire_finish(fire, status=FireStatus.PLACED, order_ids=placed)
+            _completed_check(strategy=strategy, run=run, day=day)
+            acted.append(fire)
+            continue
+        definition = definition or definition_of(strategy)
+        if fire.leg >= len(definition.legs):
+            _fire_finish(fire, status=FireStatus.SKIPPED, order_ids=[], detail="the leg was removed")
+            continue
+        if accounts is None:
+            accounts = _trading_accounts(strategy=strategy, run=run)
+        _leg_fire(
+            strategy=strategy,
+            run=run,
+            definition=definition,
+            fire=fire,
+            index=fire.leg,
+            day=day,
+            resolver=resolver,
+            accounts=accounts,
+        )
+        acted.append(fire)
+        if fire.status == FireStatus.FAILED:
+            failed.append(fire)
     if failed:
         _fires_failed(strategy=strategy, run=run, failed=failed)
-    return fires
+    return acted
 
 
 def _leg_fire(
@@ -240,9 +380,20 @@ def _leg_fire(
     index: int,
     day: date,
     symbol: str | None = None,
+    resolver: LegResolver | None = None,
+    accounts: list[tuple[BrokerAccount, int]] | None = None,
 ) -> StrategyFire:
     try:
-        placed = leg_place(strategy=strategy, run=run, definition=definition, index=index, day=day, symbol=symbol)
+        placed = leg_place(
+            strategy=strategy,
+            run=run,
+            definition=definition,
+            index=index,
+            day=day,
+            symbol=symbol,
+            resolver=resolver,
+            accounts=accounts,
+        )
     except leg_choice.LegUnresolvable as error:
         _fire_finish(fire, status=FireStatus.FAILED, order_ids=[], detail=f"leg {index + 1}: {error}")
     except AppError as error:

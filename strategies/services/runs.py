@@ -26,7 +26,6 @@ from orders.services import OrderSpec, order_cancel, order_place, quantities_wit
 
 from ..models import RunMode, RunStatus, Strategy, StrategyRun, StrategyStatus
 from .definitions import _lock_own
-from .scheduling import _schedules_create, _schedules_remove
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,8 @@ def _require_startable(*, strategy: Strategy, mode: str) -> None:
 
 @transaction.atomic
 def strategy_start(*, user: User, strategy_id: str, mode: str) -> StrategyRun:
-    """Paper or live: a run begins and the beat entries are created. 409 when it already runs or cannot trade."""
+    """Paper or live: a run begins, and the minute dispatcher fires it at its entry and exit times from then on.
+    409 when it already runs or cannot trade."""
     strategy = _lock_own(user=user, strategy_id=strategy_id)
     if strategy.status == StrategyStatus.RUNNING:
         raise InvalidState("The strategy is already running.")
@@ -71,7 +71,6 @@ def strategy_start(*, user: User, strategy_id: str, mode: str) -> StrategyRun:
         user=user, running=Strategy.objects.filter(user=user, status=StrategyStatus.RUNNING).count()
     )
     run = StrategyRun.objects.create(strategy=strategy, mode=mode)
-    _schedules_create(strategy=strategy, run=run)
     strategy.status = StrategyStatus.RUNNING
     strategy.status_message = ""
     strategy.save(update_fields=["status", "status_message", "updated_at"])
@@ -85,7 +84,6 @@ def _run_end(*, strategy: Strategy, run: StrategyRun, status: str, message: str 
     run.ended_at = timezone.now()
     run.final_pnl = run_pnl(run=run).total
     run.save(update_fields=["status", "status_message", "ended_at", "final_pnl"])
-    _schedules_remove(strategy=strategy)
     strategy.status = {
         RunStatus.STOPPED: StrategyStatus.STOPPED,
         RunStatus.COMPLETED: StrategyStatus.COMPLETED,
@@ -96,7 +94,7 @@ def _run_end(*, strategy: Strategy, run: StrategyRun, status: str, message: str 
 
 
 def strategy_stop(*, user: User, strategy_id: str, exit_positions: bool) -> StrategyRun:
-    """End the run and remove its beat entries; with `exit_positions` also cancel its working orders and square
+    """End the run (the dispatcher fires it no more); with `exit_positions` also cancel its working orders and square
     off its own positions (never the user's other positions)."""
     with transaction.atomic():
         strategy = _lock_own(user=user, strategy_id=strategy_id)

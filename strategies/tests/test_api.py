@@ -13,16 +13,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.db import connection
 from django.utils import timezone
-from django_celery_beat.models import PeriodicTask
 
 from accounts.models import Role
 from accounts.tests.factories import UserFactory
 from algoterm.crypto import decrypt
 from algoterm.testing import assert_error, assert_other_user_gets_404, assert_requires_auth, client_for
+from marketdata import calendar
 from orders.models import LegRole, Order, OrderSource, Position, Trade
 from orders.tests.factories import EQUITY, paper_account
 from strategies import services
-from strategies.models import Backtest, Signal, Strategy, StrategyRun, StrategyStatus
+from strategies.models import Backtest, Signal, Strategy, StrategyFire, StrategyRun, StrategyStatus
 from strategies.rules import RuleError, rule_parse
 
 pytestmark = pytest.mark.django_db
@@ -97,6 +97,24 @@ def past_range() -> dict:
     return {"mode": "backtest", "start": str(today_ist() - timedelta(days=10)), "end": str(today_ist() - timedelta(1))}
 
 
+def exit_claimed(strategy_id: str) -> bool:
+    """Whether the minute dispatcher, at the strategy's exit time on its next trading day, claims its exit."""
+    from unittest import mock
+
+    from strategies.models import FireMinute
+
+    strategy = Strategy.objects.get(pk=strategy_id)
+    day = calendar.next_trading_day(today_ist())
+    StrategyRun.objects.filter(strategy_id=strategy_id, status="running").update(
+        started_at=at(day, "00:00") - timedelta(days=1)
+    )
+    moment = at(day, f"{strategy.exit_time:%H:%M}")
+    FireMinute.objects.filter(minute=moment).delete()
+    with mock.patch("strategies.services.scheduling.task_send"):
+        services.fires_dispatch(now=moment)
+    return StrategyFire.objects.filter(strategy_id=strategy_id, action="exit", scheduled_for=moment).exists()
+
+
 def snapshot(strategy_id: str) -> tuple:
     """Everything a foreign or unauthenticated call must leave as it was."""
     strategy = Strategy.objects.get(pk=strategy_id)
@@ -110,7 +128,7 @@ def snapshot(strategy_id: str) -> tuple:
         sorted(strategy.backtests.values_list("id", flat=True)),
         Signal.objects.filter(strategy=strategy).count(),
         Order.objects.filter(strategy_ref=strategy_id).count(),
-        PeriodicTask.objects.filter(name__startswith=f"strategy {strategy_id} ").count(),
+        StrategyFire.objects.filter(strategy_id=strategy_id).count(),
     )
 
 
@@ -612,7 +630,7 @@ def test_paper_start_begins_a_run_and_twice_is_refused(trader_client, paper):
     assert (response.json()["mode"], run["mode"], run["status"], run["ended_at"]) == ("paper", "paper", "running", None)
     assert run["id"].startswith("run_")
     assert Strategy.objects.get(pk=strategy["id"]).status == StrategyStatus.RUNNING
-    assert PeriodicTask.objects.filter(name=f"strategy {strategy['id']} exit").exists()
+    assert exit_claimed(strategy["id"])
 
     assert_error(start(trader_client, strategy["id"]), 409, "INVALID_STATE")
     assert StrategyRun.objects.filter(strategy_id=strategy["id"]).count() == 1
@@ -625,7 +643,7 @@ def test_live_start_with_only_a_paper_account_is_refused(trader_client, paper):
 
     assert Strategy.objects.get(pk=strategy["id"]).status == StrategyStatus.DRAFT
     assert not StrategyRun.objects.filter(strategy_id=strategy["id"]).exists()
-    assert not PeriodicTask.objects.filter(name__startswith=f"strategy {strategy['id']} ").exists()
+    assert not exit_claimed(strategy["id"])
 
 
 def test_paper_start_without_a_connected_paper_account_is_refused(trader_client, paper):
@@ -786,7 +804,7 @@ def test_stop_without_exit_leaves_the_position(trader_client, paper, entered):
     assert response.json()["ended_at"] is not None
     assert Position.objects.get(account=paper, symbol=EQUITY).quantity == 10
     assert not Order.objects.filter(strategy_ref=entered["id"], role=LegRole.SQUARE_OFF).exists()
-    assert not PeriodicTask.objects.filter(name__startswith=f"strategy {entered['id']} ").exists()
+    assert not exit_claimed(entered["id"])
     assert Strategy.objects.get(pk=entered["id"]).status == StrategyStatus.STOPPED
 
 

@@ -1,20 +1,20 @@
-"""Start, the beat entries, a fire through the order pipeline, double delivery, exit time and stop."""
+"""Start, the minute dispatcher, a fire through the order pipeline, double delivery, a lost worker, missed minutes,
+exit time and stop."""
 
 from __future__ import annotations
 
-import json
 import os
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from decimal import Decimal
+from unittest import mock
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
 import pytest
-from django_celery_beat.models import PeriodicTask
 
 from orders.models import LegRole, Order, OrderSource, OrderStatus, Position
 from strategies import services
-from strategies.models import FireAction, Strategy, StrategyFire, StrategyStatus
+from strategies.models import FireAction, FireMinute, FireStatus, Strategy, StrategyFire, StrategyRun, StrategyStatus
 from strategies.tests.factories import option_symbol, straddle_body
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -35,31 +35,67 @@ def at(day, hh_mm: str) -> datetime:
     return datetime.combine(day, time.fromisoformat(hh_mm), tzinfo=IST)
 
 
-def test_start_creates_ist_beat_entries_on_the_weekdays_and_stop_removes_them(trader_client, paper, nifty):
-    strategy = create(trader_client, straddle_body(paper, weekdays=[0, 2, 4]))
+class WorkerKilled(BaseException):
+    """The worker process dying in the middle of a fire."""
+
+
+def started_before(run_id: str, moment: datetime) -> None:
+    """The run began before `moment` (the minute dispatcher fires only runs that were running at the due time)."""
+    StrategyRun.objects.filter(pk=run_id).update(started_at=moment - timedelta(hours=1))
+
+
+def dispatched(moment: datetime, django_capture_on_commit_callbacks) -> tuple[services.DispatchResult, list[dict]]:
+    """The minute dispatcher at `moment`, and the chunks it sent (captured, not run)."""
+    with (
+        mock.patch("strategies.services.scheduling.task_send") as send,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        result = services.fires_dispatch(now=moment)
+    return result, [call.kwargs["kwargs"] for call in send.call_args_list]
+
+
+def test_the_minute_dispatcher_claims_ist_entries_on_the_weekdays_and_stop_ends_them(
+    trader_client, paper, nifty, day, django_capture_on_commit_callbacks
+):
+    from marketdata import calendar
+
+    strategy = create(trader_client, straddle_body(paper, weekdays=[day.weekday()]))
     response = start(trader_client, strategy["id"])
     assert response.status_code == 201, response.json()
     run_id = response.json()["run"]["id"]
+    started_before(run_id, at(day, "09:20"))
 
-    entries = {task.name: task for task in PeriodicTask.objects.filter(name__startswith=f"strategy {strategy['id']}")}
-    assert set(entries) == {f"strategy {strategy['id']} entry", f"strategy {strategy['id']} exit"}
-    entry = entries[f"strategy {strategy['id']} entry"]
-    assert (entry.crontab.hour, entry.crontab.minute) == ("9", "20")
-    assert str(entry.crontab.timezone) == "Asia/Kolkata"
-    assert entry.crontab.day_of_week == "1,3,5"  # cron's Monday, Wednesday, Friday
-    assert json.loads(entry.kwargs) == {"strategy_id": strategy["id"], "run_id": run_id, "action": "entry"}
-    exit_entry = entries[f"strategy {strategy['id']} exit"]
-    assert (exit_entry.crontab.hour, exit_entry.crontab.minute) == ("15", "15")
-    # 09:20 IST is 03:50 UTC: the schedule's next run, seen from a Monday 03:00 UTC, is that day at 03:50 UTC.
-    monday_0300_utc = datetime(2026, 11, 30, 3, 0, tzinfo=ZoneInfo("UTC"))
-    schedule = entry.crontab.schedule
-    schedule.nowfun = lambda: monday_0300_utc
-    remaining = schedule.remaining_estimate(monday_0300_utc)
-    assert remaining.total_seconds() == pytest.approx(50 * 60, abs=60)
+    # 09:20 IST is 03:50 UTC: the dispatcher reads the minute in IST, whatever zone `now` is given in.
+    result, chunks = dispatched(at(day, "09:20").astimezone(ZoneInfo("UTC")), django_capture_on_commit_callbacks)
+
+    fires = StrategyFire.objects.filter(strategy_id=strategy["id"]).order_by("leg")
+    assert [(fire.action, fire.leg, fire.status) for fire in fires] == [
+        ("entry", 0, "claimed"),
+        ("entry", 1, "claimed"),
+    ]
+    assert {fire.scheduled_for for fire in fires} == {at(day, "09:20")}
+    assert chunks == [{"minute": at(day, "09:20").isoformat(), "strategy_ids": [strategy["id"]]}]
+    assert (result.minutes, result.fires) == (5, 1)  # the day's first dispatch looks back over the catch-up window
+    # The minute is done: dispatching it again claims and sends nothing more.
+    again, chunks = dispatched(at(day, "09:20"), django_capture_on_commit_callbacks)
+    assert (again.fires, chunks) == (0, [])
+    # Another trading day of another weekday: nothing is due.
+    other_day = day + timedelta(days=1)
+    while not calendar.is_trading_day(other_day) or other_day.weekday() == day.weekday():
+        other_day += timedelta(days=1)
+    assert dispatched(at(other_day, "09:20"), django_capture_on_commit_callbacks)[0].fires == 0
+
+    exit_result, chunks = dispatched(at(day, "15:15"), django_capture_on_commit_callbacks)
+    [exit_fire] = StrategyFire.objects.filter(strategy_id=strategy["id"], action=FireAction.EXIT)
+    assert (exit_result.fires, exit_fire.leg) == (1, -1)
+    assert chunks == [{"minute": at(day, "15:15").isoformat(), "strategy_ids": [strategy["id"]]}]
 
     assert trader_client.post(f"/api/strategies/{strategy['id']}/stop", {}, format="json").status_code == 200
-    assert not PeriodicTask.objects.filter(name__startswith=f"strategy {strategy['id']}").exists()
     assert Strategy.objects.get(pk=strategy["id"]).status == StrategyStatus.STOPPED
+    next_day = calendar.next_trading_day(day)
+    while next_day.weekday() != day.weekday():
+        next_day = calendar.next_trading_day(next_day)
+    assert dispatched(at(next_day, "09:20"), django_capture_on_commit_callbacks)[0].fires == 0
 
 
 def test_a_fire_sells_the_atm_straddle_of_the_current_week_with_stops(trader_client, paper, nifty, day):
@@ -124,16 +160,114 @@ def test_offsets_premium_and_next_week_choose_their_contracts(trader_client, pap
     }
 
 
-def test_a_fire_delivered_twice_places_one_set_of_orders(market_open, trader_client, paper, nifty, day):
+def test_a_fire_delivered_twice_places_one_set_of_orders(
+    trader_client, paper, nifty, day, django_capture_on_commit_callbacks
+):
+    from strategies.tasks import fire_chunk
+
     strategy = create(trader_client, straddle_body(paper))
     run_id = start(trader_client, strategy["id"]).json()["run"]["id"]
-    from strategies.tasks import fire
+    started_before(run_id, at(day, "09:20"))
+    _, [chunk] = dispatched(at(day, "09:20"), django_capture_on_commit_callbacks)
 
-    fire.apply(kwargs={"strategy_id": strategy["id"], "run_id": run_id, "action": "entry"})
-    fire.apply(kwargs={"strategy_id": strategy["id"], "run_id": run_id, "action": "entry"})
+    fire_chunk.apply(kwargs=chunk)
+    fire_chunk.apply(kwargs=chunk)
 
     assert Order.objects.filter(strategy_ref=strategy["id"], role=LegRole.ENTRY).count() == 2
-    assert StrategyFire.objects.filter(strategy_id=strategy["id"], action=FireAction.ENTRY).count() == 2
+    fires = StrategyFire.objects.filter(strategy_id=strategy["id"], action=FireAction.ENTRY)
+    assert fires.count() == 2 and {fire.status for fire in fires} == {FireStatus.PLACED}
+    # The direct path claims the same rows: it finds them taken and acts on nothing.
+    assert services.strategy_fire(strategy_id=strategy["id"], run_id=run_id, action="entry", now=at(day, "09:20")) == []
+    assert Order.objects.filter(strategy_ref=strategy["id"], role=LegRole.ENTRY).count() == 2
+
+
+def test_a_worker_lost_mid_burst_loses_no_fire_and_doubles_none(
+    trader_client, paper, nifty, day, django_capture_on_commit_callbacks, settings
+):
+    """Chunk A's worker was killed after placing leg 1 and before recording it; chunk B's message was lost with
+    its worker. Once their lease is over, the recovery pass sends both again: A's placed order is recorded, not
+    placed twice, and everything else is placed once."""
+    from django.utils import timezone
+
+    from strategies.tasks import fire_chunk, recover_fires
+
+    strategies = []
+    for name in ("A", "B"):
+        strategy = create(trader_client, straddle_body(paper, name=name))
+        run_id = start(trader_client, strategy["id"]).json()["run"]["id"]
+        started_before(run_id, at(day, "09:20"))
+        strategies.append(strategy["id"])
+    _, chunks = dispatched(at(day, "09:20"), django_capture_on_commit_callbacks)
+    assert len(chunks) == 2
+    first_leg = StrategyFire.objects.get(strategy_id=strategies[0], leg=0)
+    # What A's worker did before it was killed: took leg 1, placed its order, never recorded it.
+    with (
+        mock.patch("strategies.services.fires._fire_finish", side_effect=WorkerKilled),
+        pytest.raises(WorkerKilled),
+    ):
+        fire_chunk.apply(kwargs=chunks[0], throw=True)
+    orphan = Order.objects.get(strategy_ref=strategies[0], role=LegRole.ENTRY)
+    assert StrategyFire.objects.get(pk=first_leg.pk).status == FireStatus.CLAIMED
+
+    # Nothing is sent again while the lease holds.
+    assert recover_fires.apply().get() == 0
+    lease_over = timezone.now() - timedelta(seconds=settings.STRATEGY_FIRE_LEASE_SECONDS + 1)
+    StrategyFire.objects.filter(strategy_id__in=strategies).update(sent_at=lease_over)
+    StrategyFire.objects.filter(pk=first_leg.pk).update(taken_at=lease_over)
+    with mock.patch("strategies.services.scheduling.task_send") as send:
+        assert services.fires_recover() == 4
+    for call in send.call_args_list:
+        fire_chunk.apply(kwargs=call.kwargs["kwargs"])
+        fire_chunk.apply(kwargs=call.kwargs["kwargs"])  # and each delivered twice
+
+    for strategy_id in strategies:
+        entries = Order.objects.filter(strategy_ref=strategy_id, role=LegRole.ENTRY)
+        assert sorted(order.symbol[-2:] for order in entries) == ["CE", "PE"]
+    recovered = StrategyFire.objects.get(pk=first_leg.pk)
+    assert (recovered.status, recovered.order_ids) == (FireStatus.PLACED, [orphan.pk])
+    assert not StrategyFire.objects.filter(strategy_id__in=strategies, status=FireStatus.CLAIMED).exists()
+
+
+def test_minutes_missed_while_beat_was_down_are_caught_up_and_stale_entries_skipped_loudly(
+    trader_client, paper, nifty, day, django_capture_on_commit_callbacks
+):
+    from accounts.models import Notification
+
+    late = create(trader_client, straddle_body(paper, name="late", entry_time="09:20", exit_time="09:22"))
+    stale = create(trader_client, straddle_body(paper, name="stale", entry_time="09:12", exit_time="15:15"))
+    for strategy in (late, stale):
+        started_before(start(trader_client, strategy["id"]).json()["run"]["id"], at(day, "09:00"))
+    FireMinute.objects.create(minute=at(day, "09:10"))  # beat's last minute before it went down
+
+    result, chunks = dispatched(at(day, "09:23"), django_capture_on_commit_callbacks)
+
+    # 09:11 to 09:23 are dispatched: the 09:20 entry (3 minutes late) and the 09:22 exit are sent, the 09:12
+    # entry (11 minutes late) is recorded as skipped and its owner told.
+    assert (result.minutes, result.fires, result.skipped) == (13, 2, 1)
+    assert sorted((chunk["minute"], chunk["strategy_ids"]) for chunk in chunks) == [
+        (at(day, "09:20").isoformat(), [late["id"]]),
+        (at(day, "09:22").isoformat(), [late["id"]]),
+    ]
+    skipped = StrategyFire.objects.filter(strategy_id=stale["id"])
+    assert {(fire.status, fire.scheduled_for) for fire in skipped} == {(FireStatus.SKIPPED, at(day, "09:12"))}
+    assert Notification.objects.filter(user=paper.owner, title="stale: the 09:12 entry was not taken").count() == 1
+
+
+def test_a_run_stopped_after_its_fires_were_claimed_places_nothing(
+    trader_client, paper, nifty, day, django_capture_on_commit_callbacks
+):
+    from strategies.tasks import fire_chunk
+
+    strategy = create(trader_client, straddle_body(paper))
+    run_id = start(trader_client, strategy["id"]).json()["run"]["id"]
+    started_before(run_id, at(day, "09:20"))
+    _, [chunk] = dispatched(at(day, "09:20"), django_capture_on_commit_callbacks)
+    assert trader_client.post(f"/api/strategies/{strategy['id']}/stop", {}, format="json").status_code == 200
+
+    assert fire_chunk.apply(kwargs=chunk).get() == 0
+
+    assert not Order.objects.filter(strategy_ref=strategy["id"]).exists()
+    assert {fire.status for fire in StrategyFire.objects.filter(strategy_id=strategy["id"])} == {FireStatus.SKIPPED}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -228,12 +362,13 @@ def test_mtm_stop_loss_exits_the_strategy_on_the_rms_sweep(trader_client, paper,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_real_worker_runs_the_beat_entrys_task_once_though_it_arrives_twice(
-    wall_clock, trader_client, paper, nifty, monkeypatch
+def test_a_real_worker_runs_a_dispatched_chunk_once_though_it_arrives_twice(
+    wall_clock, trader_client, paper, nifty, monkeypatch, settings
 ):
     import time as clock
 
     from django.db import connection
+    from django.utils import timezone
 
     from algoterm.celery import app as celery_app
     from algoterm.testing import celery_worker_process
@@ -241,14 +376,23 @@ def test_a_real_worker_runs_the_beat_entrys_task_once_though_it_arrives_twice(
     parts = urlparse(os.environ["DATABASE_URL"])
     monkeypatch.setenv("DATABASE_URL", parts._replace(path=f"/{connection.settings_dict['NAME']}").geturl())
     monkeypatch.setenv("MARKET_ALWAYS_OPEN", "true")  # the worker fires on the real clock, whatever the day
+    settings.MARKET_ALWAYS_OPEN = True
     celery_app.control.purge()
-    strategy = create(trader_client, straddle_body(paper))
-    start(trader_client, strategy["id"])
-    entry = PeriodicTask.objects.get(name=f"strategy {strategy['id']} entry")
+    now = timezone.now().astimezone(IST)
+    minute = f"{now:%H:%M}"
+    exit_time = "23:59" if minute != "23:59" else "00:01"
+    strategy = create(trader_client, straddle_body(paper, entry_time=minute, exit_time=exit_time))
+    run_id = start(trader_client, strategy["id"]).json()["run"]["id"]
+    StrategyRun.objects.filter(pk=run_id).update(started_at=now - timedelta(minutes=5))
+    with mock.patch("strategies.services.scheduling.task_send") as send:
+        services.fires_dispatch(now=now)
+    [call] = send.call_args_list
+    chunk = call.kwargs["kwargs"]
+    assert chunk["strategy_ids"] == [strategy["id"]]
 
     with celery_worker_process():
-        for _ in range(2):  # what beat sends, delivered twice
-            celery_app.send_task(entry.task, kwargs=json.loads(entry.kwargs))
+        for _ in range(2):  # the dispatcher's chunk, delivered twice
+            celery_app.send_task("strategies.tasks.fire_chunk", kwargs=chunk)
         deadline = clock.monotonic() + 30
         while StrategyFire.objects.filter(strategy_id=strategy["id"]).exclude(status="claimed").count() < 2:
             assert clock.monotonic() < deadline, "the worker never fired the entry"

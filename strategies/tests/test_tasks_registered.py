@@ -28,6 +28,10 @@ def test_a_fresh_process_knows_the_strategies_tasks_by_name_once_the_apps_are_lo
 
     registered = json.loads(finished.stdout.strip().splitlines()[-1])
     assert BACKTEST_RUN_TASK in registered
-    assert {"strategies.tasks.fire", "strategies.tasks.evaluate_rules", "strategies.tasks.expire_backtests"} <= set(
-        registered
-    )
+    assert {
+        "strategies.tasks.dispatch_fires",
+        "strategies.tasks.fire_chunk",
+        "strategies.tasks.recover_fires",
+        "strategies.tasks.evaluate_rules",
+        "strategies.tasks.expire_backtests",
+    } <= set(registered)

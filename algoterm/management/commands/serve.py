@@ -5,7 +5,8 @@ Embedded (no REDIS_URL): one process; the workers (orders and housekeeping; back
 in-memory broker.
 Distributed (REDIS_URL set): web, worker, backtest worker, beat and the rest run as child processes under
 algoterm.supervisor: a child that dies is restarted with backoff and operators are alerted; a crash loop stops the
-stack. Either way backtests run on workers of their own, never in the slots order and risk work needs.
+stack. The web child is WEB_CONCURRENCY processes (default: one per CPU) sharing the one port. Either way
+backtests run on workers of their own, never in the slots order and risk work needs.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Command(BaseCommand):
         mode = (
             "embedded (SQLite or DATABASE_URL, in-process worker and beat)"
             if settings.EMBEDDED
-            else ("distributed (PostgreSQL, Redis; web, worker and beat processes)")
+            else f"distributed (PostgreSQL, Redis; {web_concurrency()} web processes, worker and beat)"
         )
         lines = [
             "",
@@ -178,6 +179,9 @@ class Command(BaseCommand):
     def _distributed_children(self, host: str, port: int) -> list[ChildSpec]:
         python = sys.executable
         web = [python, "-m", "uvicorn", "algoterm.asgi:application", "--host", host, "--port", str(port)]
+        # Several processes behind the one port: Django runs sync views on one thread per process. uvicorn's parent
+        # restarts a worker that dies; the supervisor sees the parent, and stops the workers with it.
+        web += ["--workers", str(web_concurrency())]
         web += server_ping_args()  # keepalive pings so idle sockets survive proxies
         celery = [python, "-m", "celery", "-A", "algoterm"]
         children = [
@@ -214,10 +218,24 @@ class Command(BaseCommand):
         return children
 
 
+def web_concurrency() -> int:
+    """How many web processes distributed `serve` runs: WEB_CONCURRENCY, else one per CPU this process may use."""
+    value = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if not value:
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise CommandError(f"WEB_CONCURRENCY must be a whole number of web processes, 1 or more, not {value!r}")
+    return count
+
+
 def main_worker_options() -> list[str]:
     """The worker for orders, exits, the risk engine and housekeeping: every queue but the backtests'."""
     queues = ",".join(settings.WORKER_QUEUES)
-    return ["-Q", queues, "-n", "worker@%h", "-l", "INFO", "--concurrency", "2"]
+    return ["-Q", queues, "-n", "worker@%h", "-l", "INFO", "--concurrency", str(settings.WORKER_CONCURRENCY)]
 
 
 def backtest_worker_options() -> list[str]:
