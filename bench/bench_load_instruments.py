@@ -78,9 +78,12 @@ def main() -> None:
     finally:
         from django.db import connections
 
-        connections.close_all()
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+            if connection.vendor == "postgresql":
+                connection.close_pool()  # the pool keeps its connections open past close()
         with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}"')
+            admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
 
 
 def run() -> None:
