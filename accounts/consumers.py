@@ -54,3 +54,8 @@ class EventsConsumer(ProtocolConsumer):
     async def user_event(self, event: dict[str, Any]) -> None:
         if event["topic"] in self.topics:
             await self.send_message(event["t"], event["p"])
+
+    async def user_events(self, event: dict[str, Any]) -> None:
+        """Several events of one commit, sent as one channel-layer message (`realtime.pushes_batched`)."""
+        for each in event["events"]:
+            await self.user_event(each)

@@ -6,8 +6,9 @@ from typing import Any
 
 from accounts.models import Notification
 from accounts.serializers import NotificationOutput
+from algoterm.api.serializers import rendered
 
 
 def notification_payload(notification: Notification) -> dict[str, Any]:
     """The `notification` message's payload: the same shape as an item of `GET /api/notifications`."""
-    return NotificationOutput(notification).data
+    return rendered(NotificationOutput, notification)

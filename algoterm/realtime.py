@@ -11,7 +11,8 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -69,6 +70,77 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
         logger.exception("push to %s failed", group)
 
 
+def _groups_send(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """Several group messages in one hop to the event loop (each hop costs more than the Redis commands)."""
+    layer = get_channel_layer()
+    if layer is None or not messages:
+        return
+
+    async def send_all() -> None:
+        results = await asyncio.gather(
+            *(layer.group_send(group, message) for group, message in messages), return_exceptions=True
+        )
+        for (group, _), result in zip(messages, results, strict=True):
+            if isinstance(result, Exception):
+                logger.error("push to %s failed: %r", group, result)
+
+    try:
+        if _server_loop is not None and _server_loop.is_running() and threading.get_ident() != _server_thread_id:
+            asyncio.run_coroutine_threadsafe(send_all(), _server_loop).result(timeout=5)
+        else:
+            async_to_sync(send_all)()
+    except Exception:  # a push is best effort: the state change it reports has already committed
+        logger.exception("pushes to %s failed", sorted({group for group, _ in messages}))
+
+
+_outboxes = threading.local()
+
+
+@contextmanager
+def pushes_batched() -> Iterator[None]:
+    """Within the block, the pushes of each user go out as one channel-layer message (`user.events`, unpacked by
+    the socket into the same messages in the same order) once the block has ended and what they report has
+    committed. An order's fill makes four pushes (order, trade, position, notification); sent one by one they cost
+    more than the fill.
+
+    Each push still waits for its own transaction: it is held back until that transaction commits, and dropped with
+    it (or with its savepoint) on a rollback. Blocks nest; the outermost one sends."""
+    if getattr(_outboxes, "current", None) is not None:
+        yield
+        return
+    outbox: list[_Held] = []
+    _outboxes.current = outbox
+    try:
+        yield
+    finally:
+        _outboxes.current = None
+        if outbox:
+            transaction.on_commit(lambda: _outbox_send(outbox))
+
+
+class _Held:
+    __slots__ = ("user_id", "message", "committed")
+
+    def __init__(self, user_id: str, message: dict[str, Any]) -> None:
+        self.user_id, self.message, self.committed = user_id, message, False
+
+    def commit(self) -> None:
+        self.committed = True
+
+
+def _outbox_send(outbox: list[_Held]) -> None:
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for held in outbox:
+        if held.committed:
+            by_user.setdefault(held.user_id, []).append(held.message)
+    _groups_send(
+        [
+            (user_group(user_id), events[0] if len(events) == 1 else {"type": "user.events", "events": events})
+            for user_id, events in by_user.items()
+        ]
+    )
+
+
 def push_to_user(*, user_id: str, message_type: str, payload: dict[str, Any]) -> None:
     if message_type not in TOPIC_OF_MESSAGE:
         raise ValueError(f"unknown event message type {message_type!r}")
@@ -78,7 +150,14 @@ def push_to_user(*, user_id: str, message_type: str, payload: dict[str, Any]) ->
         "t": message_type,
         "p": to_wire(payload),
     }
-    transaction.on_commit(lambda: _group_send(user_group(user_id), message))
+    outbox = getattr(_outboxes, "current", None)
+    if outbox is None:
+        transaction.on_commit(lambda: _group_send(user_group(user_id), message))
+        return
+    held = _Held(user_id, message)
+    outbox.append(held)
+    # Registered in the push's own transaction (or savepoint), so a rollback drops it: only committed pushes go.
+    transaction.on_commit(held.commit)
 
 
 def user_sockets_group(user_id: str) -> str:

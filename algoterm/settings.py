@@ -372,6 +372,7 @@ CELERY_TASK_ROUTES = {
             "rms.tasks.sweep",
             "rms.tasks.evaluate_symbols",
             "rms.tasks.evaluate_users",
+            "rms.tasks.evaluate_pending",
             "rms.tasks.funds_snapshot_refresh",
             "strategies.tasks.dispatch_fires",
             "strategies.tasks.fire_chunk",
@@ -418,6 +419,8 @@ DJANGO_CELERY_BEAT_TZ_AWARE = True
 # The RMS sweep's interval; ticks also trigger an evaluation of the users holding what moved.
 RMS_SWEEP_SECONDS = env.float("RMS_SWEEP_SECONDS", default=2.0)
 RMS_TICK_EVALUATION = env.bool("RMS_TICK_EVALUATION", default=True)
+# Fills ask for their users to be evaluated again; the requests of this window share one task (one sweep of them all).
+RMS_EVALUATION_COALESCE_SECONDS = env.float("RMS_EVALUATION_COALESCE_SECONDS", default=0.25)
 # A new user's risk profile: the NSE session as the trading window and intraday square-off at 15:15 IST, except
 # where the market never closes (the demo) or the clock is the test's to set ("" turns a default off).
 _RMS_CLOCKLESS = env.bool("MARKET_ALWAYS_OPEN", default=DJANGO_ENV == "development") or DJANGO_ENV == "test"

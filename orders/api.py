@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from algoterm.api.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from algoterm.api.permissions import IsTrader
+from algoterm.api.serializers import rendered
 from algoterm.api.views import ListApi
 from brokers.protocol import OrderRejected
 from orders import selectors, services
@@ -99,8 +100,8 @@ class OrderListCreateApi(ListApi):
         def placed(order) -> Response:
             if order.status == OrderStatus.REJECTED:
                 raise OrderRejected(order.status_message or None, extra={"order_id": order.pk})
-            order = selectors.order_get(user=request.user, order_id=order.pk, with_events=True)
-            return Response(OrderDetailOutput(order).data, status=status.HTTP_201_CREATED)
+            order = selectors.order_detail_complete(user=request.user, order=order)
+            return Response(rendered(OrderDetailOutput, order), status=status.HTTP_201_CREATED)
 
         return idempotent(request, scope="orders.place", act=act, recover=lambda orders: placed(orders[0]))
 
@@ -114,7 +115,7 @@ class OrderDetailApi(APIView):
     @extend_schema(tags=["orders"], responses={200: OrderDetailOutput}, summary="One order with its events")
     def get(self, request: Request, order_id: str) -> Response:
         order = selectors.order_get(user=request.user, order_id=order_id, with_events=True)
-        return Response(OrderDetailOutput(order).data)
+        return Response(rendered(OrderDetailOutput, order))
 
     @extend_schema(
         tags=["orders"],
@@ -130,7 +131,7 @@ class OrderDetailApi(APIView):
         data.is_valid(raise_exception=True)
         services.order_modify(user=request.user, order=order, **data.validated_data)
         return Response(
-            OrderDetailOutput(selectors.order_get(user=request.user, order_id=order_id, with_events=True)).data
+            rendered(OrderDetailOutput, selectors.order_get(user=request.user, order_id=order_id, with_events=True))
         )
 
     @extend_schema(
@@ -143,7 +144,7 @@ class OrderDetailApi(APIView):
         order = selectors.order_get(user=request.user, order_id=order_id)
         services.order_cancel(user=request.user, order=order)
         return Response(
-            OrderDetailOutput(selectors.order_get(user=request.user, order_id=order_id, with_events=True)).data
+            rendered(OrderDetailOutput, selectors.order_get(user=request.user, order_id=order_id, with_events=True))
         )
 
 

@@ -39,6 +39,10 @@ class OrderIntent:
     source: str
     new_order: bool = True
     margin_value: Decimal | None = None
+    # What the order path has just read of the user's day, so the check need not read it again: orders placed today
+    # and the (symbol, product) of their open positions. None: the check reads them itself.
+    orders_today: int | None = None
+    open_symbols: frozenset[tuple[str, str]] | None = None
 
 
 class PreTradeCheck(Protocol):

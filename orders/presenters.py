@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from accounts.models import User
+from algoterm.api.serializers import rendered
 from orders.models import Order, Position, Trade
 from orders.selectors import last_prices, order_list, position_list
 from orders.serializers import OrderOutput, PositionOutput, TradeOutput
@@ -12,17 +13,17 @@ from orders.serializers import OrderOutput, PositionOutput, TradeOutput
 
 def order_payload(order: Order) -> dict[str, Any]:
     """An `order_update`: the order as GET /api/orders renders it."""
-    return OrderOutput(order).data
+    return rendered(OrderOutput, order)
 
 
 def trade_payload(trade: Trade) -> dict[str, Any]:
     """A `trade`: the fill as GET /api/trades renders it."""
-    return TradeOutput(trade).data
+    return rendered(TradeOutput, trade)
 
 
 def position_payload(position: Position) -> dict[str, Any]:
     """A `position_update`: without quotes (no `ltp`, no `unrealized_pnl`); the client prices it from its ticks."""
-    return PositionOutput(position, context={}).data
+    return rendered(PositionOutput, position)
 
 
 def events_snapshot(*, user: User) -> dict[str, Any]:

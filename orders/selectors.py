@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from django.db import connection
-from django.db.models import Case, Count, IntegerField, Q, QuerySet, TextField, Value, When
+from django.db.models import Case, Count, IntegerField, Q, QuerySet, TextField, Value, When, prefetch_related_objects
 from django.db.models.functions import Cast, ExtractHour
 
 from accounts.models import User
@@ -70,6 +70,18 @@ def order_get(*, user: User, order_id: str, with_events: bool = False) -> Order:
     order = orders.first()
     if order is None:
         raise NotFound(f"No order {order_id}.")
+    return order
+
+
+def order_detail_complete(*, user: User, order: Order) -> Order:
+    """`order_get(..., with_events=True)` for an order in hand, as its last save left it (the one just placed): only
+    its events, and its exit legs if it can have any, are read."""
+    if order.user_id != user.pk:
+        raise NotFound(f"No order {order.pk}.")
+    lookups = ["events"]
+    if order.target is not None or order.stop_loss is not None:
+        lookups.append("exits")
+    prefetch_related_objects([order], *lookups)
     return order
 
 
@@ -270,6 +282,39 @@ def orders_placed_on(*, user: User, day) -> int:
     """Orders the user placed on the IST trading day `day` (rejected ones count, as brokers count them)."""
     start = datetime.combine(day, time(0), tzinfo=ZoneInfo("Asia/Kolkata"))
     return Order.objects.filter(user=user, created_at__gte=start, created_at__lt=start + timedelta(days=1)).count()
+
+
+@dataclass(frozen=True)
+class TradingSnapshot:
+    """What the order path reads of the user's day in one statement before the risk check: how many orders they
+    placed today, and their open positions by (account id, symbol, product) with the signed quantity held."""
+
+    orders_today: int
+    open_positions: dict[tuple[str, str, str], int]
+
+    def held(self, *, account_id: str, symbol: str, product: str) -> int:
+        return self.open_positions.get((account_id, symbol, product), 0)
+
+    def open_symbols(self) -> frozenset[tuple[str, str]]:
+        return frozenset((symbol, product) for _, symbol, product in self.open_positions)
+
+
+def trading_snapshot(*, user: User, day: date) -> TradingSnapshot:
+    """`orders_placed_on` and the user's open positions together: one round trip on every order."""
+    start = datetime.combine(day, time(0), tzinfo=ZoneInfo("Asia/Kolkata"))
+    orders, positions = Order._meta.db_table, Position._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT placed.n, p.account_id, p.symbol, p.product, p.quantity "  # noqa: S608 (table names are ours)
+            f"FROM (SELECT count(*) AS n FROM {orders} WHERE user_id = %s AND created_at >= %s AND created_at < %s) "
+            f"AS placed LEFT JOIN {positions} AS p ON p.user_id = %s AND p.quantity <> 0",
+            [user.pk, start, start + timedelta(days=1), user.pk],
+        )
+        rows = cursor.fetchall()
+    return TradingSnapshot(
+        orders_today=rows[0][0],
+        open_positions={(account_id, symbol, product): held for _, account_id, symbol, product, held in rows if symbol},
+    )
 
 
 def open_position_symbols(*, user: User) -> set[tuple[str, str]]:

@@ -93,6 +93,8 @@ class OrderDetailOutput(OrderOutput):
         read_only_fields = fields
 
     def get_exit_ids(self, order: Order) -> list[str]:
+        if order.target is None and order.stop_loss is None:
+            return []  # exit legs are only ever placed for an entry's target or stop-loss
         return [exit_order.pk for exit_order in order.exits.all()]
 
 

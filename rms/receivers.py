@@ -11,8 +11,8 @@ from django.core.cache import cache
 from marketdata.signals import ticks_published
 from orders.hooks import pre_trade_check_register
 from orders.signals import fill_applied
-from rms.services import check_order
-from rms.tasks import evaluate_symbols, evaluate_users, funds_snapshot_refresh
+from rms.services import check_order, evaluation_request
+from rms.tasks import evaluate_symbols, funds_snapshot_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def on_fill_applied(sender: object, *, user_id: str, account_id: str | None = No
     """A fill changed the user's MTM (realized PnL, a new position) without a tick: they are evaluated again, and the
     account's funds snapshot is refreshed off the order path."""
     try:
-        evaluate_users.delay([user_id])
+        evaluation_request(user_id=user_id)
         # A burst of fills asks for one refresh per account and window, not one per fill (queueing costs more than
         # the check it saves); the snapshot is still never older than RMS_FUNDS_MAX_AGE_SECONDS.
         if account_id is not None and cache.add(f"rms:funds-refresh-queued:{account_id}", True, FUNDS_REFRESH_WINDOW):

@@ -31,6 +31,15 @@ def evaluate_users(user_ids: list[str]) -> int:
     return len(services.sweep(user_ids=user_ids).breaches)
 
 
+@shared_task(name="rms.tasks.evaluate_pending")
+def evaluate_pending() -> int:
+    """After fills, coalesced: every user whose fills asked for an evaluation since the last run, in one sweep."""
+    user_ids = services.evaluation_pending_take()
+    if not user_ids:
+        return 0
+    return len(services.sweep(user_ids=user_ids).breaches)
+
+
 @shared_task(name="rms.tasks.funds_snapshot_refresh")
 def funds_snapshot_refresh(account_id: str) -> None:
     """After a fill: the account's funds snapshot, which the pre-trade check answers from, is read again."""

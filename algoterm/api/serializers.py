@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from rest_framework import serializers
 from rest_framework.exceptions import ErrorDetail
 from rest_framework.fields import empty
@@ -84,3 +87,17 @@ class ErrorSerializer(serializers.Serializer):
     )
     max_bytes = serializers.IntegerField(required=False, help_text="PAYLOAD_TOO_LARGE: the route's body limit")
     current_version = serializers.IntegerField(required=False, help_text="CONFLICT on config: the section's version")
+
+
+_renderers = threading.local()
+
+
+def rendered(serializer_class: type[serializers.BaseSerializer], instance: Any) -> dict[str, Any]:
+    """`serializer_class(instance).data` for an output serializer that needs no context, without building its
+    fields again: a ModelSerializer introspects its model on every instantiation, which costs more than rendering
+    the object. One instance per class and thread does it once; `to_representation` keeps no state between calls."""
+    cache = _renderers.__dict__.setdefault("by_class", {})
+    serializer = cache.get(serializer_class)
+    if serializer is None:
+        serializer = cache[serializer_class] = serializer_class(context={})
+    return serializer.to_representation(instance)

@@ -27,6 +27,7 @@ URGENT = {
     "rms.tasks.sweep",
     "rms.tasks.evaluate_symbols",
     "rms.tasks.evaluate_users",
+    "rms.tasks.evaluate_pending",
     "rms.tasks.funds_snapshot_refresh",
     "strategies.tasks.dispatch_fires",
     "strategies.tasks.fire_chunk",

@@ -9,14 +9,23 @@ from orders.services.transitions import EXIT_ROLES
 
 
 def _reduces_position(
-    *, account: BrokerAccount, symbol: str, product: str, side: str, quantity: int, exclude_order_id: str | None = None
+    *,
+    account: BrokerAccount,
+    symbol: str,
+    product: str,
+    side: str,
+    quantity: int,
+    exclude_order_id: str | None = None,
+    held: int | None = None,
 ) -> bool:
-    held = (
-        Position.objects.filter(account=account, symbol=symbol, product=product)
-        .values_list("quantity", flat=True)
-        .first()
-        or 0
-    )
+    """`held`: the position's quantity when the caller has just read it."""
+    if held is None:
+        held = (
+            Position.objects.filter(account=account, symbol=symbol, product=product)
+            .values_list("quantity", flat=True)
+            .first()
+            or 0
+        )
     signed = quantity if side == Side.BUY else -quantity
     if held == 0 or (held > 0) == (signed > 0):
         return False

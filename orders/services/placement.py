@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import audit_record
 from algoterm.failpoints import failpoint
+from algoterm.realtime import pushes_batched
 from algoterm.tasking import task_send_on_commit
 from billing.services import require_live_trading
 from brokers.gateway import adapter_for, require_connected
@@ -32,9 +33,11 @@ from brokers.protocol import (
 from orders.hooks import OrderIntent, pre_trade_check_run
 from orders.locks import order_lock
 from orders.models import LegRole, Order, OrderEvent, OrderSource, OrderStatus
+from orders.selectors import trading_snapshot
 from orders.services.exposure import _reduces_position
 from orders.services.idempotency import _idempotency_record_id
 from orders.services.transitions import (
+    IST,
     PROTECTIVE_ROLES,
     _events_save,
     _notify_rejection,
@@ -60,6 +63,7 @@ def risk_gate(*, user: User, intent: OrderIntent, role: str) -> None:
         require_live_trading(user=user)
 
 
+@pushes_batched()
 def order_place(
     *,
     user: User,
@@ -76,8 +80,14 @@ def order_place(
     """
     validated = order_validate(user=user, spec=spec)
     require_connected(validated.account)
+    day = trading_snapshot(user=user, day=timezone.localtime(timezone.now(), IST).date())
     reduces = _reduces_position(
-        account=validated.account, symbol=spec.symbol, product=spec.product, side=spec.side, quantity=spec.quantity
+        account=validated.account,
+        symbol=spec.symbol,
+        product=spec.product,
+        side=spec.side,
+        quantity=spec.quantity,
+        held=day.held(account_id=validated.account.pk, symbol=spec.symbol, product=spec.product),
     )
     risk_gate(
         user=user,
@@ -92,6 +102,8 @@ def order_place(
             reference_price=validated.reference_price,
             reduces_position=reduces or role in PROTECTIVE_ROLES,
             source=source,
+            orders_today=day.orders_today,
+            open_symbols=day.open_symbols(),
         ),
         role=role,
     )

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts.services import notification_create
 from algoterm.api.errors import AppError
+from algoterm.realtime import pushes_batched
 from brokers.gateway import adapter_for
 from brokers.prices import quote_for
 from brokers.protocol import BrokerError, BrokerOrder, BrokerOrderStatus, OrderType, Side
@@ -106,6 +107,7 @@ def _fill_price(order: Order, update: BrokerOrder, delta: int) -> Decimal:
     return price if price > 0 else update.average_price
 
 
+@pushes_batched()
 def order_apply_update(
     *, order_id: str, update: BrokerOrder, source: str, settle_pending: bool = False, fresh: bool = True
 ) -> Order:

@@ -68,6 +68,23 @@ async def test_a_filled_order_is_pushed_on_the_events_socket():
     await communicator.disconnect()
 
 
+async def test_a_fill_is_told_once_in_the_order_it_happened():
+    """The fill's four pushes leave as one channel-layer message; the socket unpacks them into four messages."""
+    user, account = await setup_trader()
+    communicator = await connect(f"/ws/events?token={token_for(user)}")
+    assert (await communicator.receive_json_from())["t"] == "server_ready"
+    assert (await communicator.receive_json_from())["t"] == "snapshot"
+
+    response = await place_market_buy(user, account)
+    assert response.status_code == 201, response.json()
+    received = []
+    while not await communicator.receive_nothing(timeout=0.5):
+        received.append(await communicator.receive_json_from())
+    assert [message["t"] for message in received] == ["trade", "position_update", "order_update", "notification"]
+    assert received[2]["p"]["status"] == "FILLED" and received[2]["p"]["id"] == response.json()["id"]
+    await communicator.disconnect()
+
+
 async def test_other_users_do_not_see_my_orders():
     user, account = await setup_trader()
     other = await database_sync_to_async(UserFactory)()

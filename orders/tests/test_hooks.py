@@ -3,8 +3,6 @@ without one; a fill reaches the risk engine only once committed; an Idempotency-
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from algoterm.api import idempotency
@@ -66,7 +64,7 @@ def test_a_fill_makes_the_risk_engine_look_again_once_committed(
 ):
     market(EQUITY, "1500")
     evaluated: list[list[str]] = []
-    monkeypatch.setattr(rms_receivers, "evaluate_users", SimpleNamespace(delay=evaluated.append))
+    monkeypatch.setattr(rms_receivers, "evaluation_request", lambda *, user_id: evaluated.append([user_id]))
     spec = OrderSpec(account_id=paper.pk, symbol=EQUITY, side="BUY", quantity=5, order_type="MARKET", product="MIS")
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -82,10 +80,10 @@ def test_a_fill_does_not_fail_when_the_risk_engine_cannot_be_asked(
 ):
     market(EQUITY, "1500")
 
-    def unreachable(user_ids):
+    def unreachable(*, user_id):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(rms_receivers, "evaluate_users", SimpleNamespace(delay=unreachable))
+    monkeypatch.setattr(rms_receivers, "evaluation_request", unreachable)
     spec = OrderSpec(account_id=paper.pk, symbol=EQUITY, side="BUY", quantity=5, order_type="MARKET", product="MIS")
 
     with django_capture_on_commit_callbacks(execute=True):

@@ -13,6 +13,7 @@ from rms.services.breaches import SQUARE_OFF_CLAIM_SECONDS, auto_square_off, bre
 from rms.services.checks import check_order, funds_snapshot_refresh
 from rms.services.common import IST, PAISE, SEVERITY, STATE_AFTER, Reason, state_today, trading_day
 from rms.services.controls import user_halt, user_resume, user_square_off
+from rms.services.evaluation import evaluation_pending_take, evaluation_request
 from rms.services.limits import (
     CAP_FIELDS,
     CEILING_FIELDS,
@@ -69,6 +70,8 @@ __all__ = [
     "breach_square_off",
     "ceiling_validate",
     "ceilings_for",
+    "evaluation_pending_take",
+    "evaluation_request",
     "check_order",
     "funds_snapshot_refresh",
     "limits_by_user",

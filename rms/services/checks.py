@@ -105,11 +105,15 @@ def check_order(*, user: User, intent: OrderIntent, now: datetime | None = None)
     if limits.max_order_value and value > limits.max_order_value:
         _refuse(Reason.MAX_ORDER_VALUE_EXCEEDED, f"Order value {value} is over your limit {limits.max_order_value}.")
     if limits.max_orders_per_day and intent.new_order:
-        placed = orders_placed_on(user=user, day=trading_day(now))
+        placed = intent.orders_today
+        if placed is None:
+            placed = orders_placed_on(user=user, day=trading_day(now))
         if placed >= limits.max_orders_per_day:
             _refuse(Reason.MAX_ORDERS_PER_DAY, f"You have placed {placed} orders today, your daily limit.")
     if limits.max_open_positions:
-        open_symbols = open_position_symbols(user=user)
+        open_symbols = intent.open_symbols
+        if open_symbols is None:
+            open_symbols = open_position_symbols(user=user)
         if (intent.symbol, intent.product) not in open_symbols and len(open_symbols) >= limits.max_open_positions:
             _refuse(Reason.MAX_OPEN_POSITIONS, f"You already hold {len(open_symbols)} positions, your limit.")
     if limits.max_daily_loss:

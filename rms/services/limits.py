@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import QuerySet, TextField
+from django.db.models import Q, QuerySet, TextField, Value
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -106,11 +106,13 @@ def platform_ceiling_get() -> PlatformRiskCeiling:
     return ceiling
 
 
-def _ceiling_values(row: CeilingFields | None) -> dict[str, Any]:
+def _ceiling_values(row: CeilingFields | dict[str, Any] | None) -> dict[str, Any]:
     if row is None:
         return {
             name: ([] if name in LIST_FIELDS else False if name == "kill_switch" else None) for name in CEILING_FIELDS
         }
+    if isinstance(row, dict):
+        return {name: row[name] for name in CEILING_FIELDS}
     return {name: getattr(row, name) for name in CEILING_FIELDS}
 
 
@@ -155,11 +157,18 @@ def _bound(own: dict[str, Any], *ceilings: dict[str, Any]) -> dict[str, Any]:
 def ceilings_for(*, user: User) -> dict[str, Any]:
     """The ceilings on the user's limits: the platform's and the user's own, combined (the tightest of both), with
     the operators' notes on why."""
-    rows = [PlatformRiskCeiling.objects.first(), UserRiskCeiling.objects.filter(user=user).first()]
+    # Both rows in one statement: this runs on every order's risk check.
+    columns = (*CEILING_FIELDS, "note")
+    platform_rows = PlatformRiskCeiling.objects.order_by().values(*columns, layer=Value(0))  # one row by design
+    user_rows = UserRiskCeiling.objects.filter(user=user).order_by().values(*columns, layer=Value(1))
+    rows: list[dict[str, Any] | None] = [None, None]
+    for row in platform_rows.union(user_rows, all=True):
+        layer = row.pop("layer")
+        rows[layer] = rows[layer] or row
     combined = _bound(*(_ceiling_values(row) for row in rows))
     return {
         **{name: combined[name] for name in CEILING_FIELDS},
-        "notes": [row.note for row in rows if row and row.note],
+        "notes": [row["note"] for row in rows if row and row["note"]],
     }
 
 
@@ -349,10 +358,11 @@ def limits_for(*, user: User, account: BrokerAccount | None = None, now: datetim
     """The limits in force now: the user's own (pending changes whose day has come applied first) bounded by the
     operator's ceilings."""
     day = trading_day(now)
-    base = _in_force(profile_get_or_create(user=user), day=day)
-    override = None
-    if account is not None:
-        override = _in_force(RiskProfile.objects.filter(user=user, account=account).first(), day=day)
+    # The profile and the account's override in one statement: this runs on every order's risk check.
+    scope = Q(account__isnull=True) if account is None else Q(account__isnull=True) | Q(account=account)
+    profiles = {profile.account_id: profile for profile in RiskProfile.objects.filter(scope, user=user)}
+    base = _in_force(profiles.get(None) or profile_get_or_create(user=user), day=day)
+    override = None if account is None else _in_force(profiles.get(account.pk), day=day)
     ceilings = ceilings_for(user=user)
     values = _bound(_own_values(base, override), ceilings)
     return Limits({name: values[name] for name in PROFILE_FIELDS})

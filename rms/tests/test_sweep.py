@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from channels.db import database_sync_to_async
+from django.conf import settings as project_settings
 from django.db import connection, connections
 
 from accounts.models import AuditEvent, Notification, Role
@@ -27,6 +28,7 @@ from rms.services import (
     IST,
     Reason,
     check_order,
+    evaluation,
     mtm_book,
     profile_update,
     state_today,
@@ -36,6 +38,8 @@ from rms.services import (
     user_mtm,
     user_resume,
 )
+from rms.services.evaluation import evaluation_pending_take, evaluation_request
+from rms.tasks import evaluate_pending
 from rms.tests.conftest import placed, refused, set_limits
 
 pytestmark = pytest.mark.django_db
@@ -668,3 +672,30 @@ async def test_a_breach_is_pushed_as_an_rms_alert_and_a_notification(settings):
         await communicator.disconnect()
     finally:
         await database_sync_to_async(connections.close_all)()
+
+
+@pytest.mark.skipif(project_settings.EMBEDDED, reason="embedded: no Redis to gather requests in")
+def test_the_fills_of_a_burst_share_one_evaluation_task(monkeypatch):
+    sent: list[str] = []
+    monkeypatch.setattr(evaluation, "task_send", lambda *, name, **options: sent.append(name))
+    evaluation_pending_take()  # nothing left over from another test
+
+    for user_id in ("usr_burst1", "usr_burst2", "usr_burst1"):
+        evaluation_request(user_id=user_id)
+    assert sent == ["rms.tasks.evaluate_pending"]
+    assert evaluation_pending_take() == ["usr_burst1", "usr_burst2"]
+
+    evaluation_request(user_id="usr_burst3")  # after the task took the set: another task
+    assert sent == ["rms.tasks.evaluate_pending"] * 2
+    assert evaluation_pending_take() == ["usr_burst3"]
+    assert evaluation_pending_take() == []
+
+
+@pytest.mark.skipif(project_settings.EMBEDDED, reason="embedded: no Redis to gather requests in")
+def test_the_coalesced_evaluation_handles_a_breach(trader, paper, losing):
+    evaluation_pending_take()
+    evaluation_request(user_id=trader.pk)  # as the fill of an order would (the task is run here, not queued)
+
+    assert evaluate_pending.apply().result == 1  # breaches handled
+    state = state_today(user_id=trader.pk)
+    assert (state.status, state.reason) == (TradingState.HALTED, Reason.DAILY_LOSS_LIMIT_HIT)
