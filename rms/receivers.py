@@ -36,7 +36,9 @@ def on_fill_applied(sender: object, *, user_id: str, account_id: str | None = No
         evaluation_request(user_id=user_id)
         # A burst of fills asks for one refresh per account and window, not one per fill (queueing costs more than
         # the check it saves); the snapshot is still never older than RMS_FUNDS_MAX_AGE_SECONDS.
-        if account_id is not None and cache.add(f"rms:funds-refresh-queued:{account_id}", True, FUNDS_REFRESH_WINDOW):
+        # Nothing reads the snapshot when the funds check is off.
+        queue_refresh = settings.RMS_FUNDS_CHECK and account_id is not None
+        if queue_refresh and cache.add(f"rms:funds-refresh-queued:{account_id}", True, FUNDS_REFRESH_WINDOW):
             funds_snapshot_refresh.delay(account_id)
     except Exception:  # the beat sweep evaluates everyone anyway; a fill must not fail on this
         logger.exception("risk re-evaluation after a fill could not be queued")

@@ -118,3 +118,27 @@ def test_pacing_an_order_is_one_redis_round_trip(monkeypatch):
     for _ in range(3):
         assert pace_order(account_id="acc_budget", broker="paper") == pytest.approx(0, abs=0.5)
     assert commands == ["EVALSHA"] * 3
+
+
+def test_a_fill_refreshes_the_funds_snapshot_only_while_the_funds_check_is_on(
+    trader_client, paper, market, eager_tasks, settings, monkeypatch
+):
+    from brokers.adapters.paper import PaperAdapter
+
+    market(EQUITY, "1500")
+    calls = []
+    real = PaperAdapter.funds
+
+    def counted(self):
+        calls.append(self.account_ref)
+        return real(self)
+
+    monkeypatch.setattr(PaperAdapter, "funds", counted)
+    settings.RMS_FUNDS_CHECK = False
+    assert _post(trader_client, paper).status_code == 201
+    assert calls == []  # nothing reads a snapshot: none is taken
+
+    settings.RMS_FUNDS_CHECK = True
+    assert _post(trader_client, paper).status_code == 201
+    # Read once by the check (there was no snapshot), then again after the fill changed the funds.
+    assert calls == [paper.pk, paper.pk]
