@@ -33,6 +33,7 @@ from rest_framework_simplejwt.tokens import AccessToken  # noqa: E402
 
 from accounts.models import User  # noqa: E402
 from algoterm.sandbox.options_reference import black_scholes_greeks_scalar, implied_volatility_scalar  # noqa: E402
+from billing.models import Plan, Subscription, SubscriptionStatus  # noqa: E402
 from brokers.protocol import Quote  # noqa: E402
 from marketdata.chain import MARKET_TIMEZONE, expiry_moment, risk_free_rate  # noqa: E402
 from marketdata.models import Instrument, InstrumentType  # noqa: E402
@@ -154,6 +155,22 @@ def main() -> None:
     user = User.objects.filter(email="bench@example.com").first() or User.objects.create_user(
         "bench@example.com", "Bench-Password-2026", name="Bench", phone="+919800000099"
     )
+    # Its requests go through the plan's request budget as anyone's do, on a plan whose budget a benchmark does not
+    # spend in its first second (a public plan's would answer 429 and the bench would time the refusals).
+    plan, _ = Plan.objects.get_or_create(
+        code="bench-chain",
+        defaults={
+            "name": "Bench",
+            "max_broker_accounts": 1,
+            "max_running_strategies": 1,
+            "live_trading": False,
+            "api_requests_per_minute": 10**6,
+            "websocket_symbols": 1000,
+            "is_active": False,
+        },
+    )
+    Subscription.objects.filter(user=user).exclude(plan=plan).delete()
+    Subscription.objects.get_or_create(user=user, plan=plan, defaults={"status": SubscriptionStatus.ACTIVE})
     expiry = seed_chain(rate=rate)
     auth = {"HTTP_AUTHORIZATION": f"Bearer {AccessToken.for_user(user)}"}
     chain_path = f"/api/option-chain?symbol={UNDERLYING}&expiry={expiry}"
