@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -129,10 +129,6 @@ class UserDetailApi(APIView):
 @extend_schema_view(
     get=extend_schema(
         tags=["notifications"],
-        parameters=[
-            OpenApiParameter("unread", bool, description="only unread (true) or only read (false)"),
-            OpenApiParameter("kind", str),
-        ],
         responses={200: NotificationOutput(many=True)},
         summary="The caller's notifications, newest first",
     )

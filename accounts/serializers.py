@@ -96,7 +96,9 @@ class NotificationOutput(serializers.ModelSerializer):
 
 
 class NotificationListQuery(InputSerializer):
-    unread = serializers.BooleanField(required=False, allow_null=True, default=None)
+    unread = serializers.BooleanField(
+        required=False, allow_null=True, default=None, help_text="only unread (true) or only read (false)"
+    )
     kind = serializers.CharField(required=False, max_length=48)
     page = serializers.IntegerField(required=False)
     page_size = serializers.IntegerField(required=False)

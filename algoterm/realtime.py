@@ -57,19 +57,6 @@ def to_wire(payload: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(payload, cls=JSONEncoder))
 
 
-def _group_send(group: str, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        if _server_loop is not None and _server_loop.is_running() and threading.get_ident() != _server_thread_id:
-            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _server_loop).result(timeout=5)
-        else:
-            async_to_sync(layer.group_send)(group, message)
-    except Exception:  # a push is best effort: the state change it reports has already committed
-        logger.exception("push to %s failed", group)
-
-
 def _groups_send(messages: list[tuple[str, dict[str, Any]]]) -> None:
     """Several group messages in one hop to the event loop (each hop costs more than the Redis commands)."""
     layer = get_channel_layer()
@@ -152,7 +139,7 @@ def push_to_user(*, user_id: str, message_type: str, payload: dict[str, Any]) ->
     }
     outbox = getattr(_outboxes, "current", None)
     if outbox is None:
-        transaction.on_commit(lambda: _group_send(user_group(user_id), message))
+        transaction.on_commit(lambda: _groups_send([(user_group(user_id), message)]))
         return
     held = _Held(user_id, message)
     outbox.append(held)
@@ -173,7 +160,7 @@ def user_sockets_close(*, user_id: str, code: str, reason: str, jti: str | None 
 
     Best effort like every push: a socket that misses it still closes when its access token expires."""
     message = {"type": "sockets.close", "code": str(code), "reason": reason, "jti": jti}
-    transaction.on_commit(lambda: _group_send(user_sockets_group(user_id), message))
+    transaction.on_commit(lambda: _groups_send([(user_sockets_group(user_id), message)]))
 
 
 def snapshot_part_register(part: SnapshotPart) -> None:

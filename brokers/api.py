@@ -76,7 +76,6 @@ class BrokerCallbackApi(APIView):
 @extend_schema_view(
     get=extend_schema(
         tags=["brokers"],
-        parameters=[OpenApiParameter("broker", str), OpenApiParameter("status", str)],
         responses={200: BrokerAccountOutput(many=True)},
         summary="Your broker accounts",
     )

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from algoterm.api.errors import AppError, ErrorCode
+from algoterm.redis_client import redis_client
 from brokers.protocol import BrokerRateLimited, BrokerUnavailable
 
 # (orders, seconds) windows per broker, from the brokers' published limits.
@@ -65,14 +66,9 @@ return 0
 
 
 @lru_cache(maxsize=2)
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-@lru_cache(maxsize=2)
 def _reserve_script(url: str):
     # EVALSHA, and SCRIPT LOAD only when Redis answers NOSCRIPT (a restarted or flushed server).
-    return _redis(url).register_script(_RESERVE_SCRIPT)
+    return redis_client(url).register_script(_RESERVE_SCRIPT)
 
 
 class _LocalLog:

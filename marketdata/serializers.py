@@ -22,12 +22,21 @@ from marketdata.models import Instrument, InstrumentType
 
 
 class InstrumentListQuery(InputSerializer):
-    search = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    search = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="part of the symbol, tradingsymbol or name (any case)",
+    )
     exchange = serializers.ChoiceField(choices=EXCHANGES, required=False)
     instrument_type = serializers.ChoiceField(choices=InstrumentType.choices, required=False)
-    underlying = serializers.CharField(required=False, allow_blank=True, max_length=32)
-    expiry = serializers.DateField(required=False, input_formats=["%Y-%m-%d"])
-    include_inactive = serializers.BooleanField(required=False, default=False)
+    underlying = serializers.CharField(
+        required=False, allow_blank=True, max_length=32, help_text="e.g. NIFTY, RELIANCE"
+    )
+    expiry = serializers.DateField(required=False, input_formats=["%Y-%m-%d"], help_text="YYYY-MM-DD")
+    include_inactive = serializers.BooleanField(
+        required=False, default=False, help_text="also instruments no longer listed"
+    )
     # Pagination reads these itself; they are listed so the unknown-field check lets them through.
     page = serializers.IntegerField(required=False)
     page_size = serializers.IntegerField(required=False)

@@ -38,17 +38,6 @@ from orders.serializers import (
 @extend_schema_view(
     get=extend_schema(
         tags=["orders"],
-        parameters=[
-            OpenApiParameter("status", str, many=True, enum=OrderStatus.values),
-            OpenApiParameter("account_id", str),
-            OpenApiParameter("symbol", str),
-            OpenApiParameter("side", str, enum=["BUY", "SELL"]),
-            OpenApiParameter("source", str),
-            OpenApiParameter("tag", str),
-            OpenApiParameter("open", bool),
-            OpenApiParameter("from", str, description="ISO 8601 time, inclusive"),
-            OpenApiParameter("to", str, description="ISO 8601 time, inclusive"),
-        ],
         responses={200: OrderOutput(many=True)},
         summary="Your orders, newest first",
     )
@@ -188,13 +177,6 @@ class OrderBulkApi(APIView):
 @extend_schema_view(
     get=extend_schema(
         tags=["orders"],
-        parameters=[
-            OpenApiParameter("account_id", str),
-            OpenApiParameter("symbol", str),
-            OpenApiParameter("order_id", str),
-            OpenApiParameter("from", str),
-            OpenApiParameter("to", str),
-        ],
         responses={200: TradeOutput(many=True)},
         summary="Your fills, newest first",
     )

@@ -359,12 +359,12 @@ class _WindowQuery(InputSerializer):
     symbol = serializers.CharField(max_length=64, required=False)
     page = serializers.IntegerField(required=False)
     page_size = serializers.IntegerField(required=False)
-    to = serializers.DateTimeField(required=False)
+    to = serializers.DateTimeField(required=False, help_text="ISO 8601 time, inclusive")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # `from` is a Python keyword, so it cannot be declared as a class attribute.
-        self.fields["from"] = serializers.DateTimeField(required=False)
+        self.fields["from"] = serializers.DateTimeField(required=False, help_text="ISO 8601 time, inclusive")
 
     def validate_symbol(self, value: str) -> str:
         return symbol_normalize(value)

@@ -52,7 +52,6 @@ class _TraderWrites(APIView):
 @extend_schema_view(
     get=extend_schema(
         tags=TAGS,
-        parameters=[StrategyListQuery],
         responses={200: StrategyOutput(many=True)},
         summary="Your strategies, newest first",
     )
@@ -311,7 +310,6 @@ class StrategyWebhookApi(APIView):
 @extend_schema_view(
     get=extend_schema(
         tags=TAGS,
-        parameters=[SignalListQuery],
         responses={200: SignalOutput(many=True)},
         summary="Your strategies' signals (webhook calls and rule triggers), newest first",
     )

@@ -90,6 +90,24 @@ def _field_names(serializer) -> list[str]:
 
 
 class AutoSchema(SpectacularAutoSchema):
+    def get_override_parameters(self):
+        """A list route (`ListApi`) documents its query parameters from its filter serializer, the one that parses
+        them, so the two cannot drift; a parameter the route's `@extend_schema` names as well refines that one (a
+        description, an enum)."""
+        explicit = super().get_override_parameters()
+        filters = getattr(self.view, "filter_serializer_class", None)
+        if filters is None or self.method != "GET":
+            return explicit
+        return [filters, *explicit]
+
+    def _process_override_parameters(self, direction="request"):
+        parameters = super()._process_override_parameters(direction)
+        if getattr(self.view, "filter_serializer_class", None) is not None:
+            # Where the paginator documents the page (a plain page of items), its words stand.
+            for paged in self._get_pagination_parameters():
+                parameters.pop((paged["name"], paged["in"]), None)
+        return parameters
+
     def _error_statuses(self) -> list[str]:
         """The error statuses this operation can answer, from its shape; the schema-driven fuzzing run proves them.
 

@@ -26,7 +26,7 @@ class ListApi(APIView):
     # A GET that answers one page of a list. A subclass names `filter_serializer_class` (the query string's input
     # serializer; None when the route takes no filters) and `output_serializer_class` (one item), and implements
     # `list_selector`; `list_extra` adds keys beside the page's. Its schema goes on the class:
-    # `@extend_schema_view(get=extend_schema(...))`.
+    # `@extend_schema_view(get=extend_schema(...))`; the query parameters come from the filter serializer.
 
     pagination_class = PagePagination
     filter_serializer_class: type[serializers.Serializer] | None = None

@@ -7,7 +7,6 @@ filters select (not only the page's): the one documented extension of the list s
 from __future__ import annotations
 
 from drf_spectacular.utils import (
-    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
     extend_schema_view,
@@ -18,7 +17,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors, services
-from accounts.models import AuditEvent, Role
 from algoterm.api.permissions import IsAdmin
 from algoterm.api.serializers import ErrorSerializer
 from algoterm.api.views import ListApi
@@ -34,15 +32,8 @@ from algoterm.console.serializers import (
     DeactivateInput,
     PaymentTotalsOutput,
 )
-from billing.models import PaymentStatus
-from brokers.models import Broker
 
 # --- views --------------------------------------------------------------------------------------------------------
-
-_WINDOW = [
-    OpenApiParameter("from", str, description="ISO 8601 time, or a date (that day's start, IST); inclusive"),
-    OpenApiParameter("to", str, description="ISO 8601 time, or a date (that day's end, IST); inclusive"),
-]
 
 
 class _AdminView(APIView):
@@ -52,12 +43,6 @@ class _AdminView(APIView):
 @extend_schema_view(
     get=extend_schema(
         tags=["admin"],
-        parameters=[
-            OpenApiParameter("role", str, enum=Role.values),
-            OpenApiParameter("is_active", bool),
-            OpenApiParameter("search", str, description="part of the email or the name"),
-            OpenApiParameter("broker", str, enum=Broker.values, description="users with a live account there"),
-        ],
         responses={200: AdminUserOutput(many=True)},
         summary="Every user, newest first, with broker accounts and plan",
     )
@@ -79,14 +64,6 @@ class AdminUserListApi(_AdminView, ListApi):
 @extend_schema_view(
     get=extend_schema(
         tags=["admin"],
-        parameters=[
-            OpenApiParameter("status", str, enum=PaymentStatus.values),
-            OpenApiParameter("plan", str, description="a plan code, e.g. monthly"),
-            OpenApiParameter("user_id", str),
-            *_WINDOW,
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int, description="at most 100"),
-        ],
         responses={
             200: AdminPaymentPageOutput,
             400: OpenApiResponse(ErrorSerializer, description="Invalid filters: VALIDATION_ERROR."),
@@ -117,18 +94,6 @@ class AdminPaymentListApi(_AdminView, ListApi):
 @extend_schema_view(
     get=extend_schema(
         tags=["admin"],
-        parameters=[
-            OpenApiParameter(
-                "kind",
-                str,
-                description="one or more, comma-separated: " + ", ".join(AuditEvent.Kind.values) + " (plurals "
-                "such as `orders` accepted)",
-            ),
-            OpenApiParameter("action", str, description="action prefix, e.g. `auth.login` or `admin.`"),
-            OpenApiParameter("actor_id", str, description="who acted (usr_ id)"),
-            OpenApiParameter("target_id", str, description="what was acted on"),
-            *_WINDOW,
-        ],
         responses={200: AuditEventOutput(many=True)},
         summary="The audit log, newest first",
     )

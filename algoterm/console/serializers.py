@@ -74,15 +74,19 @@ class TimeBoundField(serializers.Field):
 
 class _PagedQuery(InputSerializer):
     page = serializers.IntegerField(required=False)
-    page_size = serializers.IntegerField(required=False)
+    page_size = serializers.IntegerField(required=False, help_text="at most 100")
 
 
 class _WindowQuery(_PagedQuery):
-    to = TimeBoundField(day_end=True, required=False)
+    to = TimeBoundField(
+        day_end=True, required=False, help_text="ISO 8601 time, or a date (that day's end, IST); inclusive"
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["from"] = TimeBoundField(day_end=False, required=False)  # `from` is a Python keyword
+        self.fields["from"] = TimeBoundField(  # `from` is a Python keyword
+            day_end=False, required=False, help_text="ISO 8601 time, or a date (that day's start, IST); inclusive"
+        )
 
     def validate(self, attrs: dict) -> dict:
         if attrs.get("from") and attrs.get("to") and attrs["from"] > attrs["to"]:
@@ -94,21 +98,30 @@ class AdminUserListQuery(_PagedQuery):
     role = serializers.ChoiceField(choices=Role.choices, required=False)
     # allow_null: a query string is form input, where DRF would read a missing boolean as False.
     is_active = serializers.BooleanField(required=False, allow_null=True, default=None)
-    search = serializers.CharField(required=False, max_length=100)
-    broker = serializers.ChoiceField(choices=Broker.choices, required=False)
+    search = serializers.CharField(required=False, max_length=100, help_text="part of the email or the name")
+    broker = serializers.ChoiceField(
+        choices=Broker.choices, required=False, help_text="users with a live account there"
+    )
 
 
 class AdminPaymentListQuery(_WindowQuery):
     status = serializers.ChoiceField(choices=PaymentStatus.choices, required=False)
-    plan = serializers.SlugField(required=False, max_length=20)
+    plan = serializers.SlugField(required=False, max_length=20, help_text="a plan code, e.g. monthly")
     user_id = serializers.CharField(required=False, max_length=40)
 
 
 class AdminAuditListQuery(_WindowQuery):
-    kind = serializers.CharField(required=False, max_length=200)
-    action = serializers.CharField(required=False, max_length=64)
-    actor_id = serializers.CharField(required=False, max_length=40)
-    target_id = serializers.CharField(required=False, max_length=64)
+    kind = serializers.CharField(
+        required=False,
+        max_length=200,
+        help_text=f"one or more, comma-separated: {', '.join(AuditEvent.Kind.values)} (plurals such as `orders` "
+        "accepted)",
+    )
+    action = serializers.CharField(
+        required=False, max_length=64, help_text="action prefix, e.g. `auth.login` or `admin.`"
+    )
+    actor_id = serializers.CharField(required=False, max_length=40, help_text="who acted (usr_ id)")
+    target_id = serializers.CharField(required=False, max_length=64, help_text="what was acted on")
 
     def validate_kind(self, value: str) -> list[str]:
         words = [word.strip().lower() for word in value.split(",") if word.strip()]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 
 from algoterm.api.views import ListApi
-from brokers.protocol import EXCHANGES
-from marketdata.models import InstrumentType
 from marketdata.selectors import instrument_list
 from marketdata.serializers import InstrumentListQuery, InstrumentOutput
 
@@ -15,14 +13,6 @@ from marketdata.serializers import InstrumentListQuery, InstrumentOutput
 @extend_schema_view(
     get=extend_schema(
         tags=["market data"],
-        parameters=[
-            OpenApiParameter("search", str, description="part of the symbol, tradingsymbol or name (any case)"),
-            OpenApiParameter("exchange", str, enum=list(EXCHANGES)),
-            OpenApiParameter("instrument_type", str, enum=list(InstrumentType.values)),
-            OpenApiParameter("underlying", str, description="e.g. NIFTY, RELIANCE"),
-            OpenApiParameter("expiry", str, description="YYYY-MM-DD"),
-            OpenApiParameter("include_inactive", bool, description="also instruments no longer listed"),
-        ],
         responses={200: InstrumentOutput(many=True)},
         summary="Search the instrument master",
     )

@@ -9,12 +9,10 @@ expires. The beat sweep evaluates everyone on its clock anyway.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-import redis
 from django.conf import settings
 from django.core.cache import cache
 
+from algoterm.redis_client import redis_client
 from algoterm.tasking import task_send
 
 EVALUATE_USERS = "rms.tasks.evaluate_users"
@@ -28,11 +26,6 @@ def _keys() -> tuple[str, str]:
     return cache.make_key("rms:evaluate:pending"), cache.make_key("rms:evaluate:queued")
 
 
-@lru_cache(maxsize=2)
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=3)
-
-
 def evaluation_request(*, user_id: str) -> None:
     """Ask for the user to be evaluated again soon (after a fill). One round trip to Redis; a task is queued only by
     the first request of a window."""
@@ -40,7 +33,7 @@ def evaluation_request(*, user_id: str) -> None:
         task_send(name=EVALUATE_USERS, args=([user_id],))
         return
     pending, queued = _keys()
-    pipe = _redis(settings.REDIS_URL).pipeline(transaction=False)
+    pipe = redis_client(settings.REDIS_URL).pipeline(transaction=False)
     pipe.sadd(pending, user_id)
     pipe.set(queued, 1, nx=True, ex=QUEUED_FLAG_SECONDS)
     _, first = pipe.execute()
@@ -53,7 +46,7 @@ def evaluation_pending_take() -> list[str]:
     if settings.EMBEDDED:
         return []  # each request sent its own task
     pending, queued = _keys()
-    client = _redis(settings.REDIS_URL)
+    client = redis_client(settings.REDIS_URL)
     client.delete(queued)
     pipe = client.pipeline(transaction=True)
     pipe.smembers(pending)
