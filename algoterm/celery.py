@@ -3,7 +3,9 @@
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_process_init
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
+
+from algoterm import request_context
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "algoterm.settings")
 
@@ -46,3 +48,36 @@ def _database_connections_return(sender=None, **_) -> None:
         return  # an eager task runs inside its caller's transaction
     if any(connections[alias].settings_dict.get("OPTIONS", {}).get("pool") for alias in connections):
         close_old_connections()
+
+
+# --- tracing: the request id and user id of whatever queued a task follow it to the worker ----------------------
+
+
+@before_task_publish.connect
+def _context_to_task_headers(headers=None, **_) -> None:
+    """Every task queued inside a request (or inside a task that was) carries its ids in the message headers; one
+    queued by beat, a feed or a command carries none. Headers already set (a retry re-sends its own) are kept."""
+    if headers is None:
+        return
+    for name, value in request_context.task_headers().items():
+        headers.setdefault(name, value)
+
+
+def _is_eager(task) -> bool:
+    return bool(getattr(getattr(task, "request", None), "is_eager", False))
+
+
+@task_prerun.connect
+def _context_bind_for_task(sender=None, task_id=None, **_) -> None:
+    """Before every task on a worker: that task's ids and nothing left from the last task this thread ran. An eager
+    task runs inside its caller, whose context it already has and must leave as it was."""
+    if sender is None or _is_eager(sender):
+        return
+    request_context.bind_from_task_headers(headers=vars(sender.request), task_id=task_id)
+
+
+@task_postrun.connect
+def _context_clear_after_task(sender=None, **_) -> None:
+    if sender is None or _is_eager(sender):
+        return
+    request_context.clear()

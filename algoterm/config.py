@@ -31,7 +31,9 @@ from django.utils import timezone
 
 from algoterm.api.errors import AppError, ErrorCode, NotFound, ValidationFailed
 from algoterm.locking import rows_locked
+from algoterm.logging import redact_value
 from algoterm.models import ConfigSection
+from algoterm.realtime import ops_publish
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -354,7 +356,21 @@ def _conflict(name: str, current: int) -> AppError:
     )
 
 
-def _write(*, actor: AbstractBaseUser | None, name: str, row: ConfigSection | None, data: dict) -> ConfigSection:
+def _ops_changes(before: dict, after: dict) -> dict:
+    """Key by key, old -> new, for the operators' socket; a key that looks like a secret shows neither value."""
+    return {
+        key: {"from": redact_value(str(key), before.get(key)), "to": redact_value(str(key), after.get(key))}
+        for key in sorted(set(before) | set(after), key=str)
+        if before.get(key) != after.get(key)
+    }
+
+
+def _write(
+    *, actor: AbstractBaseUser | None, name: str, row: ConfigSection | None, data: dict, via: str
+) -> ConfigSection:
+    """Every stored change comes through here (a PUT, an import), and is told to the operators on /ws/ops after
+    commit."""
+    before = row.data if row is not None else section_of(name).default()
     now = timezone.now()
     if row is None:
         try:
@@ -366,6 +382,19 @@ def _write(*, actor: AbstractBaseUser | None, name: str, row: ConfigSection | No
         row.data, row.version, row.updated_by, row.updated_at = data, row.version + 1, actor, now
         row.save(update_fields=["data", "version", "updated_by", "updated_at"])
     _forget(name)
+    ops_publish(
+        topic="config",
+        message_type="config_change",
+        payload={
+            "section": name,
+            "version": row.version,
+            "via": via,
+            "updated_by": getattr(actor, "pk", None),
+            "updated_by_email": getattr(actor, "email", None),
+            "updated_at": now,
+            "changes": _ops_changes(before, data),
+        },
+    )
     return row
 
 
@@ -384,7 +413,7 @@ def config_put(
         if expected_version is not None and expected_version != current:
             raise _conflict(name, current)
         before = row.data if row is not None else section.default()
-        row = _write(actor=actor, name=name, row=row, data=data)
+        row = _write(actor=actor, name=name, row=row, data=data, via="put")
         _audit(
             action="config.update",
             actor=actor,
@@ -435,7 +464,7 @@ def config_import(*, actor: AbstractBaseUser | None, document: Any, dry_run: boo
             if sections[name] != before:
                 changes[name] = SECTIONS[name].changes(before, sections[name])
                 if not dry_run:
-                    _write(actor=actor, name=name, row=row, data=sections[name])
+                    _write(actor=actor, name=name, row=row, data=sections[name], via="import")
         if changes and not dry_run:
             _audit(
                 action="config.import",

@@ -14,7 +14,7 @@ import time
 
 from django.db import models
 
-PREFIXES = frozenset({"usr", "acc", "ord", "trd", "stg", "run", "bkt", "sig", "sub", "pay", "ntf", "evt", "rke"})
+PREFIXES = frozenset({"usr", "acc", "ord", "trd", "stg", "run", "bkt", "sig", "sub", "pay", "ntf", "evt", "rke", "alr"})
 BODY_LENGTH = 17
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _TIMESTAMP_BITS = 41

@@ -51,9 +51,15 @@ def redact_value(key: str, value: Any) -> Any:
 
 
 class RequestContextFilter(logging.Filter):
+    """Stamps the request id and user id of the unit of work (a request, or a task queued by one) on every record,
+    and on a worker the Celery task's id."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = getattr(record, "request_id", None) or request_context.current_request_id() or "-"
         record.user_id = getattr(record, "user_id", None) or request_context.current_user_id()
+        task_id = getattr(record, "task_id", None) or request_context.current_task_id()
+        if task_id is not None:  # only inside a task: web lines do not grow a null field
+            record.task_id = task_id
         return True
 
 

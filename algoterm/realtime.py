@@ -174,3 +174,26 @@ def snapshot_parts(*, user) -> dict[str, Any]:
     for part in _snapshot_parts:
         merged.update(part(user=user))
     return to_wire(merged)
+
+
+# --- the operators' socket: /ws/ops -------------------------------------------------------------------------------
+
+# Topics an operator can subscribe to on /ws/ops; every app publishes its own through `ops_publish`.
+OPS_TOPICS = ("system", "config", "health", "alerts", "signals", "risk", "orders")
+
+
+def ops_group(topic: str) -> str:
+    return f"ops.{topic}"
+
+
+def ops_publish(*, topic: str, message_type: str, payload: dict[str, Any], now: bool = False) -> None:
+    """After the current transaction commits, send `{"t": message_type, "p": payload}` to every /ws/ops connection
+    subscribed to `topic`, on any web process. Best effort like every push: the change it reports has committed.
+    `now=True` sends at once, without asking the database about a transaction: for reporting that it is down."""
+    if topic not in OPS_TOPICS:
+        raise ValueError(f"unknown ops topic {topic!r}")
+    message = {"type": "ops.event", "topic": topic, "t": message_type, "p": to_wire(payload)}
+    if now:
+        _groups_send([(ops_group(topic), message)])
+    else:
+        transaction.on_commit(lambda: _groups_send([(ops_group(topic), message)]))

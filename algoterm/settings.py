@@ -289,6 +289,8 @@ WS_PROTOCOL_VERSION = 1
 # close sockets whose client stopped answering. 0 turns them off.
 WS_PING_INTERVAL_SECONDS = env.float("WS_PING_INTERVAL_SECONDS", default=20.0)
 WS_PING_TIMEOUT_SECONDS = env.float("WS_PING_TIMEOUT_SECONDS", default=20.0)
+# A web process's WebSocket counts stay in the gauge this long after it last refreshed them (every third of it).
+WS_GAUGE_TTL_SECONDS = env.float("WS_GAUGE_TTL_SECONDS", default=30.0)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "AlgoTerm API",
@@ -386,6 +388,8 @@ CELERY_TASK_ROUTES = {
         name: {"queue": TASK_QUEUE_DEFAULT}
         for name in (
             "algoterm.tasks.check_holiday_lists",
+            "algoterm.tasks.publish_order_rates",
+            "algoterm.tasks.evaluate_alerts",
             "accounts.tasks.purge_expired_tokens",
             "accounts.tasks.purge_old_notifications",
             "brokers.tasks.expire_sessions",
@@ -448,8 +452,29 @@ STRATEGY_FIRE_LEASE_SECONDS = env.int("STRATEGY_FIRE_LEASE_SECONDS", default=30)
 STRATEGY_FIRE_RECOVER_SECONDS = env.float("STRATEGY_FIRE_RECOVER_SECONDS", default=10.0)
 STRATEGY_FIRE_RECOVER_MAX = env.int("STRATEGY_FIRE_RECOVER_MAX", default=5000)
 STRATEGY_FIRE_CATCHUP_MINUTES = env.int("STRATEGY_FIRE_CATCHUP_MINUTES", default=5)
+# Platform alerts: how often the evaluator runs and when each condition counts as started (README, "Alerts").
+ALERT_EVALUATE_SECONDS = env.float("ALERT_EVALUATE_SECONDS", default=15.0)
+ALERT_FEED_STALE_SECONDS = env.float("ALERT_FEED_STALE_SECONDS", default=30.0)  # newest quote older, market open
+ALERT_BEAT_STALE_SECONDS = env.float("ALERT_BEAT_STALE_SECONDS", default=60.0)  # beat's heartbeat older
+ALERT_RECONCILE_BACKLOG_SECONDS = env.float("ALERT_RECONCILE_BACKLOG_SECONDS", default=120.0)
+ALERT_RECONCILE_BACKLOG_ORDERS = env.int("ALERT_RECONCILE_BACKLOG_ORDERS", default=1)
+ALERT_UNKNOWN_ORDER_SECONDS = env.float("ALERT_UNKNOWN_ORDER_SECONDS", default=60.0)
+# Refused webhook calls counted over this window: any few of Razorpay's (a wrong webhook secret), or a flood of
+# strategies' (TradingView and ChartInk calls refused platform-wide).
+ALERT_WEBHOOK_WINDOW_MINUTES = env.int("ALERT_WEBHOOK_WINDOW_MINUTES", default=15)
+ALERT_BILLING_WEBHOOK_REFUSED = env.int("ALERT_BILLING_WEBHOOK_REFUSED", default=3)
+ALERT_STRATEGY_WEBHOOK_REFUSED = env.int("ALERT_STRATEGY_WEBHOOK_REFUSED", default=50)
+# Queues that must have a worker consuming them; a queue left out is never alerted on.
+ALERT_WORKER_QUEUES = env.list(
+    "ALERT_WORKER_QUEUES", default=[TASK_QUEUE_URGENT, TASK_QUEUE_DEFAULT, TASK_QUEUE_BACKTESTS]
+)
 CELERY_BEAT_SCHEDULE = {
     "system.heartbeat": {"task": "algoterm.tasks.heartbeat", "schedule": timedelta(seconds=10)},
+    # Platform alerts (algoterm.console.alerts): each condition raised once when it starts, cleared once when it ends.
+    "system.evaluate_alerts": {
+        "task": "algoterm.tasks.evaluate_alerts",
+        "schedule": timedelta(seconds=ALERT_EVALUATE_SECONDS),
+    },
     # Next year's NSE holiday list is due in December; admins are told once a year when it is missing.
     "system.check_holiday_lists": {
         "task": "algoterm.tasks.check_holiday_lists",
@@ -484,6 +509,8 @@ CELERY_BEAT_SCHEDULE = {
     "strategies.expire_backtests": {"task": "strategies.tasks.expire_backtests", "schedule": timedelta(minutes=1)},
     # Time-based strategies' entry and exit times, in IST (CELERY_TIMEZONE), at the start of every minute.
     "strategies.dispatch_fires": {"task": "strategies.tasks.dispatch_fires", "schedule": crontab(minute="*")},
+    # The operators' /ws/ops `orders` topic: the minute that just ended, per broker.
+    "system.publish_order_rates": {"task": "algoterm.tasks.publish_order_rates", "schedule": crontab(minute="*")},
     "strategies.recover_fires": {
         "task": "strategies.tasks.recover_fires",
         "schedule": timedelta(seconds=STRATEGY_FIRE_RECOVER_SECONDS),
@@ -612,6 +639,10 @@ MARKET_FEED = env.str("MARKET_FEED", default="simulated" if DJANGO_ENV == "devel
 MARKET_FEED_INTERVAL_SECONDS = env.float("MARKET_FEED_INTERVAL_SECONDS", default=1.0)
 WS_MAX_SYMBOLS = env.int("WS_MAX_SYMBOLS", default=100)
 WS_SEND_QUEUE = env.int("WS_SEND_QUEUE", default=1000)  # messages queued per market-data socket before it is dropped
+# A market-data socket whose one send has not finished for this long (its client stopped reading) is dropped with 4429;
+# it then has WS_SLOW_CLIENT_FAREWELL_SECONDS to read the error and the close before its consumer is let go.
+WS_SLOW_CLIENT_SECONDS = env.float("WS_SLOW_CLIENT_SECONDS", default=5.0)
+WS_SLOW_CLIENT_FAREWELL_SECONDS = env.float("WS_SLOW_CLIENT_FAREWELL_SECONDS", default=10.0)
 OPTION_RISK_FREE_RATE = env.float("OPTION_RISK_FREE_RATE", default=0.065)  # for IV and Greeks (annual, decimal)
 KITE_TICKER_URL = env.str(
     "KITE_TICKER_URL",

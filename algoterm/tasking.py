@@ -3,6 +3,7 @@
 Services sit below their app's `tasks.py` (a task only parses ids and calls a service), so a service that needs
 follow-up work names the task instead of importing the module that imports it back. The name resolves through the
 Celery app's registry, so routing, eager mode in tests and the embedded runner behave exactly as `task.delay()`.
+Either way the task carries the request id and user id of the request (or task) that queued it (`algoterm.celery`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,18 @@
-"""Tick fan-out: WebSocket clients on /ws/market-data, each subscribed to a set of symbols, while a publisher pushes
-ticks through the tick bus's fan-out (`marketdata.ticks.ticks_fan_out`, the Redis channel layer) to a real uvicorn
-server. Measures delivered messages/s and tick-to-client latency, then the same topology on raw Redis pub/sub
-(one PUBLISH per tick, clients subscribed to their symbols' channels) in the same run, and prints the ratio.
+"""Tick fan-out: WebSocket clients on /ws/market-data, each subscribed to a set of symbols, while a publisher sends
+tick batches through the tick bus's fan-out (`marketdata.ticks.ticks_fan_out`: one Redis PUBLISH per batch, split per
+connection by each web process's tick hub) to a real uvicorn server running WEB_CONCURRENCY processes (default: one
+per CPU, as `serve` runs them). Measures ticks delivered per second (a `ticks` message carries several) and
+tick-to-client latency, then the same topology on raw Redis pub/sub (one PUBLISH per tick, clients subscribed to
+their symbols' channels) in the same run, and prints the ratios.
+
+Two shapes by default, the issue's targets: 100 clients x 20 symbols x 10 ticks/s, and 500 clients x 20 symbols x
+2 ticks/s (`--shape CLIENTSxRATE` runs one).
 
 Talks only to 127.0.0.1 (Redis from REDIS_URL, default redis://127.0.0.1:6379/0; the server on a free local port),
 uses a throw-away SQLite database and its own Redis key prefix, and stops by itself (every phase is time-bounded).
 
-    .venv/bin/python bench/bench_tick_fanout.py                      # 100 clients x 20 symbols x 10 ticks/s
-    .venv/bin/python bench/bench_tick_fanout.py --clients 500        # the full target (saturates 2 cores)
+    .venv/bin/python bench/bench_tick_fanout.py
+    .venv/bin/python bench/bench_tick_fanout.py --shape 500x2 --web-processes 1
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ async def publish(mode: str, *, universe: list[str], rate: float, seconds: float
     from decimal import Decimal
 
     from brokers.protocol import Quote
+    from marketdata.quotes import quote_encode, quote_text
     from marketdata.ticks import ticks_fan_out
 
     if mode == "redis":
@@ -65,6 +71,7 @@ async def publish(mode: str, *, universe: list[str], rate: float, seconds: float
 
         client = aioredis.Redis.from_url(os.environ["REDIS_URL"])
         prefix = os.environ["REDIS_KEY_PREFIX"]
+    print("publishing", flush=True)  # set up: the parent's warm-up starts now
     batches = 0
     started = time.monotonic()
     period = 1.0 / rate
@@ -72,7 +79,8 @@ async def publish(mode: str, *, universe: list[str], rate: float, seconds: float
         due = started + batches * period
         if mode == "channels":
             now = datetime.now(tz=UTC)
-            await ticks_fan_out([Quote(symbol=s, last_price=Decimal("100.05"), timestamp=now) for s in universe])
+            quotes = [Quote(symbol=s, last_price=Decimal("100.05"), timestamp=now) for s in universe]
+            ticks_fan_out([quote_text(quote_encode(quote)) for quote in quotes])
         else:
             sent_at = time.time()
             pipe = client.pipeline(transaction=False)
@@ -107,6 +115,7 @@ def start_publisher(mode: str, args, seconds: float) -> subprocess.Popen:
 class Tally:
     def __init__(self) -> None:
         self.received = 0
+        self.frames = 0
         self.latencies: list[float] = []
         self.measuring = False
 
@@ -135,8 +144,10 @@ async def websocket_client(url: str, symbols: list[str], tally: Tally, ready: as
             except TimeoutError:
                 continue
             message = json.loads(text)
-            if message["t"] == "tick":
-                tally.record(datetime.fromisoformat(message["p"]["timestamp"]).timestamp())
+            tally.frames += 1
+            if message["t"] == "ticks":
+                for tick in message["p"]["ticks"]:
+                    tally.record(datetime.fromisoformat(tick["timestamp"]).timestamp())
             elif message["t"] == "error":
                 tally.errors = getattr(tally, "errors", 0) + 1
 
@@ -152,6 +163,7 @@ async def redis_client(symbols: list[str], tally: Tally, ready: asyncio.Event, s
     while not stop.is_set():
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
         if message is not None:
+            tally.frames += 1
             tally.record(json.loads(message["data"])["ts"])
     await pubsub.aclose()
     await client.aclose()
@@ -177,10 +189,11 @@ async def run_phase(mode: str, args, *, url: str = "") -> dict:
     tasks = [asyncio.create_task(one(client)) for client in range(args.clients)]
     await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), 120)
     publisher = start_publisher(mode, args, seconds=args.warmup + args.duration)
+    await asyncio.to_thread(publisher.stdout.readline)  # "publishing": Django is set up
     await asyncio.sleep(args.warmup)
-    tally.measuring, before = True, tally.received
+    tally.measuring, before, frames_before = True, tally.received, tally.frames
     await asyncio.sleep(args.duration)
-    tally.measuring, delivered = False, tally.received - before
+    tally.measuring, delivered, frames = False, tally.received - before, tally.frames - frames_before
     published = json.loads(await asyncio.to_thread(lambda: publisher.communicate(timeout=60)[0]))
     await asyncio.sleep(0.5)
     stop.set()
@@ -191,6 +204,7 @@ async def run_phase(mode: str, args, *, url: str = "") -> dict:
         "published": published["ticks_per_second"],
         "expected": published["ticks_per_second"] * subscribers_per_symbol,
         "delivered": delivered / args.duration,
+        "frames": frames / args.duration,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "errors": getattr(tally, "errors", 0),
@@ -225,10 +239,10 @@ def prepare_database_and_token(universe: list[str]) -> str:
     return str(AccessToken.for_user(user))
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, *, workers: int) -> subprocess.Popen:
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "algoterm.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--lifespan", "off", "--no-access-log", "--log-level", "warning"],
+        + ["--lifespan", "off", "--no-access-log", "--log-level", "warning", "--workers", str(workers)],
         cwd=ROOT,
         env=os.environ.copy(),
     )
@@ -255,31 +269,14 @@ def clean_redis() -> None:
     client.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", choices=["bench", "publisher"], default="bench")
-    parser.add_argument("--mode", choices=["channels", "redis"], default="channels")
-    parser.add_argument("--clients", type=int, default=sized(100, 20), help="WebSocket clients (the target is 500)")
-    parser.add_argument("--symbols-per-client", type=int, default=20)
-    parser.add_argument("--universe", type=int, default=100, help="distinct symbols")
-    parser.add_argument("--rate", type=float, default=10.0, help="ticks per second per symbol")
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--duration", type=float, default=sized(10.0, 2.0))
-    parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if urlparse(os.environ["REDIS_URL"]).hostname not in LOCAL_HOSTS:
-        raise SystemExit("This benchmark only talks to a Redis on 127.0.0.1.")
-    if args.role == "publisher":
-        run_publisher(args)
-        return
-    if not (0 < args.clients <= 1000 and 0 < args.rate <= 100 and 0 < args.duration <= 120):
-        raise SystemExit("Keep --clients <= 1000, --rate <= 100 and --duration <= 120.")
+SHAPES = ("100x10", "500x2")  # clients x ticks per second per symbol, 20 symbols each
 
-    token = prepare_database_and_token(symbols_of(args.universe))
+
+def run_shape(args, token: str) -> tuple[dict, dict]:
     port = free_port()
-    server = start_server(port)
+    server = start_server(port, workers=args.web_processes)
     try:
-        channels = asyncio.run(run_phase("channels", args, url=f"ws://127.0.0.1:{port}/ws/market-data?token={token}"))
+        hub = asyncio.run(run_phase("channels", args, url=f"ws://127.0.0.1:{port}/ws/market-data?token={token}"))
     finally:
         server.terminate()
         try:
@@ -287,23 +284,60 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
     raw = asyncio.run(run_phase("redis", args))
+    return hub, raw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=["bench", "publisher"], default="bench")
+    parser.add_argument("--mode", choices=["channels", "redis"], default="channels")
+    parser.add_argument("--shape", action="append", help="CLIENTSxRATE, e.g. 500x2 (default: both targets)")
+    parser.add_argument("--symbols-per-client", type=int, default=20)
+    parser.add_argument("--universe", type=int, default=100, help="distinct symbols")
+    parser.add_argument("--web-processes", type=int, default=int(os.environ.get("WEB_CONCURRENCY", os.cpu_count())))
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=sized(10.0, 2.0))
+    parser.add_argument("--rate", type=float, default=10.0, help=argparse.SUPPRESS)  # the publisher's
+    parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if urlparse(os.environ["REDIS_URL"]).hostname not in LOCAL_HOSTS:
+        raise SystemExit("This benchmark only talks to a Redis on 127.0.0.1.")
+    if args.role == "publisher":
+        run_publisher(args)
+        return
+    shapes = []
+    for shape in args.shape or SHAPES:
+        clients, _, rate = shape.partition("x")
+        shapes.append((sized(int(clients), max(1, int(clients) // 10)), float(rate)))
+    if not all(0 < clients <= 1000 and 0 < rate <= 100 for clients, rate in shapes) or not 0 < args.duration <= 120:
+        raise SystemExit("Keep clients <= 1000, rate <= 100 and --duration <= 120.")
+
+    token = prepare_database_and_token(symbols_of(args.universe))
+    results = []
+    for clients, rate in shapes:
+        args.clients, args.rate = clients, rate
+        results.append((clients, rate, *run_shape(args, token)))
     clean_redis()
 
     print(
-        f"\ntick fan-out: {args.clients} clients x {args.symbols_per_client} symbols of {args.universe}, "
-        f"{args.rate:g} ticks/s per symbol, {args.duration:g}s measured after {args.warmup:g}s, {os.cpu_count()} CPUs"
+        f"\ntick fan-out: {args.symbols_per_client} symbols of {args.universe} per client, {args.web_processes} web "
+        f"processes, {args.duration:g}s measured after {args.warmup:g}s, {os.cpu_count()} CPUs"
     )
-    print("| path                         | ticks/s in | msgs/s due | msgs/s delivered | p50 ms | p99 ms |")
-    print("|------------------------------|-----------:|-----------:|-----------------:|-------:|-------:|")
-    for name, row in (("/ws/market-data (channels)", channels), ("raw Redis pub/sub", raw)):
+    print("| shape | path | ticks/s in | ticks/s due | ticks/s delivered | messages/s | p50 ms | p99 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for clients, rate, hub, raw in results:
+        for name, row in (("/ws/market-data", hub), ("raw Redis pub/sub", raw)):
+            print(
+                f"| {clients} x {rate:g}/s | {name} | {row['published']:.0f} | {row['expected']:.0f} "
+                f"| {row['delivered']:.0f} | {row['frames']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} |"
+            )
+    print("\n| shape | delivered, /ws/market-data / raw Redis (goal >= 0.5x) | p99 ms (goal < 250) | drops |")
+    print("|---|---:|---:|---:|")
+    for clients, rate, hub, raw in results:
         print(
-            f"| {name:<28} | {row['published']:10.0f} | {row['expected']:10.0f} | {row['delivered']:16.0f} "
-            f"| {row['p50_ms']:6.1f} | {row['p99_ms']:6.1f} |"
+            f"| {clients} x {rate:g}/s | {hub['delivered'] / raw['delivered']:.2f}x | {hub['p99_ms']:.1f} "
+            f"| {hub['errors']} |"
         )
-    print(
-        f"\nchannels / raw Redis: delivered {channels['delivered'] / raw['delivered']:.2f}x, "
-        f"p99 latency {channels['p99_ms'] / raw['p99_ms']:.1f}x; slow-client drops: {channels['errors']}"
-    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from accounts.models import Notification, User
 from accounts.selectors import user_row_lock
 from accounts.services import audit_record, notification_create
 from algoterm.api.errors import AppError, ErrorCode, InvalidState, NotFound, ValidationFailed
+from algoterm.counters import BILLING_WEBHOOK_REFUSED, counter_add
 from algoterm.locking import row_locked, rows_locked
 
 from . import selectors
@@ -413,6 +414,7 @@ def webhook_receive(*, body: bytes, signature: str, event_id: str) -> WebhookEve
         text = body.decode("utf-8")
         razorpay_client().utility.verify_webhook_signature(text, signature, settings.RAZORPAY_WEBHOOK_SECRET)
     except (razorpay.errors.SignatureVerificationError, UnicodeDecodeError, ValueError, TypeError):
+        counter_add(name=BILLING_WEBHOOK_REFUSED)  # many of these: the webhook secret is wrong, payments go unseen
         raise ValidationFailed(
             "The webhook signature does not match its body.", errors={"signature": ["Does not match the body."]}
         ) from None

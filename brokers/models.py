@@ -147,7 +147,23 @@ class SimOrder(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["symbol", "status"]), models.Index(fields=["account", "tag"])]
+        indexes = [
+            models.Index(fields=["symbol", "status"]),
+            models.Index(fields=["account", "tag"]),
+            # Every tick batch asks which symbols have resting orders: answered from this small index, not the table
+            # of every paper order ever placed.
+            models.Index(
+                fields=["symbol"],
+                condition=models.Q(
+                    status__in=[
+                        BrokerOrderStatus.OPEN,
+                        BrokerOrderStatus.TRIGGER_PENDING,
+                        BrokerOrderStatus.PARTIALLY_FILLED,
+                    ]
+                ),
+                name="simorder_resting_symbol",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.order_id} {self.side} {self.quantity} {self.symbol} {self.status}"

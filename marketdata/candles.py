@@ -14,7 +14,7 @@ import csv
 import threading
 import time as clock
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
@@ -91,6 +91,23 @@ def candles_upsert(*, candles: Iterable[CandleBar], batch_size: int = 2000) -> i
     return len(rows)
 
 
+class _OpenMinute:
+    """A minute still taking ticks, changed in place: a new frozen CandleBar per tick cost more than the rest of a
+    tick's way through the builder."""
+
+    __slots__ = ("symbol", "start", "open", "high", "low", "close", "volume", "oi")
+
+    def __init__(self, symbol: str, start: datetime, price: Decimal, volume: int, oi: int | None) -> None:
+        self.symbol, self.start = symbol, start
+        self.open = self.high = self.low = self.close = price
+        self.volume, self.oi = volume, oi
+
+    def bar(self) -> CandleBar:
+        return CandleBar(
+            self.symbol, MINUTE, self.start, self.open, self.high, self.low, self.close, self.volume, self.oi
+        )
+
+
 class MinuteCandleBuilder:
     """Folds ticks into 1-minute candles per symbol and stores each minute once it has closed.
 
@@ -103,7 +120,7 @@ class MinuteCandleBuilder:
     def __init__(self, *, persist: Callable[..., int] = candles_upsert) -> None:
         self.persist = persist
         self._lock = threading.Lock()
-        self._open: dict[str, CandleBar] = {}
+        self._open: dict[str, _OpenMinute] = {}
         self._closed_through: dict[str, datetime] = {}  # the last minute stored per symbol: it is never rewritten
         self._day_volume: dict[str, int] = {}
         self.minutes_written = 0
@@ -112,37 +129,41 @@ class MinuteCandleBuilder:
         """Fold a batch of ticks in; returns how many closed minutes were stored."""
         closed: list[CandleBar] = []
         latest: datetime | None = None
+        minutes: dict[datetime | None, datetime] = {}  # a batch's ticks mostly share a few timestamps
         with self._lock:
             for quote in quotes:
-                minute = _minute_of(quote.timestamp or now or datetime.now(tz=UTC))
-                latest = minute if latest is None or minute > latest else latest
+                stamp = quote.timestamp
+                minute = minutes.get(stamp)
+                if minute is None:
+                    minute = minutes[stamp] = _minute_of(stamp or now or datetime.now(tz=UTC))
+                if latest is None or minute > latest:
+                    latest = minute
                 traded = self._traded_since_last(quote)
-                bar = self._open.get(quote.symbol)
-                stored = self._closed_through.get(quote.symbol)
+                symbol = quote.symbol
+                bar = self._open.get(symbol)
+                stored = self._closed_through.get(symbol)
                 late = (bar is not None and minute < bar.start) or (stored is not None and minute <= stored)
                 if late:
                     # A tick stamped in a minute already closed (exchange clocks lag and differ between symbols):
                     # its trades count in the open minute, and the stored candle is never rewritten by a stub.
                     if bar is not None:
-                        self._open[quote.symbol] = replace(bar, volume=bar.volume + traded)
+                        bar.volume += traded
                     continue
                 if bar is not None and minute > bar.start:
-                    closed.append(bar)
-                    self._closed_through[quote.symbol] = bar.start
+                    closed.append(bar.bar())
+                    self._closed_through[symbol] = bar.start
                     bar = None
                 price = quote.last_price
-                self._open[quote.symbol] = (
-                    CandleBar(quote.symbol, MINUTE, minute, price, price, price, price, traded, quote.oi or None)
-                    if bar is None
-                    else replace(
-                        bar,
-                        high=max(bar.high, price),
-                        low=min(bar.low, price),
-                        close=price,
-                        volume=bar.volume + traded,
-                        oi=quote.oi or bar.oi,
-                    )
-                )
+                if bar is None:
+                    self._open[symbol] = _OpenMinute(symbol, minute, price, traded, quote.oi or None)
+                    continue
+                if price > bar.high:
+                    bar.high = price
+                elif price < bar.low:
+                    bar.low = price
+                bar.close = price
+                bar.volume += traded
+                bar.oi = quote.oi or bar.oi
             if latest is not None:
                 closed += self._pop_before(latest)
         return self._store(closed)
@@ -156,12 +177,13 @@ class MinuteCandleBuilder:
     def flush(self) -> int:
         """Store every open minute as it stands (on shutdown); they stay open."""
         with self._lock:
-            bars = list(self._open.values())
+            bars = [bar.bar() for bar in self._open.values()]
         return self._store(bars)
 
     def open_candle(self, symbol: str) -> CandleBar | None:
         with self._lock:
-            return self._open.get(symbol)
+            bar = self._open.get(symbol)
+            return None if bar is None else bar.bar()
 
     def _traded_since_last(self, quote: Quote) -> int:
         previous = self._day_volume.get(quote.symbol)
@@ -175,7 +197,7 @@ class MinuteCandleBuilder:
         for bar in done:
             del self._open[bar.symbol]
             self._closed_through[bar.symbol] = bar.start
-        return done
+        return [bar.bar() for bar in done]
 
     def _store(self, bars: list[CandleBar]) -> int:
         if not bars:

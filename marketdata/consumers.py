@@ -1,19 +1,24 @@
 """/ws/market-data: ticks for the symbols a connection subscribes to.
 
 `subscription` `{"action": "subscribe"|"unsubscribe", "symbols": [...], "mode": "ltp"|"quote"}` answers a subscribe
-with a `snapshot` `{"quotes": {symbol: payload}, "missing": [...]}` of the cached quotes, then `tick` messages as the
-feed publishes (ltp mode: `{symbol, ltp, timestamp}`; quote mode: the full quote as `GET /api/quotes` shows it).
+with a `snapshot` `{"quotes": {symbol: payload}, "missing": [...]}` of the cached quotes, then `ticks` messages
+`{"ticks": [payload, ...]}`: one message per send carrying every subscribed symbol that moved since the last one
+(ltp mode: `{symbol, ltp, timestamp}`; quote mode: the full quote as `GET /api/quotes` shows it).
 
-Everything sent goes through a bounded per-connection queue drained by one writer task, so ticks for a client that
-reads too slowly pile up in its own queue, never in the channel layer or in other connections. When the queue is
-full the client gets a non-recoverable `error` (RATE_LIMITED) and the connection closes with CLOSE_TOO_SLOW (4429).
+One writer task per connection sends what is due: first its messages (snapshots, errors, pongs) in order, then the
+latest tick of each symbol that moved, conflated (latest price wins) while the previous send is still being read. A
+client that reads so slowly that one send stays unfinished for WS_SLOW_CLIENT_SECONDS (or lets WS_SEND_QUEUE
+messages pile up) is told with a non-recoverable `error` (RATE_LIMITED) and closed with CLOSE_TOO_SLOW (4429); it
+never holds up other connections, and its backlog never grows past one payload per subscribed symbol.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -23,18 +28,14 @@ from algoterm.api.errors import AppError, ErrorCode, ValidationFailed
 from algoterm.api.ws import ProtocolConsumer
 from billing.selectors import entitlements_for
 from marketdata import selectors
-from marketdata.quotes import _encode, quotes_get
-from marketdata.ticks import symbol_group
+from marketdata.quotes import quote_encode, quotes_get
+from marketdata.tickhub import tick_hub, tick_payload
 
 CLOSE_TOO_SLOW = 4429
 MODES = ("ltp", "quote")
 DEFAULT_MAX_SYMBOLS = 100
 DEFAULT_SEND_QUEUE = 1000
 _ERROR_SEND_TIMEOUT = 1.0
-
-
-def _payload_for(encoded_quote: dict[str, Any], mode: str) -> dict[str, Any]:
-    return selectors.ltp_payload(encoded_quote) if mode == "ltp" else selectors.quote_payload(encoded_quote)
 
 
 @database_sync_to_async
@@ -50,11 +51,18 @@ class MarketDataConsumer(ProtocolConsumer):
         plan_limit = entitlements.websocket_symbols
         self.max_symbols = server_limit if plan_limit is None else min(server_limit, plan_limit)
         self.plan_limits_symbols = plan_limit is not None and plan_limit < server_limit
-        self.outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=getattr(settings, "WS_SEND_QUEUE", DEFAULT_SEND_QUEUE))
+        self.queue_limit = getattr(settings, "WS_SEND_QUEUE", DEFAULT_SEND_QUEUE)
+        self.slow_after = float(settings.WS_SLOW_CLIENT_SECONDS)
+        self.farewell_seconds = float(settings.WS_SLOW_CLIENT_FAREWELL_SECONDS)
+        self.outbox: collections.deque[str] = collections.deque()
+        self.ticks_due: dict[str, str] = {}
+        self.sending_since: float | None = None
+        self.due = asyncio.Event()
         self.dropping = False
-        self.writer = asyncio.create_task(self._drain_outbox())
+        self.hub = tick_hub()
+        self.writer = asyncio.create_task(self._write())
 
-    # --- sending: everything after connect goes through the outbox --------------------------------------------------
+    # --- sending: everything after connect goes through the writer --------------------------------------------------
 
     async def send_message(self, message_type: str, payload: dict[str, Any]) -> None:
         if not hasattr(self, "outbox"):
@@ -62,43 +70,83 @@ class MarketDataConsumer(ProtocolConsumer):
             return
         if self.dropping:
             return
-        try:
-            self.outbox.put_nowait(json.dumps({"t": message_type, "p": payload}))
-        except asyncio.QueueFull:
+        if len(self.outbox) >= self.queue_limit:
             await self._drop_slow_client()
+            return
+        self.outbox.append(json.dumps({"t": message_type, "p": payload}))
+        self.due.set()
 
-    async def _drain_outbox(self) -> None:
+    def tick_offer(self, symbol: str, text: str, now: float) -> None:
+        """From the hub: the latest payload of a subscribed symbol; replaces one not sent yet."""
+        if self.dropping:
+            return
+        since = self.sending_since
+        if since is not None and now - since > self.slow_after:
+            self.dropping = True
+            self.dropper = asyncio.ensure_future(self._drop_slow_client())
+            return
+        self.ticks_due[symbol] = text
+        self.due.set()
+
+    async def _write(self) -> None:
         while True:
-            text = await self.outbox.get()
-            await self._transmit(text)
+            await self.due.wait()
+            self.due.clear()
+            while self.outbox:
+                await self._transmit(self.outbox.popleft())
+            if self.ticks_due:
+                due, self.ticks_due = self.ticks_due, {}
+                await self._transmit('{"t":"ticks","p":{"ticks":[' + ",".join(due.values()) + "]}}")
 
     async def _transmit(self, text: str) -> None:
-        await self.send(text_data=text)
+        self.sending_since = time.monotonic()
+        try:
+            await self.send(text_data=text)
+        finally:
+            self.sending_since = None
 
     async def _drop_slow_client(self) -> None:
+        """Stop queueing for this client, tell it why and close with 4429 as soon as it reads again; if it has not
+        read within WS_SLOW_CLIENT_FAREWELL_SECONDS, leave it (the web server closes the socket when the app ends)."""
+        self._stop_sending()
         error = {
-            "message": "Too slow: ticks queued faster than this connection reads them.",
+            "message": "Too slow: this connection reads ticks more slowly than they are sent.",
             "code": str(ErrorCode.RATE_LIMITED),
+            "recoverable": False,
         }
-        await self.send_last(json.dumps({"t": "error", "p": {**error, "recoverable": False}}))
+        with contextlib.suppress(asyncio.TimeoutError, OSError):
+            await asyncio.wait_for(self._say_goodbye(json.dumps({"t": "error", "p": error})), self.farewell_seconds)
+        # Ends this consumer (and its channel-layer receive loop) even while the socket itself stays stuck.
+        await self.channel_layer.send(self.channel_name, {"type": "connection.abandon"})
+
+    async def _say_goodbye(self, text: str) -> None:
+        await self.send(text_data=text)
         await self.close(code=CLOSE_TOO_SLOW)
 
+    async def connection_abandon(self, event: dict[str, Any]) -> None:
+        await self.websocket_disconnect({"type": "websocket.disconnect", "code": CLOSE_TOO_SLOW})
+
+    def _stop_sending(self) -> None:
+        self.dropping = True
+        self.writer.cancel()
+        self.hub.detach(self)
+        self.modes.clear()
+        self.outbox.clear()
+        self.ticks_due.clear()
+
     async def send_last(self, text: str) -> None:
-        """Ahead of whatever ticks are still queued: they stop here, and the client learns why at once."""
+        """Ahead of whatever is still queued: it stops here, and the client learns why at once."""
         if not hasattr(self, "writer"):
             await super().send_last(text)
             return
-        self.dropping = True
-        self.writer.cancel()
-        await self._leave_groups(list(self.modes))
-        self.modes.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
+        self._stop_sending()
+        with contextlib.suppress(asyncio.TimeoutError, OSError):
             await asyncio.wait_for(self.send(text_data=text), _ERROR_SEND_TIMEOUT)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "writer"):
             self.writer.cancel()
-            await self._leave_groups(list(self.modes))
+            self.hub.detach(self)
 
     # --- client messages ------------------------------------------------------------------------------------------
 
@@ -118,7 +166,8 @@ class MarketDataConsumer(ProtocolConsumer):
             gone = [symbol for symbol in symbols if symbol in self.modes]
             for symbol in gone:
                 del self.modes[symbol]
-            await self._leave_groups(gone)
+                self.ticks_due.pop(symbol, None)
+            self.hub.detach(self, gone)
             return
         await self._subscribe(symbols, mode)
 
@@ -139,10 +188,10 @@ class MarketDataConsumer(ProtocolConsumer):
             raise ValidationFailed(f"Unknown symbols {unknown[:20]}; nothing was subscribed.")
         for symbol in symbols:
             self.modes[symbol] = mode
-        # One at a time: concurrent group calls from many connections would exhaust the channel layer's Redis pool.
-        for symbol in new:
-            await self.channel_layer.group_add(symbol_group(symbol), self.channel_name)
-        await self._send_snapshot(symbols, quotes)
+        # Ticks are offered from here on, and the snapshot is read after that: a tick racing the subscription is
+        # either in it or sent after it, never lost in between.
+        await self.hub.attach(self, new)
+        await self._send_snapshot(symbols, await database_sync_to_async(quotes_get)(symbols) if new else quotes)
 
     async def handle_request_snapshot(self, payload: dict[str, Any]) -> None:
         symbols = list(self.modes)
@@ -153,21 +202,10 @@ class MarketDataConsumer(ProtocolConsumer):
             "snapshot",
             {
                 "quotes": {
-                    symbol: _payload_for(_encode(quote), self.modes[symbol])
+                    symbol: tick_payload(quote_encode(quote), self.modes[symbol])
                     for symbol, quote in quotes.items()
                     if symbol in self.modes
                 },
                 "missing": [symbol for symbol in symbols if symbol not in quotes],
             },
         )
-
-    async def _leave_groups(self, symbols: list[str]) -> None:
-        for symbol in symbols:
-            await self.channel_layer.group_discard(symbol_group(symbol), self.channel_name)
-
-    # --- the tick bus ---------------------------------------------------------------------------------------------
-
-    async def md_tick(self, event: dict[str, Any]) -> None:
-        mode = self.modes.get(event["symbol"]) if hasattr(self, "modes") else None
-        if mode is not None:
-            await self.send_message("tick", _payload_for(event["quote"], mode))

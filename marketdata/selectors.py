@@ -21,7 +21,7 @@ from brokers.protocol import Quote
 from marketdata.calendar import IST
 from marketdata.candles import MINUTE, CandleBar, candles_get, candles_span_check
 from marketdata.models import Candle, Instrument, InstrumentType
-from marketdata.quotes import _encode, quote_get, quotes_get
+from marketdata.quotes import quote_encode, quote_get, quotes_get
 
 MAX_SYMBOLS_PER_REQUEST = 100
 
@@ -106,7 +106,7 @@ def ltp_payload(encoded: dict[str, Any]) -> dict[str, Any]:
 
 
 def quote_render(quote: Quote) -> dict[str, Any]:
-    return quote_payload(_encode(quote))
+    return quote_payload(quote_encode(quote))
 
 
 def instrument_list(

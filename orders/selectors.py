@@ -10,7 +10,18 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from django.db import connection
-from django.db.models import Case, Count, IntegerField, Q, QuerySet, TextField, Value, When, prefetch_related_objects
+from django.db.models import (
+    Case,
+    Count,
+    IntegerField,
+    Min,
+    Q,
+    QuerySet,
+    TextField,
+    Value,
+    When,
+    prefetch_related_objects,
+)
 from django.db.models.functions import Cast, ExtractHour
 
 from accounts.models import User
@@ -21,7 +32,7 @@ from brokers.prices import synthetic_quote
 from brokers.protocol import BrokerError, Quote
 from brokers.selectors import broker_account_get, broker_account_list
 from marketdata.quotes import quotes_get
-from orders.models import LIVE_STATUSES, LegRole, Order, OrderStatus, Position, Trade
+from orders.models import FINAL_STATUSES, LIVE_STATUSES, LegRole, Order, OrderEvent, OrderStatus, Position, Trade
 
 PAISE = Decimal("0.01")
 
@@ -488,6 +499,27 @@ def order_platform_counts_by_broker(*, since: datetime) -> dict[str, dict[str, i
     return {row["account__broker"]: {"placed": row["placed"], "rejected": row["rejected"]} for row in rows}
 
 
+def order_platform_counts_between(*, start: datetime, end: datetime) -> dict[str, dict[str, int]]:
+    """Per broker with orders: orders created in [start, end) (every user's), those the broker rejected, and those
+    that errored: the broker's answer was an error we could not map, or never came (they went UNKNOWN, whatever
+    reconciliation found later)."""
+    went_unknown = OrderEvent.objects.filter(to_status=OrderStatus.UNKNOWN, created_at__gte=start).values("order_id")
+    rows = (
+        Order.objects.filter(created_at__gte=start, created_at__lt=end)
+        .values("account__broker")
+        .annotate(
+            placed=Count("id"),
+            rejected=Count("id", filter=Q(status=OrderStatus.REJECTED)),
+            errored=Count("id", filter=Q(id__in=went_unknown)),
+        )
+        .order_by()
+    )
+    return {
+        row["account__broker"]: {"placed": row["placed"], "rejected": row["rejected"], "errored": row["errored"]}
+        for row in rows
+    }
+
+
 def order_platform_live_of_real_accounts() -> list[Order]:
     """Live orders of real (non-paper) broker accounts, every user's, oldest first (ids only loaded)."""
     return list(
@@ -496,3 +528,36 @@ def order_platform_live_of_real_accounts() -> list[Order]:
         .order_by("created_at")
         .only("id")
     )
+
+
+# Orders whose outcome is not settled yet: the broker has not confirmed them (or their change), so reconciliation must.
+_AWAITING_RECONCILE = (
+    OrderStatus.PENDING,
+    OrderStatus.SUBMITTING,
+    OrderStatus.PENDING_MODIFY,
+    OrderStatus.PENDING_CANCEL,
+)
+
+
+def order_platform_reconcile_backlog(*, unchanged_since: datetime) -> dict[str, Any]:
+    """Every user's orders reconciliation should have settled by now: unconfirmed (not UNKNOWN, counted apart) and
+    unchanged since `unchanged_since`, and filled entries whose exits are still not placed. Count and oldest."""
+    unconfirmed = Order.objects.filter(status__in=_AWAITING_RECONCILE, updated_at__lt=unchanged_since)
+    waiting_exits = Order.objects.filter(
+        role=LegRole.ENTRY,
+        exits_placed_at__isnull=True,
+        filled_quantity__gt=0,
+        status__in=FINAL_STATUSES,
+        updated_at__lt=unchanged_since,
+    ).exclude(target__isnull=True, stop_loss__isnull=True)
+    backlog = (unconfirmed | waiting_exits).order_by()
+    figures = backlog.aggregate(count=Count("pk"), oldest=Min("updated_at"))
+    return {"count": figures["count"], "oldest": figures["oldest"]}
+
+
+def order_platform_unknown(*, unchanged_since: datetime) -> dict[str, Any]:
+    """Every user's orders in UNKNOWN (the broker's answer was lost) since before `unchanged_since`: count, oldest,
+    and a few ids to look at first."""
+    unknown = Order.objects.filter(status=OrderStatus.UNKNOWN, updated_at__lt=unchanged_since).order_by("updated_at")
+    figures = unknown.aggregate(count=Count("pk"), oldest=Min("updated_at"))
+    return {**figures, "order_ids": list(unknown.values_list("pk", flat=True)[:10])}

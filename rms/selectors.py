@@ -20,6 +20,7 @@ from marketdata.selectors import instrument_underlyings
 from orders.selectors import orders_placed_on, position_list
 from rms.models import RiskProfile, RmsEvent, RmsState, TradingState
 from rms.services import (
+    OPS_EVENT_KINDS,
     PAISE,
     PROFILE_FIELDS,
     ceilings_for,
@@ -27,6 +28,7 @@ from rms.services import (
     mtm_book,
     pending_view,
     profiles_in_force,
+    rms_event_ops_view,
     trading_day,
     trading_started,
 )
@@ -150,3 +152,9 @@ def rms_platform_breaches_by_reason(*, start: datetime, end: datetime | None = N
 def rms_platform_restricted_count(*, day: date) -> int:
     """Users whose risk state on `day` is not NORMAL (REDUCING or HALTED)."""
     return RmsState.objects.filter(trading_day=day).exclude(status=TradingState.NORMAL).count()
+
+
+def rms_platform_events_recent(*, limit: int) -> list[dict[str, Any]]:
+    """The latest `limit` breaches and square-offs of every user, newest first, as the operators' socket shows them."""
+    events = RmsEvent.objects.filter(kind__in=OPS_EVENT_KINDS).order_by("-created_at", "-id")[:limit]
+    return [rms_event_ops_view(event) for event in events]

@@ -12,7 +12,7 @@ from accounts.models import User
 from algoterm.api.errors import NotFound
 
 from .models import Backtest, RunStatus, Signal, Strategy, StrategyRun, WebhookRejectionCount
-from .services import RunPnl, run_pnl
+from .services import RunPnl, run_pnl, signal_ops_view
 from .services.clock import IST
 
 
@@ -98,3 +98,8 @@ def signal_get(*, user: User, signal_id: str) -> Signal:
     if signal is None:
         raise NotFound()
     return signal
+
+
+def signal_platform_recent(*, limit: int) -> list[dict]:
+    """The latest `limit` signals of every user, newest first, as the operators' socket shows them (operators only)."""
+    return [signal_ops_view(signal) for signal in Signal.objects.order_by("-received_at", "-id")[:limit]]

@@ -16,9 +16,9 @@ from accounts import services
 from accounts.models import User
 from algoterm.admin_mixins import ReadOnlyMixin
 from algoterm.api.errors import AppError
-from algoterm.console.dashboard import dashboard_view
+from algoterm.console.dashboard import dashboard_view, duration_text
 from algoterm.console.forms import UserChangeAdminForm, UserCreationAdminForm
-from algoterm.models import ConfigSection, PlatformState
+from algoterm.models import Alert, ConfigSection, PlatformState
 from orders.admin_actions import SquareOffJob, square_off_selected
 from rms import services as rms_services
 from rms.admin_actions import halt_selected, resume_selected
@@ -51,6 +51,38 @@ class ConfigSectionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="data")
     def settings(self, section: ConfigSection) -> str:
         return format_html("<pre>{}</pre>", json.dumps(section.data, indent=2, sort_keys=True, default=str))
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """The platform's alerts, raised and cleared by the evaluator (algoterm.console.alerts) alone."""
+
+    list_display = ["condition", "severity", "title", "started_at", "ended_at", "lasted", "cleared_reason"]
+    list_filter = ["severity", ("ended_at", admin.EmptyFieldListFilter), "started_at", "condition"]
+    search_fields = ["condition", "title", "detail", "id"]
+    date_hierarchy = "started_at"
+    fields = [
+        "id",
+        "condition",
+        "severity",
+        "title",
+        "detail",
+        "seen",
+        "started_at",
+        "ended_at",
+        "cleared_by",
+        "cleared_reason",
+    ]
+    readonly_fields = ["seen"]
+    list_select_related = ["cleared_by"]
+
+    @admin.display(description="duration")
+    def lasted(self, alert: Alert) -> str:
+        return "open" if alert.ended_at is None else duration_text(alert.duration_seconds or 0.0)
+
+    @admin.display(description="readings")
+    def seen(self, alert: Alert) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(alert.readings, indent=2, sort_keys=True, default=str))
 
 
 @admin.register(User)

@@ -9,3 +9,11 @@ class ConsoleConfig(AppConfig):
     name = "algoterm.console"
     label = "console"
     verbose_name = "AlgoTerm operator console"
+
+    def ready(self) -> None:
+        # The alerts' /ws/ops snapshot part and their Prometheus gauges (registered on import).
+        from algoterm.console import alert_metrics  # noqa: F401
+        from algoterm.console.alerts import alerts_snapshot_part
+        from algoterm.console.ops_socket import ops_snapshot_register
+
+        ops_snapshot_register("alerts", alerts_snapshot_part)

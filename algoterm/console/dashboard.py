@@ -14,11 +14,13 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from django.db.models import Q
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.selectors import user_platform_figures
+from algoterm.models import Alert, AlertSeverity
 from billing.selectors import payment_platform_captured
 from brokers.models import AccountStatus, Broker
 from brokers.prices import REFERENCE_PRICES
@@ -40,6 +42,9 @@ MARKET_HOURS = range(9, 16)  # IST hours always drawn on the orders chart, whate
 PAISE_PER_RUPEE = Decimal(100)
 TOP_REJECTIONS = 5
 REFRESH_SECONDS = 60
+ALERT_HISTORY_SIZE = 50  # the last alerts the page lists
+ALERT_TIMELINE = timedelta(days=1)
+SEVERITY_COLOURS = {AlertSeverity.CRITICAL: "#c62828", AlertSeverity.WARNING: "#f9a825"}
 
 STATUS_COLOURS = {
     "connected": "#2e7d32",
@@ -237,6 +242,59 @@ def feed_figures(*, now: datetime) -> FeedFigures:
     return FeedFigures(len(symbols), len(quotes), newest, symbol, round((now - newest).total_seconds(), 1))
 
 
+# --- platform alerts (raised and cleared by algoterm.console.alerts) --------------------------------------------------
+
+
+def alerts_open() -> list[Alert]:
+    """Every open alert, critical first, then newest first."""
+    alerts = sorted(Alert.objects.filter(ended_at__isnull=True), key=lambda alert: alert.started_at, reverse=True)
+    return sorted(alerts, key=lambda alert: alert.severity != AlertSeverity.CRITICAL)
+
+
+def alerts_history(*, limit: int = ALERT_HISTORY_SIZE) -> list[Alert]:
+    """The last `limit` alerts, open or ended, newest first."""
+    return list(Alert.objects.select_related("cleared_by").order_by("-started_at", "-id")[:limit])
+
+
+def alerts_since(*, since: datetime) -> list[Alert]:
+    """Alerts open at any moment since `since`, oldest first."""
+    return list(Alert.objects.filter(Q(ended_at__isnull=True) | Q(ended_at__gte=since)).order_by("started_at", "id"))
+
+
+@dataclass(frozen=True)
+class AlertFigures:
+    open: list[Alert]
+    history: list[Alert]
+    timeline: list[Alert]  # every alert open at some moment of the last ALERT_TIMELINE
+    since: datetime
+
+    at: datetime
+
+    @property
+    def critical_open(self) -> int:
+        return sum(1 for alert in self.open if alert.severity == AlertSeverity.CRITICAL)
+
+    def history_rows(self) -> list[tuple[Alert, str]]:
+        """Each alert of the history with how long it lasted (so far, while open)."""
+        return [
+            (alert, duration_text(((alert.ended_at or self.at) - alert.started_at).total_seconds()))
+            for alert in self.history
+        ]
+
+
+def duration_text(seconds: float) -> str:
+    minutes, seconds = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def alerts_figures(*, now: datetime) -> AlertFigures:
+    since = now - ALERT_TIMELINE
+    return AlertFigures(
+        open=alerts_open(), history=alerts_history(), timeline=alerts_since(since=since), since=since, at=now
+    )
+
+
 @dataclass(frozen=True)
 class Dashboard:
     at: datetime
@@ -248,6 +306,7 @@ class Dashboard:
     risk: RiskFigures
     revenue: RevenueFigures
     feed: FeedFigures
+    alerts: AlertFigures
 
 
 def dashboard_get(*, now: datetime | None = None) -> Dashboard:
@@ -263,6 +322,7 @@ def dashboard_get(*, now: datetime | None = None) -> Dashboard:
         risk=risk_figures(day=day),
         revenue=revenue_figures(day=day),
         feed=feed_figures(now=now),
+        alerts=alerts_figures(now=now),
     )
 
 
@@ -361,12 +421,43 @@ def revenue_chart_png(revenue: RevenueFigures) -> bytes:
     return _png(figure)
 
 
+def alerts_timeline_png(alerts: AlertFigures, *, now: datetime) -> bytes:
+    """The last day's alerts as bars on a time axis, one row per condition, coloured by severity."""
+    figure, axes = _figure(height=max(2.0, 1.0 + 0.35 * len({alert.condition for alert in alerts.timeline})))
+    conditions = sorted({alert.condition for alert in alerts.timeline}, reverse=True)
+    row = {condition: index for index, condition in enumerate(conditions)}
+    start, end = timezone.localtime(alerts.since, IST), timezone.localtime(now, IST)
+    for alert in alerts.timeline:
+        began = max(timezone.localtime(alert.started_at, IST), start)
+        ended = timezone.localtime(alert.ended_at, IST) if alert.ended_at else end
+        axes.barh(
+            row[alert.condition],
+            ended - began,
+            left=began.replace(tzinfo=None),
+            height=0.6,
+            color=SEVERITY_COLOURS.get(alert.severity, "#777777"),
+            alpha=0.9 if alert.ended_at is None else 0.6,
+        )
+    from matplotlib.dates import DateFormatter
+
+    axes.set_xlim(start.replace(tzinfo=None), end.replace(tzinfo=None))
+    axes.xaxis.set_major_formatter(DateFormatter("%H:%M"))
+    axes.set_yticks(range(len(conditions)), conditions, fontsize="small")
+    axes.set_ylim(-0.6, max(len(conditions), 1) - 0.4)
+    axes.set_xlabel("last 24 hours (IST); red critical, amber warning")
+    axes.grid(axis="x", alpha=0.3)
+    if not conditions:
+        _nothing_yet(axes, "no alerts in the last 24 hours")
+    return _png(figure)
+
+
 def charts_get(dashboard: Dashboard) -> dict[str, str]:
     """Each chart as base64 PNG text, ready for a data: URL."""
     charts = {
         "orders": orders_chart_png(dashboard.orders),
         "accounts": accounts_chart_png(dashboard.accounts),
         "revenue": revenue_chart_png(dashboard.revenue),
+        "alerts": alerts_timeline_png(dashboard.alerts, now=dashboard.at),
     }
     return {name: base64.b64encode(png).decode("ascii") for name, png in charts.items()}
 
@@ -392,6 +483,7 @@ def dashboard_links(day: date) -> dict[str, str]:
         "restricted": reverse("admin:rms_rmsstate_changelist") + "?breached_today=yes",
         "revenue": reverse("admin:billing_payment_revenue"),
         "instruments": reverse("admin:marketdata_instrument_changelist"),
+        "alerts": reverse("admin:algoterm_alert_changelist"),
     }
 
 

@@ -3,15 +3,16 @@
 
 Everything here is read when Prometheus scrapes, from the stores every process shares (the database, Redis), so any
 web process answers a scrape with the same numbers: orders placed and rejected today per broker, RMS breaches today,
-open WebSocket connections (a Redis counter the consumers keep), feed lag (the newest index quote in the quote
+open WebSocket connections (each live web process's counts in Redis), feed lag (the newest index quote in the quote
 cache), Celery queue depth (the broker's Redis lists) and broker accounts with an open circuit. Request latency and
-the WebSocket counter are recorded on the ground floor (`algoterm.metrics`), into the registry exposed here.
+the WebSocket counts are recorded on the ground floor (`algoterm.metrics`), into the registry exposed here; with
+several web processes (PROMETHEUS_MULTIPROC_DIR) the latency is summed over all of them.
 
 Families (all prefixed `algoterm_`):
     http_request_duration_seconds{method,route,status}   histogram; `route` is the URL name, `status` 2xx..5xx
     orders_placed_today{broker}, orders_rejected_today{broker}   gauges; today is the IST trading day
     rms_breaches_today{reason}                            gauge
-    websocket_connections{endpoint}                       gauge (events, market_data)
+    websocket_connections{endpoint}                       gauge (events, market_data, ops), live processes only
     feed_lag_seconds, feed_last_tick_timestamp_seconds    gauges; absent until the feed has quoted an index
     market_open                                           gauge, 1 during the NSE session
     celery_queue_length{queue}                            gauge; absent in embedded mode (no broker lists)
@@ -32,14 +33,14 @@ import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from algoterm.console.dashboard import feed_figures
 from algoterm.health import ComponentHealth, platform_health
-from algoterm.metrics import REGISTRY, ws_connections
+from algoterm.metrics import REGISTRY, multiprocess_dir, recorded_per_process, ws_connections
 from brokers.models import Broker
 from brokers.protection import CircuitBreaker
 from brokers.selectors import broker_account_platform_connected
@@ -242,9 +243,34 @@ class SharedStateCollector(Collector):
 REGISTRY.register(SharedStateCollector())
 
 
+class _SharedFamilies(Collector):
+    """The families of REGISTRY that every process reads alike at scrape time (this module's, and any other
+    collector registered there), without the ones each process records for itself."""
+
+    def collect(self) -> Iterable[Metric]:
+        return (family for family in REGISTRY.collect() if not recorded_per_process(family.name))
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+def exposition_registry() -> CollectorRegistry:
+    """REGISTRY itself in a single web process; with PROMETHEUS_MULTIPROC_DIR, a registry built for this scrape:
+    request latency summed over the files of every web process that wrote one (a process that exited keeps its
+    counts, as a counter must), plus the scrape-time families once. Per-process families (CPU, memory, file
+    descriptors) are left out there: the answer would describe whichever process took the scrape."""
+    path = multiprocess_dir()
+    if path is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    registry.register(_SharedFamilies())
+    return registry
+
+
 def exposition() -> bytes:
     """The Prometheus text format (version 0.0.4) of every family."""
-    return generate_latest(REGISTRY)
+    return generate_latest(exposition_registry())
 
 
 # --- component health: /api/health's checks plus the feed, the queue and the brokers -----------------------------

@@ -21,6 +21,7 @@ from accounts.services import audit_record, notification_create
 from algoterm.api.errors import InvalidState, ValidationFailed
 from algoterm.health import platform_health
 from algoterm.models import PlatformMode, PlatformState
+from algoterm.realtime import ops_publish
 from algoterm.system import platform_state, platform_state_forget, platform_state_lock
 from brokers.selectors import sim_order_paper_tags
 from marketdata import calendar as market_calendar
@@ -87,6 +88,25 @@ def admins_notify(
         notification_create(user=admin, kind=kind, title=title, body=body, level=level, data=data)
 
 
+def system_event_publish(
+    *, event: str, actor: User | None, details: dict[str, Any], state: PlatformState | None = None
+) -> None:
+    """Tell the operators on /ws/ops (`system` topic) after commit: what happened, who did it, and the platform's
+    state now (`state` when the caller just changed it, so nothing uncommitted is read into the cache)."""
+    ops_publish(
+        topic="system",
+        message_type="system_event",
+        payload={
+            "event": event,
+            "actor": actor.pk if actor is not None else None,
+            "actor_email": actor.email if actor is not None else None,
+            "at": timezone.now(),
+            **state_summary(state or platform_state()),
+            **details,
+        },
+    )
+
+
 def _save(state: PlatformState, *, actor: User) -> PlatformState:
     state.changed_by = actor
     state.changed_at = timezone.now()
@@ -111,6 +131,7 @@ def trading_stop(*, actor: User, reason: str) -> PlatformState:
     state.trading_halted, state.halt_reason = True, reason
     _save(state, actor=actor)
     audit_record(action="system.trading_stop", actor=actor, target=state, details={"reason": reason})
+    system_event_publish(event="trading_stopped", actor=actor, state=state, details={"reason": reason})
     admins_notify(
         actor=actor,
         title="Trading stopped platform-wide",
@@ -131,6 +152,7 @@ def trading_start(*, actor: User) -> PlatformState:
     state.trading_halted, state.halt_reason = False, ""
     _save(state, actor=actor)
     audit_record(action="system.trading_start", actor=actor, target=state, details={"halted_for": previous_reason})
+    system_event_publish(event="trading_started", actor=actor, state=state, details={"halted_for": previous_reason})
     admins_notify(
         actor=actor,
         title="Trading started platform-wide",
@@ -180,6 +202,12 @@ def platform_mode_set(*, actor: User, mode: str, force: bool = False) -> Platfor
         action="system.mode_set",
         actor=actor,
         target=state,
+        details={"from": previous, "to": mode, "forced": bool(force and stranded), "stranded_orders": stranded},
+    )
+    system_event_publish(
+        event="mode_changed",
+        actor=actor,
+        state=state,
         details={"from": previous, "to": mode, "forced": bool(force and stranded), "stranded_orders": stranded},
     )
     admins_notify(

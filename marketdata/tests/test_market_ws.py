@@ -89,7 +89,8 @@ async def test_subscribe_snapshot_then_ticks(user, market):
     }
 
     await publish(quote_at("NSE:INFY", "1891.05"), quote_at("NSE:TCS", "4150"), quote_at("NSE:RELIANCE", "1290.5"))
-    ticks = [await expect(communicator, "tick"), await expect(communicator, "tick")]
+    # One message for the batch, with the subscribed symbols that moved and nothing else.
+    ticks = (await expect(communicator, "ticks"))["ticks"]
     assert [(tick["symbol"], tick["ltp"]) for tick in ticks] == [("NSE:INFY", 1891.05), ("NSE:RELIANCE", 1290.5)]
     assert await communicator.receive_nothing(timeout=0.3)
 
@@ -100,7 +101,7 @@ async def test_quote_mode_sends_the_full_quote_and_request_snapshot(user, market
     assert (await expect(communicator, "snapshot"))["quotes"]["NSE:INFY"]["bid"] == 1890.35
 
     await publish(quote_at("NSE:INFY", "1892"))
-    tick = await expect(communicator, "tick")
+    [tick] = (await expect(communicator, "ticks"))["ticks"]
     assert tick["ltp"] == 1892.0 and tick["ask"] == 1892.05 and {"volume", "oi", "close", "timestamp"} <= set(tick)
 
     await communicator.send_json_to({"t": "request_snapshot", "p": {}})
@@ -116,7 +117,7 @@ async def test_unsubscribe_stops_ticks(user, market):
     await expect(communicator, "pong")  # the unsubscribe is done once the ping behind it is answered
 
     await publish(quote_at("NSE:INFY", "1900"), quote_at("NSE:NIFTY 50", "24400"))
-    assert (await expect(communicator, "tick"))["symbol"] == "NSE:NIFTY 50"
+    assert [tick["symbol"] for tick in (await expect(communicator, "ticks"))["ticks"]] == ["NSE:NIFTY 50"]
     assert await communicator.receive_nothing(timeout=0.3)
 
 
@@ -158,26 +159,56 @@ async def test_symbol_limit_per_connection(user, market, settings):
     await expect(communicator, "snapshot")
 
 
+async def test_a_client_reading_slowly_gets_the_latest_prices_conflated(user, market, monkeypatch):
+    gate = asyncio.Event()
+    original = MarketDataConsumer.send
+
+    async def send(consumer, text_data=None, **kwargs):
+        if '"ticks"' in (text_data or ""):
+            await gate.wait()  # the client reads nothing until the gate opens: its socket send does not complete
+        await original(consumer, text_data, **kwargs)
+
+    monkeypatch.setattr(MarketDataConsumer, "send", send)
+    communicator = await connect(user)
+    await subscribe(communicator, ["NSE:INFY", "NSE:NIFTY 50"])
+    await expect(communicator, "snapshot")
+
+    await publish(quote_at("NSE:INFY", "1900"))
+    await asyncio.sleep(0.2)  # the first batch is on its way (held at the gate)
+    for step in range(1, 20):
+        await publish(quote_at("NSE:INFY", 1900 + step), quote_at("NSE:NIFTY 50", 24400 + step))
+    await asyncio.sleep(0.2)
+    gate.set()
+
+    first = (await expect(communicator, "ticks"))["ticks"]
+    second = (await expect(communicator, "ticks"))["ticks"]
+    assert [(tick["symbol"], tick["ltp"]) for tick in first] == [("NSE:INFY", 1900.0)]
+    # Nineteen batches while the first was unread: one message, the newest price of each symbol.
+    assert {tick["symbol"]: tick["ltp"] for tick in second} == {"NSE:INFY": 1919.0, "NSE:NIFTY 50": 24419.0}
+    assert await communicator.receive_nothing(timeout=0.3)
+
+
 async def test_a_slow_client_is_dropped_without_holding_up_the_others(user, market, settings, monkeypatch):
-    settings.WS_SEND_QUEUE = 5
+    settings.WS_SLOW_CLIENT_SECONDS = 0.5
     slow_user = await database_sync_to_async(UserFactory)()
-    original = MarketDataConsumer._transmit
+    original = MarketDataConsumer.send
 
-    async def transmit(consumer, text):
-        if consumer.user.pk == slow_user.pk and '"tick"' in text:
+    async def send(consumer, text_data=None, **kwargs):
+        if consumer.user.pk == slow_user.pk and '"ticks"' in (text_data or ""):
             await asyncio.sleep(3600)  # a client that stopped reading: its socket send never completes
-        await original(consumer, text)
+        await original(consumer, text_data, **kwargs)
 
-    monkeypatch.setattr(MarketDataConsumer, "_transmit", transmit)
+    monkeypatch.setattr(MarketDataConsumer, "send", send)
     fast, slow = await connect(user), await connect(slow_user)
     for communicator in (fast, slow):
         await subscribe(communicator, ["NSE:INFY"])
         await expect(communicator, "snapshot")
 
-    for step in range(20):
+    for step in range(10):
         await publish(quote_at("NSE:INFY", 1900 + step))
+        assert (await expect(fast, "ticks"))["ticks"][0]["ltp"] == 1900.0 + step
+        await asyncio.sleep(0.1)
 
-    assert [(await expect(fast, "tick"))["ltp"] for _ in range(20)] == [1900.0 + step for step in range(20)]
     error = await expect(slow, "error")
     assert error["code"] == "RATE_LIMITED" and error["recoverable"] is False
     assert await slow.receive_output(timeout=3) == {"type": "websocket.close", "code": CLOSE_TOO_SLOW}

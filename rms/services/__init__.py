@@ -11,7 +11,18 @@ This package is the RMS's service API; by sub-domain: `limits` (profiles, ceilin
 
 from rms.services.breaches import SQUARE_OFF_CLAIM_SECONDS, auto_square_off, breach_handle, breach_square_off
 from rms.services.checks import check_order, funds_snapshot_refresh
-from rms.services.common import IST, PAISE, SEVERITY, STATE_AFTER, Reason, state_today, trading_day
+from rms.services.common import (
+    IST,
+    OPS_EVENT_KINDS,
+    PAISE,
+    SEVERITY,
+    STATE_AFTER,
+    Reason,
+    rms_event_ops_view,
+    rms_event_record,
+    state_today,
+    trading_day,
+)
 from rms.services.controls import user_halt, user_resume, user_square_off
 from rms.services.evaluation import evaluation_pending_take, evaluation_request
 from rms.services.limits import (
@@ -53,6 +64,7 @@ __all__ = [
     "CEILING_FIELDS",
     "CHANGE_UNITS",
     "IST",
+    "OPS_EVENT_KINDS",
     "LIST_FIELDS",
     "PAISE",
     "PROFILE_FIELDS",
@@ -86,6 +98,8 @@ __all__ = [
     "profiles_in_force",
     "profit_lock_level",
     "profit_lock_raise",
+    "rms_event_ops_view",
+    "rms_event_record",
     "state_today",
     "sweep",
     "trading_day",

@@ -17,7 +17,7 @@ from algoterm import realtime
 from orders.models import OrderSource
 from orders.services import positions_square_off
 from rms.models import RmsEvent, RmsState, TradingState
-from rms.services.common import SEVERITY, STATE_AFTER, Reason, state_today, trading_day
+from rms.services.common import SEVERITY, STATE_AFTER, Reason, rms_event_record, state_today, trading_day
 
 # Longer than a square-off takes; a worker that dies holding the claim delays the resumption this long at most.
 SQUARE_OFF_CLAIM_SECONDS = 120
@@ -39,7 +39,7 @@ def breach_handle(
         state.square_off_pending, state.square_off_done_at = True, None
         state.updated_at = timezone.now()
         state.save()
-        event = RmsEvent.objects.create(
+        event = rms_event_record(
             user_id=user_id,
             kind=RmsEvent.Kind.BREACH,
             reason=reason,
@@ -93,7 +93,7 @@ def breach_square_off(*, user_id: str, day: date | None = None) -> None:
                 state.square_off_pending = False
                 state.square_off_done_at = timezone.now()
                 state.save()
-            RmsEvent.objects.create(
+            rms_event_record(
                 user_id=user_id,
                 kind=RmsEvent.Kind.SQUARE_OFF,
                 reason=state.reason,
@@ -120,7 +120,7 @@ def auto_square_off(*, user_id: str, mtm: Decimal, day: date) -> None:
     except Exception:  # not run at all (the user's own square-off held the lock): the next sweep tries again
         RmsState.objects.filter(user_id=user_id, trading_day=day).update(auto_square_off_done_at=None)
         raise
-    RmsEvent.objects.create(
+    rms_event_record(
         user_id=user_id,
         kind=RmsEvent.Kind.AUTO_SQUARE_OFF,
         reason=Reason.AUTO_SQUARE_OFF,

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.utils import timezone
 
 from algoterm.locking import row_locked
+from algoterm.realtime import ops_publish
 from orders.hooks import EXIT_EXCEEDS_POSITION
-from rms.models import RmsState, TradingState
+from rms.models import RmsEvent, RmsState, TradingState
 
 IST = ZoneInfo("Asia/Kolkata")
 PAISE = Decimal("0.01")
@@ -60,3 +62,29 @@ def state_today(*, user_id: str, day: date | None = None, lock: bool = False) ->
     if lock:
         state = row_locked(RmsState.objects.all(), pk=state.pk)
     return state
+
+
+# What the operators' /ws/ops `risk` topic carries, live and in its snapshot: the risk engine acting on a user.
+OPS_EVENT_KINDS = (RmsEvent.Kind.BREACH, RmsEvent.Kind.SQUARE_OFF, RmsEvent.Kind.AUTO_SQUARE_OFF)
+
+
+def rms_event_ops_view(event: RmsEvent) -> dict[str, Any]:
+    return {
+        "id": event.pk,
+        "kind": event.kind,
+        "user_id": event.user_id,
+        "reason": event.reason,
+        "mtm": event.mtm,
+        "details": event.details,
+        "actor": event.actor_id,
+        "created_at": event.created_at,
+    }
+
+
+def rms_event_record(**fields: Any) -> RmsEvent:
+    """Every breach and square-off is recorded here, and told to the operators (`risk_event` on /ws/ops `risk`)
+    after commit."""
+    event = RmsEvent.objects.create(**fields)
+    if event.kind in OPS_EVENT_KINDS:
+        ops_publish(topic="risk", message_type="risk_event", payload=rms_event_ops_view(event))
+    return event

@@ -12,14 +12,14 @@ from orders.models import OrderSource
 from orders.services import SquareOffResult, positions_square_off
 from rms.models import RmsEvent, RmsState, TradingState
 from rms.services.breaches import breach_handle
-from rms.services.common import Reason, state_today
+from rms.services.common import Reason, rms_event_record, state_today
 from rms.services.monitor import user_mtm
 
 
 def user_square_off(*, actor: User | None, user: User, account_id: str | None = None) -> SquareOffResult:
     """The RMS route's manual square-off: everything (or one account), through the order pipeline as `rms`."""
     result = positions_square_off(user=user, account_id=account_id, source=OrderSource.RMS)
-    RmsEvent.objects.create(
+    rms_event_record(
         user=user,
         kind=RmsEvent.Kind.SQUARE_OFF,
         reason="MANUAL",

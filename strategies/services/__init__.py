@@ -18,6 +18,7 @@ from .fires import LegResolver, ResolvedLeg, fires_execute, leg_place, leg_resol
 from .live_rules import rules_evaluate
 from .runs import RunPnl, run_exit, run_orders, run_pnl, strategies_stop_for_user, strategy_start, strategy_stop
 from .scheduling import DispatchResult, fires_dispatch, fires_recover
+from .signals import signal_announce, signal_ops_view
 from .watch import strategies_monitor
 from .webhooks import WEBHOOK_ACTIONS, WebhookCall, WebhookRefused, signal_receive
 
@@ -46,6 +47,8 @@ __all__ = [
     "run_exit",
     "run_orders",
     "run_pnl",
+    "signal_announce",
+    "signal_ops_view",
     "signal_receive",
     "strategies_monitor",
     "strategies_stop_for_user",

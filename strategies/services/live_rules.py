@@ -13,6 +13,7 @@ from .clock import IST, _runnable_today, _today_ist
 from .definitions import definition_of
 from .fires import STRATEGY_LEVEL, _fire_claim, _fire_finish, _fires_failed, _leg_fire
 from .runs import _own_open_quantities, run_exit
+from .signals import signal_announce
 
 
 def rules_evaluate(*, now: datetime | None = None) -> int:
@@ -76,7 +77,7 @@ def _rule_act(*, run: StrategyRun, day: date, action: str, bar_minute: int, at: 
         _fire_finish(fire, status=FireStatus.FAILED if problems else FireStatus.PLACED, order_ids=placed, detail=rule)
         if problems:
             _fires_failed(strategy=strategy, run=run, failed=problems)
-    Signal.objects.create(
+    signal = Signal.objects.create(
         strategy=strategy,
         user=strategy.user,
         source="rule",
@@ -88,4 +89,5 @@ def _rule_act(*, run: StrategyRun, day: date, action: str, bar_minute: int, at: 
         dedupe_key=f"rule:{day.isoformat()}:{action}:{bar_minute}",
         order_ids=fire.order_ids,
     )
+    signal_announce(signal=signal)
     return 1

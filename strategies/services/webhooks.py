@@ -17,6 +17,7 @@ from django.utils import timezone
 from accounts.services import audit_record
 from algoterm.api.errors import AppError, ErrorCode, NotFound
 from algoterm.config import freeze_quantity
+from algoterm.counters import STRATEGY_WEBHOOK_REFUSED, counter_add
 from brokers.protocol import OrderType, Side
 from marketdata.instruments import instrument_get
 from marketdata.models import InstrumentType
@@ -28,6 +29,7 @@ from ..models import RunStatus, Signal, SignalStatus, Strategy, StrategyRun, Web
 from .clock import _today_ist
 from .fires import _trading_accounts
 from .runs import _own_open_quantities, run_exit
+from .signals import signal_announce
 
 
 class WebhookRefused(AppError):
@@ -93,6 +95,7 @@ def _reject(
 ) -> WebhookRefused:
     """Every refusal is counted; only the day's first STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY are kept as
     signals, so unauthenticated callers cannot grow the table without bound."""
+    counter_add(name=STRATEGY_WEBHOOK_REFUSED)
     refused_today = _webhook_rejection_count(strategy=strategy, reason=reason)
     if refused_today > settings.STRATEGY_WEBHOOK_REJECTED_SIGNALS_PER_DAY:
         return WebhookRefused(detail, code=code, signal=None)
@@ -110,6 +113,7 @@ def _reject(
         payload=_redacted(payload),
         remote_addr=call.remote_addr,
     )
+    signal_announce(signal=signal)
     return WebhookRefused(detail, code=code, signal=signal)
 
 
@@ -346,6 +350,7 @@ def _signal_act(*, signal: Signal, run: StrategyRun, parsed: ParsedSignal) -> Si
         target=strategy,
         details={"signal": signal.pk, "status": signal.status, "orders": placed},
     )
+    signal_announce(signal=signal)
     return signal
 
 

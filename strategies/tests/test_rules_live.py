@@ -133,6 +133,28 @@ def test_a_crossing_on_the_last_closed_bar_enters_once(rule_strategy, paper):
     assert held(paper) == 1
 
 
+def test_a_rule_signal_is_told_to_the_operators(rule_strategy, django_capture_on_commit_callbacks):
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from algoterm.realtime import ops_group
+
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(ops_group("signals"), channel)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.rules_evaluate(now=today_at("10:08:30"))
+        message = async_to_sync(layer.receive)(channel)
+    finally:
+        async_to_sync(layer.group_discard)(ops_group("signals"), channel)
+
+    [signal] = Signal.objects.filter(strategy_id=rule_strategy["id"])
+    assert (message["type"], message["topic"], message["t"]) == ("ops.event", "signals", "signal")
+    assert message["p"]["id"] == signal.pk and message["p"]["order_ids"] == signal.order_ids
+    assert (message["p"]["source"], message["p"]["action"], message["p"]["status"]) == ("rule", "ENTRY", "accepted")
+
+
 def test_the_exit_rule_closes_the_position_on_a_later_bar(rule_strategy, paper):
     assert services.rules_evaluate(now=today_at("10:08:30")) == 1
     assert held(paper) == 1

@@ -413,3 +413,24 @@ def test_webhook_calls_from_one_address_are_throttled(strategy, settings):
     assert_error(unknown, 429, "RATE_LIMITED")
     assert elsewhere.status_code == 401
     assert signals_of(strategy).count() == 4
+
+
+def test_a_flood_of_refused_calls_raises_one_platform_alert_that_clears_when_it_stops(
+    strategy, settings, market_open, time_machine
+):
+    from algoterm.console import alerts
+    from algoterm.models import Alert
+
+    settings.ALERT_STRATEGY_WEBHOOK_REFUSED, settings.ALERT_WEBHOOK_WINDOW_MINUTES = 3, 10
+    webhooks = tuple(check for check in alerts.CHECKS if check.name == "webhooks")
+    for attempt in range(2):
+        assert_error(call(strategy["id"], tv(strategy, secret=f"guess-{attempt}")), 401, "AUTH_INVALID")
+    assert alerts.alerts_evaluate(checks=webhooks).raised == []
+
+    assert_error(call(strategy["id"], tv(strategy, secret="guess-3")), 401, "AUTH_INVALID")
+    assert [alerts.alerts_evaluate(checks=webhooks).raised for _ in range(2)] == [["webhooks.strategy_refused"], []]
+    [alert] = Alert.objects.filter(condition="webhooks.strategy_refused")
+    assert alert.readings["refused"] == 3 and alert.ended_at is None
+
+    time_machine.shift(timedelta(minutes=11))  # the window has passed without a refusal
+    assert alerts.alerts_evaluate(checks=webhooks).cleared == ["webhooks.strategy_refused"]

@@ -242,7 +242,7 @@ def test_the_page_shows_the_figures_and_charts_to_an_admin(platform, admin_user)
     assert figure("revenue") == "₹1,498.00"
     assert figure("feed").endswith(" s")
     images = re.findall(r'<img id="chart-(\w+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert [name for name, _ in images] == ["orders", "accounts", "revenue"]
+    assert [name for name, _ in images] == ["orders", "accounts", "revenue", "alerts"]
     assert all(base64.b64decode(data).startswith(PNG_MAGIC) for _, data in images)
     assert "Insufficient funds" in html and "MAX_DAILY_LOSS" in html
     for link, listed_count in (

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -25,7 +28,8 @@ from accounts.services import audit_record
 from algoterm import embedded, realtime
 from algoterm.api.ws import server_ping_args, server_ping_options
 from algoterm.config import FEED, config_stored_or_builtin
-from algoterm.console.system import admins_notify
+from algoterm.console.system import admins_notify, system_event_publish
+from algoterm.metrics import MULTIPROC_DIR_VARIABLE
 from algoterm.supervisor import ChildEvent, ChildSpec, EventKind, Supervisor, SupervisorError
 
 
@@ -168,6 +172,7 @@ class Command(BaseCommand):
         ).start()
 
     def _serve_distributed(self, host: str, port: int) -> None:
+        metrics_dir, made_here = metrics_directory_prepare()
         supervisor = Supervisor(self._distributed_children(host, port), alert=operators_alert)
         supervisor.install_signal_handlers()
         try:
@@ -175,6 +180,9 @@ class Command(BaseCommand):
         except SupervisorError as error:
             hint = " (stop it, or serve on another port with --port or PORT)" if error.child == "web" else ""
             raise CommandError(f"{error}{hint}") from error
+        finally:
+            if made_here:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _distributed_children(self, host: str, port: int) -> list[ChildSpec]:
         python = sys.executable
@@ -216,6 +224,23 @@ class Command(BaseCommand):
                 ChildSpec("razorpay-simulator", command, ports=(("127.0.0.1", razorpay_port),), required=False)
             )
         return children
+
+
+def metrics_directory_prepare() -> tuple[Path, bool]:
+    """The directory the web processes write their Prometheus samples to for this run, so a scrape answered by any
+    of them sums all of them; the children (and a web worker uvicorn restarts) find it in the environment. The
+    operator's PROMETHEUS_MULTIPROC_DIR, emptied of an earlier run's files, or else a temporary one that serve
+    removes when it stops. Returns it, and whether serve made it."""
+    given = os.environ.get(MULTIPROC_DIR_VARIABLE, "").strip()
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="algoterm-metrics-"))
+    os.environ[MULTIPROC_DIR_VARIABLE] = str(path)
+    return path, not given
 
 
 def web_concurrency() -> int:
@@ -263,6 +288,13 @@ def operators_alert(event: ChildEvent) -> None:
                 details={**data, "message": event.message},
             )
             admins_notify(actor=None, kind="system.process", title=title, body=event.message, level=level, data=data)
+            # Sent when this block commits: the alert thread runs outside any request or outer transaction.
+            process = {key: value for key, value in data.items() if key != "event"}
+            system_event_publish(
+                event=f"process_{action}",
+                actor=None,
+                details={**process, "supervisor_event": str(event.kind), "message": event.message},
+            )
     finally:
         # A long-lived thread's connection would go stale across a database restart; the next alert reconnects.
         connection.close()
