@@ -87,8 +87,8 @@ def http_status(url: str) -> int | None:
 
 
 def exercise(base: str, ws_base: str) -> dict:
-    """A newcomer's first minutes: register, log in, open /ws/events; then an admin deactivation reaches the
-    live socket, and beat's heartbeat runs through the worker."""
+    """A newcomer's first minutes: register, log in, watch the feed's ticks on /ws/market-data, open /ws/events;
+    then an admin deactivation reaches the live socket, and beat's heartbeat runs through the worker."""
     status, session = http(
         "POST",
         f"{base}/api/auth/register",
@@ -99,6 +99,21 @@ def exercise(base: str, ws_base: str) -> dict:
     assert status == 200
     status, me = http("GET", f"{base}/api/users/me", token=login["access"])
     assert status == 200 and me["unread_notifications"] == 1
+
+    # The running feed's ticks reach a subscriber, whichever web process serves it.
+    with ws_connect(f"{ws_base}/ws/market-data?token={login['access']}", open_timeout=10) as socket_:
+        assert json.loads(socket_.recv(timeout=5))["t"] == "server_ready"
+        subscription = {"action": "subscribe", "symbols": ["NSE:INFY", "NSE:NIFTY 50"], "mode": "ltp"}
+        socket_.send(json.dumps({"t": "subscription", "p": subscription}))
+        snapshot = json.loads(socket_.recv(timeout=10))  # quoted or missing: the feed may not have ticked yet
+        assert snapshot["t"] == "snapshot", snapshot
+        ticked: set[str] = set()
+        deadline = time.monotonic() + 30
+        while ticked != {"NSE:INFY", "NSE:NIFTY 50"}:
+            assert time.monotonic() < deadline, ticked
+            message = json.loads(socket_.recv(timeout=10))
+            assert message["t"] == "ticks", message
+            ticked |= {tick["symbol"] for tick in message["p"]["ticks"]}
 
     with ws_connect(f"{ws_base}/ws/events?token={login['access']}", open_timeout=10) as socket_:
         assert json.loads(socket_.recv(timeout=5))["t"] == "server_ready"
@@ -319,6 +334,8 @@ def test_embedded_stack_serves_everything_from_one_process(tmp_path):
         **base_env(),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'embedded.sqlite3'}",
         "BROKER_SIMULATORS": "1",
+        "MARKET_FEED": "simulated",
+        "MARKET_ALWAYS_OPEN": "true",  # the feed trades whatever the wall clock says
         "KITE_SIMULATOR_PORT": str(free_port()),
         "DHAN_SIMULATOR_PORT": str(free_port()),
         "FYERS_SIMULATOR_PORT": str(free_port()),
@@ -356,6 +373,8 @@ def test_distributed_stack_runs_web_worker_and_beat_processes():
             "REDIS_KEY_PREFIX": f"{settings.REDIS_KEY_PREFIX}-e2e",
             "WEB_CONCURRENCY": "2",
             "DATABASE_POOL_MAX_SIZE": "20",  # as in production (the test environment's default is no pool)
+            "MARKET_FEED": "simulated",
+            "MARKET_ALWAYS_OPEN": "true",  # the feed trades whatever the wall clock says
         }
         with running_stack(env) as (base, server):
             health = exercise(base, base.replace("http", "ws", 1))
