@@ -310,6 +310,8 @@ def role_change_settle(*, actor: User | None, user: User, previous_role: str) ->
     has their running strategies stopped."""
     if User(role=previous_role).can_trade and not user.can_trade:
         trading_revoked_send(user=user, actor=actor, reason=f"role changed to {user.get_role_display()}")
+    if previous_role != user.role:
+        realtime.user_role_changed(user_id=user.pk, role=user.role)
 
 
 def _rank(role: str) -> int:

@@ -163,6 +163,13 @@ def user_sockets_close(*, user_id: str, code: str, reason: str, jti: str | None 
     transaction.on_commit(lambda: _groups_send([(user_sockets_group(user_id), message)]))
 
 
+def user_role_changed(*, user_id: str, role: str) -> None:
+    """After commit, tell every live socket of the user its new role: an endpoint that needs a role (/ws/ops: admin)
+    ends the session of a user who lost it, at once rather than when the access token expires."""
+    message = {"type": "role.changed", "role": str(role)}
+    transaction.on_commit(lambda: _groups_send([(user_sockets_group(user_id), message)]))
+
+
 def snapshot_part_register(part: SnapshotPart) -> None:
     if part not in _snapshot_parts:
         _snapshot_parts.append(part)

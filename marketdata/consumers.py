@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -26,10 +27,13 @@ from django.conf import settings
 
 from algoterm.api.errors import AppError, ErrorCode, ValidationFailed
 from algoterm.api.ws import ProtocolConsumer
+from algoterm.outages import DEPENDENCY_ERRORS
 from billing.selectors import entitlements_for
 from marketdata import selectors
 from marketdata.quotes import quote_encode, quotes_get
 from marketdata.tickhub import tick_hub, tick_payload
+
+logger = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 4429
 MODES = ("ltp", "quote")
@@ -58,7 +62,9 @@ class MarketDataConsumer(ProtocolConsumer):
         self.ticks_due: dict[str, str] = {}
         self.sending_since: float | None = None
         self.due = asyncio.Event()
+        self.snapshots_pending = 0  # while a snapshot is being read, ticks wait so none is overtaken by it
         self.dropping = False
+        self.dropper: asyncio.Future | None = None
         self.hub = tick_hub()
         self.writer = asyncio.create_task(self._write())
 
@@ -94,7 +100,7 @@ class MarketDataConsumer(ProtocolConsumer):
             self.due.clear()
             while self.outbox:
                 await self._transmit(self.outbox.popleft())
-            if self.ticks_due:
+            if self.ticks_due and not self.snapshots_pending:
                 due, self.ticks_due = self.ticks_due, {}
                 await self._transmit('{"t":"ticks","p":{"ticks":[' + ",".join(due.values()) + "]}}")
 
@@ -117,7 +123,10 @@ class MarketDataConsumer(ProtocolConsumer):
         with contextlib.suppress(asyncio.TimeoutError, OSError):
             await asyncio.wait_for(self._say_goodbye(json.dumps({"t": "error", "p": error})), self.farewell_seconds)
         # Ends this consumer (and its channel-layer receive loop) even while the socket itself stays stuck.
-        await self.channel_layer.send(self.channel_name, {"type": "connection.abandon"})
+        try:
+            await self.channel_layer.send(self.channel_name, {"type": "connection.abandon"})
+        except DEPENDENCY_ERRORS:  # Redis is down: the outage ends this connection anyway
+            logger.warning("a dropped market-data connection could not be let go", exc_info=True)
 
     async def _say_goodbye(self, text: str) -> None:
         await self.send(text_data=text)
@@ -147,6 +156,8 @@ class MarketDataConsumer(ProtocolConsumer):
         if hasattr(self, "writer"):
             self.writer.cancel()
             self.hub.detach(self)
+            if self.dropper is not None and self.dropper is not asyncio.current_task():
+                self.dropper.cancel()
 
     # --- client messages ------------------------------------------------------------------------------------------
 
@@ -186,16 +197,39 @@ class MarketDataConsumer(ProtocolConsumer):
         unknown = await _symbols_unknown(symbols, set(quotes))
         if unknown:
             raise ValidationFailed(f"Unknown symbols {unknown[:20]}; nothing was subscribed.")
+        previous = {symbol: self.modes[symbol] for symbol in symbols if symbol in self.modes}
         for symbol in symbols:
             self.modes[symbol] = mode
-        # Ticks are offered from here on, and the snapshot is read after that: a tick racing the subscription is
-        # either in it or sent after it, never lost in between.
-        await self.hub.attach(self, new)
-        await self._send_snapshot(symbols, await database_sync_to_async(quotes_get)(symbols) if new else quotes)
+        # Ticks are offered from here on and the snapshot is read after that, while the writer holds ticks back
+        # until the snapshot is queued: a tick racing the subscription is in the snapshot or sent after it, never
+        # lost and never overtaken by an older snapshot.
+        self.snapshots_pending += 1
+        try:
+            await self.hub.attach(self, new)
+            if new:
+                quotes = await database_sync_to_async(quotes_get)(symbols)
+        except BaseException:
+            self.hub.detach(self, new)  # nothing was subscribed: no ticks, no modes
+            for symbol in new:
+                self.modes.pop(symbol, None)
+            self.modes.update(previous)
+            raise
+        finally:
+            self.snapshots_pending -= 1
+            if self.ticks_due:
+                self.due.set()  # ticks held back for the snapshot may go now
+        await self._send_snapshot(symbols, quotes)
 
     async def handle_request_snapshot(self, payload: dict[str, Any]) -> None:
         symbols = list(self.modes)
-        await self._send_snapshot(symbols, await database_sync_to_async(quotes_get)(symbols))
+        self.snapshots_pending += 1
+        try:
+            quotes = await database_sync_to_async(quotes_get)(symbols)
+        finally:
+            self.snapshots_pending -= 1
+            if self.ticks_due:
+                self.due.set()  # ticks held back for the snapshot may go now
+        await self._send_snapshot(symbols, quotes)
 
     async def _send_snapshot(self, symbols: list[str], quotes: dict) -> None:
         await self.send_message(

@@ -8,7 +8,7 @@ tick bus, so a quote is encoded once. Embedded, it is the in-process cache, one 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +20,8 @@ from brokers.protocol import Quote
 
 _PREFIX = "quote:"
 _HASH = "quotes"
-_TTL_SECONDS = 3 * 24 * 3600
+_TTL_SECONDS = 3 * 24 * 3600  # a quote no feed has renewed for this long is forgotten
+QUOTES_KEPT = timedelta(seconds=_TTL_SECONDS)
 _DECIMAL_FIELDS = ("last_price", "bid", "ask", "open", "high", "low", "close")
 
 
@@ -99,9 +100,27 @@ def quotes_store(encoded: list[dict[str, Any]], texts: list[str]) -> None:
     if shared is None:
         cache.set_many({_key(quote["symbol"]): quote for quote in encoded}, timeout=_TTL_SECONDS)
         return
-    redis_client(settings.REDIS_URL).hset(
-        shared, mapping={quote["symbol"]: text for quote, text in zip(encoded, texts, strict=True)}
-    )
+    pipe = redis_client(settings.REDIS_URL).pipeline(transaction=False)
+    pipe.hset(shared, mapping={quote["symbol"]: text for quote, text in zip(encoded, texts, strict=True)})
+    pipe.expire(shared, _TTL_SECONDS)  # a deployment whose feed stopped for good forgets its prices, as keys did
+    pipe.execute()
+
+
+def quotes_prune(*, older_than: datetime) -> int:
+    """Forget the quotes last stamped before `older_than` (expired contracts, instruments no feed quotes any more):
+    what each key's expiry does by itself in the embedded cache. Returns how many were forgotten."""
+    shared = _shared_hash()
+    if shared is None:
+        return 0
+    client = redis_client(settings.REDIS_URL)
+    stale = []
+    for symbol, text in client.hscan_iter(shared, count=1000):
+        stamped = json.loads(text).get("timestamp")
+        if stamped and datetime.fromisoformat(stamped) < older_than:
+            stale.append(symbol)
+    for start in range(0, len(stale), 1000):
+        client.hdel(shared, *stale[start : start + 1000])
+    return len(stale)
 
 
 def quotes_put(quotes: list[Quote]) -> None:

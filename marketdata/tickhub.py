@@ -25,12 +25,15 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 import redis.exceptions
 from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from marketdata import selectors
 
 logger = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_SECONDS = 3.0
+_HEALTH_CHECK_SECONDS = 5.0
 _RETRY_MIN_SECONDS, _RETRY_MAX_SECONDS = 0.5, 5.0
 _COMPACT = (",", ":")
 
@@ -58,8 +61,7 @@ class TickHubUnavailable(redis.exceptions.ConnectionError):
 class TickHub:
     """The hub of one event loop. Only that loop's thread touches it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.outlets_of: dict[str, set[TickOutlet]] = {}
         self.symbols_of: dict[TickOutlet, set[str]] = {}
         self.batches = 0
@@ -121,7 +123,7 @@ class TickHub:
             return  # the feed's thread calls hubs_deliver_here
         if self._listener is None or self._listener.done():
             self._subscribed.clear()
-            self._listener = self.loop.create_task(self._listen(), name="tick-hub")
+            self._listener = asyncio.get_running_loop().create_task(self._listen(), name="tick-hub")
         try:
             await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
         except TimeoutError as error:
@@ -132,7 +134,16 @@ class TickHub:
         connection the cached quotes of its symbols, so nobody keeps a price that moved while the bus was down."""
         retry, first = _RETRY_MIN_SECONDS, True
         while True:
-            client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_keepalive=True)
+            # No retries inside redis-py: a reconnection it made by itself would resubscribe without the catch-up.
+            # The health check PINGs a quiet connection, so a peer that vanished without a reset is noticed.
+            client = aioredis.Redis.from_url(
+                settings.REDIS_URL,
+                socket_connect_timeout=2,
+                socket_keepalive=True,
+                health_check_interval=_HEALTH_CHECK_SECONDS,
+                retry=Retry(NoBackoff(), 0),
+                client_name=f"{settings.REDIS_KEY_PREFIX}:tick-hub",  # operators can tell it in CLIENT LIST
+            )
             pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(ticks_channel())
@@ -140,22 +151,26 @@ class TickHub:
                 if not first:
                     await self._catch_up()
                 first, retry = False, _RETRY_MIN_SECONDS
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        try:
-                            self.deliver(message["data"])
-                        except Exception:  # one bad batch must not end the hub
-                            logger.exception("a tick batch could not be delivered")
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_HEALTH_CHECK_SECONDS)
+                    if message is None or message["type"] != "message":
+                        continue
+                    try:
+                        self.deliver(message["data"])
+                    except Exception:  # one bad batch must not end the hub
+                        logger.exception("a tick batch could not be delivered")
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self._subscribed.clear()
+                first = False  # whatever was attached meanwhile gets the cached prices once the bus is back
                 logger.warning("the tick bus dropped; resubscribing in %.1fs", retry, exc_info=True)
                 await asyncio.sleep(retry)
                 retry = min(_RETRY_MAX_SECONDS, retry * 2)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+                with contextlib.suppress(Exception):
                     await client.aclose()
 
     async def _catch_up(self) -> None:
@@ -177,7 +192,7 @@ def tick_hub() -> TickHub:
     with _hubs_lock:
         hub = _hubs.get(loop)
         if hub is None:
-            hub = _hubs[loop] = TickHub(loop)
+            hub = _hubs[loop] = TickHub()  # keyed weakly by its loop, so it holds no reference to it
         return hub
 
 

@@ -301,6 +301,13 @@ class ProtocolConsumer(AsyncJsonWebsocketConsumer):
         if event.get("jti") is None or event["jti"] == self.token.jti:
             await self.session_end(code=event["code"], message=event["reason"])
 
+    async def role_changed(self, event: dict[str, Any]) -> None:
+        """From `realtime.user_role_changed`: the user's role changed while connected."""
+        await self.on_role_changed(event["role"])
+
+    async def on_role_changed(self, role: str) -> None:
+        """An endpoint that needs a role ends the session here when the user no longer has it."""
+
     async def on_authenticated(self) -> None:
         """Join groups and set up state; the user is in self.user."""
 

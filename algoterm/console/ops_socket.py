@@ -18,6 +18,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from accounts.models import Role
 from algoterm import config
 from algoterm.api.errors import ErrorCode, ValidationFailed
 from algoterm.api.ws import CLOSE_FORBIDDEN, ProtocolConsumer
@@ -116,6 +117,11 @@ class OpsConsumer(ProtocolConsumer):
         await super().handle_auth(payload)
         # The renewed token reloads the user: one no longer an admin keeps no operators' socket.
         if not self._session_ended and not self.user.is_admin:
+            await self.session_end(code=ErrorCode.PERMISSION_DENIED, message=ADMINS_ONLY)
+
+    async def on_role_changed(self, role: str) -> None:
+        # Demoted while connected: the operators' view of every user ends now, not when the token expires.
+        if role != Role.ADMIN:
             await self.session_end(code=ErrorCode.PERMISSION_DENIED, message=ADMINS_ONLY)
 
     async def handle_subscription(self, payload: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from brokers.protocol import InvalidInput, Quote
 from marketdata.candles import MinuteCandleBuilder
 from marketdata.feeds.base import Feed
 from marketdata.models import Instrument, InstrumentType
+from marketdata.quotes import QUOTES_KEPT, quotes_prune
 from marketdata.ticks import ticks_publish
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ FEED_SOURCES = {
 }
 BROKER_SOURCES = {"kite", "dhan"}
 STATUS_EVERY_SECONDS = 60.0
+QUOTES_PRUNE_EVERY_SECONDS = 3600.0
 CANDLE_CLOSE_EVERY_SECONDS = 5.0
 MAX_DEFAULT_BROKER_SYMBOLS = 1000
 
@@ -104,9 +106,15 @@ def feed_supervise(*, feed: Feed, recorder: PublishAndRecord, stop: threading.Ev
     """Runs `feed` in a thread and closes candle minutes here until `stop`; flushes the open minute at the end."""
     runner = threading.Thread(target=feed.run, args=(stop,), name=f"feed-{name}", daemon=True)
     runner.start()
-    last_status = time.monotonic()
+    last_status = last_prune = time.monotonic()
     while not stop.wait(CANDLE_CLOSE_EVERY_SECONDS):
         recorder.builder.minutes_close(now=datetime.now(tz=UTC))
+        if time.monotonic() - last_prune >= QUOTES_PRUNE_EVERY_SECONDS:
+            last_prune = time.monotonic()
+            try:
+                quotes_prune(older_than=datetime.now(tz=UTC) - QUOTES_KEPT)
+            except Exception:  # housekeeping must never stop the feed
+                logger.exception("pruning old quotes failed")
         if time.monotonic() - last_status >= STATUS_EVERY_SECONDS:
             last_status = time.monotonic()
             logger.info(

@@ -3,8 +3,10 @@
 import asyncio
 
 import pytest
+import redis
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.db import connections
 from rest_framework_simplejwt.tokens import AccessToken
 
@@ -212,3 +214,26 @@ async def test_a_slow_client_is_dropped_without_holding_up_the_others(user, mark
     error = await expect(slow, "error")
     assert error["code"] == "RATE_LIMITED" and error["recoverable"] is False
     assert await slow.receive_output(timeout=3) == {"type": "websocket.close", "code": CLOSE_TOO_SLOW}
+
+
+@pytest.mark.skipif(settings.EMBEDDED, reason="the tick bus is Redis pub/sub only when distributed")
+async def test_when_the_tick_bus_comes_back_subscribers_get_the_prices_that_moved_meanwhile(user, market):
+    communicator = await connect(user)
+    await subscribe(communicator, ["NSE:INFY"])
+    await expect(communicator, "snapshot")
+
+    def bus_drops_while_the_price_moves() -> None:
+        quotes_put([quote_at("NSE:INFY", "1950")])  # into the cache, never published: the bus is "down"
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        hubs = [c for c in client.client_list() if c["name"] == f"{settings.REDIS_KEY_PREFIX}:tick-hub"]
+        assert hubs, "this process's tick hub is not connected"
+        for hub in hubs:
+            client.client_kill_filter(_id=hub["id"])
+        client.close()
+
+    await database_sync_to_async(bus_drops_while_the_price_moves)()
+    [tick] = (await expect(communicator, "ticks", timeout=10))["ticks"]
+    assert (tick["symbol"], tick["ltp"]) == ("NSE:INFY", 1950.0)
+
+    await publish(quote_at("NSE:INFY", "1951"))  # and the bus carries ticks again
+    assert (await expect(communicator, "ticks"))["ticks"][0]["ltp"] == 1951.0

@@ -5,8 +5,12 @@ Prometheus rules over metrics the exposition really serves."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -557,3 +561,88 @@ def test_the_command_evaluates_without_celery(clock, operator):
 
     assert "raised" in output.getvalue() and "beat down" in output.getvalue()
     assert Alert.objects.filter(condition="beat.stale", ended_at__isnull=True).count() == 1
+
+
+# --- the whole way: a real feed process stops and starts again ------------------------------------------------------
+
+
+def feed_process() -> subprocess.Popen:
+    """`manage.py runfeed` (the simulated market, two batches a second) on the test database and this test's Redis
+    keys; the market trades around the clock, so the test does not depend on the hour."""
+    database = django_settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "MARKET_ALWAYS_OPEN": "true",
+        "LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "manage.py", "runfeed", "--source", "simulated", "--interval", "0.5"]
+    return subprocess.Popen(command, cwd=django_settings.BASE_DIR, env=env)
+
+
+def feed_stopped(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def evaluate_until(predicate, *, seconds: float = 30) -> alerts.Evaluation:
+    deadline = time.monotonic() + seconds
+    while True:
+        evaluation = evaluate("feed")
+        if predicate(evaluation):
+            return evaluation
+        assert time.monotonic() < deadline, evaluation
+        time.sleep(0.5)
+
+
+def open_alert_box(page: Client) -> str:
+    html = page.get(DASHBOARD).content.decode()
+    return re.search(r'id="alerts-open">(.*?)</div>', html, re.S).group(1)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(django_settings.EMBEDDED, reason="the feed is a process of its own, sharing Redis and PostgreSQL")
+def test_stopping_the_feed_process_raises_the_alert_on_a_live_ops_socket_and_restarting_it_clears_it(
+    settings, wall_clock
+):
+    from websockets.sync.client import connect as ws_connect
+
+    from algoterm.console.tests.test_ops_socket import expect, subscribe, web_server
+
+    settings.MARKET_ALWAYS_OPEN, settings.ALERT_FEED_STALE_SECONDS = True, 3
+    operator = AdminFactory()
+    page = Client()
+    page.force_login(operator)
+    feed = feed_process()
+    try:
+        with (
+            web_server() as address,
+            ws_connect(f"ws://{address}/ws/ops?token={AccessToken.for_user(operator)}", open_timeout=10) as socket_,
+        ):
+            assert expect(socket_, "server_ready")
+            assert subscribe(socket_, "alerts")["alerts"] == []
+            deadline = time.monotonic() + 30
+            while alerts.feed_staleness(now=timezone.now()).stale:  # read, not evaluated: quotes start flowing
+                assert time.monotonic() < deadline, "the feed never quoted"
+                time.sleep(0.2)
+            assert evaluate("feed").states["feed"] == "up"
+
+            feed_stopped(feed)
+            assert evaluate_until(lambda evaluation: bool(evaluation.raised)).raised == ["feed.stale"]
+            raised = expect(socket_, "alert_raised", timeout=10)
+            assert (raised["condition"], raised["severity"], raised["ended_at"]) == ("feed.stale", "critical", None)
+            assert 'data-condition="feed.stale"' in open_alert_box(page)
+            assert evaluate("feed").raised == []  # raised once, however often it is evaluated
+
+            feed = feed_process()
+            assert evaluate_until(lambda evaluation: bool(evaluation.cleared)).cleared == ["feed.stale"]
+            cleared = expect(socket_, "alert_cleared", timeout=10)
+            assert cleared["id"] == raised["id"] and cleared["ended_at"]
+            assert "No open alerts." in open_alert_box(page)
+    finally:
+        feed_stopped(feed)
+    assert_raised_and_cleared_once("feed.stale", operator)

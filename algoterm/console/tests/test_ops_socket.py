@@ -77,7 +77,8 @@ def web_server() -> Iterator[str]:
         # The server's database work runs on its loop's sync thread; that connection must go before the test
         # database can be flushed or dropped.
         asyncio.run_coroutine_threadsafe(database_sync_to_async(connections.close_all)(), loops[0]).result(10)
-        server.should_exit = True
+        # Forced: a closed socket's channel-layer receive loop would otherwise hold the shutdown for its 5 s read.
+        server.should_exit = server.force_exit = True
         thread.join(timeout=10)
         if settings.EMBEDDED:
             realtime.register_server_loop(None)  # type: ignore[arg-type]
@@ -169,6 +170,20 @@ def test_a_renewed_token_of_a_user_no_longer_admin_ends_the_socket(operator, adm
 
     expect(operator, "auth_renewed")  # the token itself is good ...
     assert expect(operator, "error")["code"] == "PERMISSION_DENIED"  # ... the role no longer is
+    assert closed_with(operator) == 4403
+
+
+def test_an_admin_demoted_through_the_api_loses_the_operators_socket_at_once(operator, admin_user, server):
+    other_admin = UserFactory(role=Role.ADMIN)
+    subscribe(operator, "signals")
+
+    status, _ = http(
+        "PATCH", f"http://{server}/api/users/{admin_user.pk}", {"role": "trader"}, token=token_for(other_admin)
+    )
+
+    assert status == 200
+    error = expect(operator, "error")
+    assert (error["code"], error["recoverable"]) == ("PERMISSION_DENIED", False)
     assert closed_with(operator) == 4403
 
 
