@@ -37,7 +37,7 @@ run: seed
 test: $(VENV)/.dev-installed
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	REDIS_KEY_PREFIX=algoterm-test-$$$$ DJANGO_ENV=test LOG_LEVEL=$${LOG_LEVEL:-WARNING} \
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --timeout 300 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --timeout 300 --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -133,7 +133,7 @@ def test_a_stalled_tcp_client_is_told_and_closed_with_4429_while_another_keeps_u
         # The stalled client reads nothing from here on, while batches flow: enough to fill the kernel's buffers
         # (megabytes on loopback) and then some.
         price = Decimal("100")
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
             price += Decimal("0.05")
             encoded = [quote_encode(quote_at(symbol, price)) for symbol in SYMBOLS]
@@ -146,7 +146,7 @@ def test_a_stalled_tcp_client_is_told_and_closed_with_4429_while_another_keeps_u
         # The other client kept up: batches all along, and the last prices.
         time.sleep(1)
         assert {latest.get(symbol) for symbol in SYMBOLS} == {final}
-        assert len(batches_seen) > 50 and batches_seen[-1] - batches_seen[0] > 7
+        assert len(batches_seen) > 50 and batches_seen[-1] - batches_seen[0] > 5
 
         # The stalled one reads again: the ticks already on their way, then why it was dropped, then 4429.
         still_open, started = True, time.monotonic()
