@@ -10,8 +10,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from accounts import selectors
-from algoterm.api.errors import ValidationFailed
-from algoterm.api.ws import ProtocolConsumer
+from algoterm.api.ws import ProtocolConsumer, topic_subscription
 from algoterm.realtime import EVENT_TOPICS, user_group
 
 
@@ -33,19 +32,11 @@ class EventsConsumer(ProtocolConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def handle_subscription(self, payload: dict[str, Any]) -> None:
-        action = payload.get("action")
-        topics = payload.get("topics")
-        if action not in ("subscribe", "unsubscribe"):
-            raise ValidationFailed('"action" must be "subscribe" or "unsubscribe".')
-        if not isinstance(topics, list) or not topics or not all(isinstance(topic, str) for topic in topics):
-            raise ValidationFailed('"topics" must be a non-empty list of topic names.')
-        unknown = sorted(set(topics) - EVENT_TOPICS)
-        if unknown:
-            raise ValidationFailed(f"Unknown topics {unknown}; known: {sorted(EVENT_TOPICS)}.")
+        action, topics = topic_subscription(payload, known=sorted(EVENT_TOPICS))
         if action == "subscribe":
-            self.topics |= set(topics)
+            self.topics |= topics
         else:
-            self.topics -= set(topics)
+            self.topics -= topics
 
     async def handle_request_snapshot(self, payload: dict[str, Any]) -> None:
         state = await database_sync_to_async(selectors.events_snapshot)(user=self.user)

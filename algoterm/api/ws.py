@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -137,6 +138,21 @@ def server_ping_args() -> list[str]:
         "--ws-ping-timeout",
         str(options["ws_ping_timeout"]),
     ]
+
+
+def topic_subscription(payload: dict[str, Any], *, known: Sequence[str]) -> tuple[str, set[str]]:
+    """A `subscription` `{"action": "subscribe"|"unsubscribe", "topics": [...]}` checked against the endpoint's
+    topics: (action, topics), or ValidationFailed saying what is wrong."""
+    action = payload.get("action")
+    topics = payload.get("topics")
+    if action not in ("subscribe", "unsubscribe"):
+        raise ValidationFailed('"action" must be "subscribe" or "unsubscribe".')
+    if not isinstance(topics, list) or not topics or not all(isinstance(topic, str) for topic in topics):
+        raise ValidationFailed('"topics" must be a non-empty list of topic names.')
+    unknown = sorted(set(topics) - set(known))
+    if unknown:
+        raise ValidationFailed(f"Unknown topics {unknown}; known: {list(known)}.")
+    return action, set(topics)
 
 
 def websocket_stack(inner):

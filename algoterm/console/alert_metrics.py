@@ -20,32 +20,29 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from django.conf import settings
 from django.utils import timezone
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import Metric
 
 from algoterm.console import alerts
 from algoterm.console.dashboard import alerts_open
+from algoterm.console.metrics import ScrapeReadings, gauge
 from algoterm.health import check_database, check_redis
 from algoterm.metrics import REGISTRY
 
 logger = logging.getLogger(__name__)
 
 
-def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=list(labels))
+class AlertConditionsCollector(ScrapeReadings):
+    """One family (or two) per reading; a database outage still serves `component_up` and the workers."""
 
+    ok_family = "algoterm_alert_reading_ok"
+    ok_help = "1 when this alert reading succeeded at this scrape."
 
-class AlertConditionsCollector(Collector):
-    """One family (or two) per reading; a reading that fails is left out and flagged in
-    `algoterm_alert_reading_ok`, so a database outage still serves `component_up` and the workers."""
-
-    def collect(self) -> Iterable[Metric]:
-        ok = _gauge("algoterm_alert_reading_ok", "1 when this alert reading succeeded at this scrape.", ["reading"])
-        for reading, produce in (
+    def readings(self) -> Iterable[tuple[str, Callable[[], Iterable[Metric]]]]:
+        return (
             ("components", self._components),
             ("workers", self._workers),
             ("beat", self._beat),
@@ -54,42 +51,30 @@ class AlertConditionsCollector(Collector):
             ("orders", self._orders),
             ("webhooks", self._webhooks),
             ("alerts", self._alerts),
-        ):
-            try:
-                families = list(produce())
-            except Exception:
-                logger.warning("alert reading %s failed", reading, exc_info=True)
-                ok.add_metric([reading], 0)
-                continue
-            ok.add_metric([reading], 1)
-            yield from families
-        yield ok
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # produced at scrape time only, never at registration (no database access at import)
+        )
 
     def _components(self) -> Iterable[Metric]:
-        up = _gauge("algoterm_component_up", "1 when the component's health check answers.", ["component"])
+        up = gauge("algoterm_component_up", "1 when the component's health check answers.", ["component"])
         up.add_metric(["database"], int(check_database().is_up))
         up.add_metric(["redis"], int(check_redis().is_up))
         return [up]
 
     def _workers(self) -> Iterable[Metric]:
-        workers = _gauge("algoterm_celery_workers", "Celery workers consuming each queue.", ["queue"])
+        workers = gauge("algoterm_celery_workers", "Celery workers consuming each queue.", ["queue"])
         for queue, count in sorted(alerts.workers_per_queue().items()):
             workers.add_metric([queue], count)
         return [workers]
 
     def _beat(self) -> Iterable[Metric]:
         age = alerts.beat_heartbeat_age()
-        family = _gauge(
+        family = gauge(
             "algoterm_beat_heartbeat_age_seconds", "Seconds since beat's heartbeat last ran on a worker (+Inf: never)."
         )
         family.add_metric([], math.inf if age is None else age)
         return [family]
 
     def _feed(self) -> Iterable[Metric]:
-        stale = _gauge(
+        stale = gauge(
             "algoterm_feed_stale",
             f"1 when the market is open and no quote is newer than {settings.ALERT_FEED_STALE_SECONDS:g} s "
             "(the session's open counting as one).",
@@ -98,7 +83,7 @@ class AlertConditionsCollector(Collector):
         return [stale]
 
     def _brokers(self) -> Iterable[Metric]:
-        tripped = _gauge(
+        tripped = gauge(
             "algoterm_broker_circuits_tripped",
             "Connected accounts whose circuit breaker opened and no successful call has closed yet.",
             ["broker"],
@@ -109,12 +94,12 @@ class AlertConditionsCollector(Collector):
 
     def _orders(self) -> Iterable[Metric]:
         now = timezone.now()
-        backlog = _gauge(
+        backlog = gauge(
             "algoterm_orders_reconcile_backlog",
             f"Orders unsettled (or waiting for exits) for over {settings.ALERT_RECONCILE_BACKLOG_SECONDS:g} s.",
         )
         backlog.add_metric([], alerts.reconcile_backlog(now=now)["count"])
-        unknown = _gauge(
+        unknown = gauge(
             "algoterm_orders_unknown_stale",
             f"Orders in UNKNOWN status for over {settings.ALERT_UNKNOWN_ORDER_SECONDS:g} s.",
         )
@@ -122,7 +107,7 @@ class AlertConditionsCollector(Collector):
         return [backlog, unknown]
 
     def _webhooks(self) -> Iterable[Metric]:
-        refused = _gauge(
+        refused = gauge(
             "algoterm_webhooks_refused_recent",
             f"Webhook calls refused in the last {settings.ALERT_WEBHOOK_WINDOW_MINUTES:g} minutes, by source "
             "(billing: Razorpay signatures that do not match; strategies: TradingView and ChartInk calls).",
@@ -133,10 +118,10 @@ class AlertConditionsCollector(Collector):
         return [refused]
 
     def _alerts(self) -> Iterable[Metric]:
-        open_alerts = _gauge("algoterm_alerts_open", "The platform's open alerts.", ["condition", "severity"])
+        open_alerts = gauge("algoterm_alerts_open", "The platform's open alerts.", ["condition", "severity"])
         for alert in alerts_open():
             open_alerts.add_metric([alert.condition, alert.severity], 1)
-        last = _gauge(
+        last = gauge(
             "algoterm_alerts_last_evaluation_timestamp_seconds",
             "Unix time the alert evaluator last ran (0: never); a stale value means beat or the workers stopped.",
         )

@@ -287,36 +287,38 @@ class Check:
         return any(condition == key or (key.endswith(".") and condition.startswith(key)) for key in self.owns)
 
 
-def _database(now: datetime) -> list[Finding]:
-    health = check_database()
+def _component_down(health, *, condition: str, title: str, check: str, consequence: str) -> list[Finding]:
     if health.is_up:
         return []
     return [
         Finding(
-            DATABASE_DOWN,
+            condition,
             AlertSeverity.CRITICAL,
-            "The database does not answer",
-            f"The database check failed ({health.detail or 'no answer'}): orders, logins and most of the API "
-            "answer 503 until it is back.",
+            title,
+            f"{check} failed ({health.detail or 'no answer'}): {consequence}",
             {"error": health.detail, "latency_ms": health.latency_ms},
         )
     ]
+
+
+def _database(now: datetime) -> list[Finding]:
+    return _component_down(
+        check_database(),
+        condition=DATABASE_DOWN,
+        title="The database does not answer",
+        check="The database check",
+        consequence="orders, logins and most of the API answer 503 until it is back.",
+    )
 
 
 def _redis(now: datetime) -> list[Finding]:
-    health = check_redis()
-    if health.is_up:
-        return []
-    return [
-        Finding(
-            "redis.down",
-            AlertSeverity.CRITICAL,
-            "Redis does not answer",
-            f"The Redis check failed ({health.detail or 'no answer'}): tasks, quotes and WebSocket pushes stop "
-            "until it is back.",
-            {"error": health.detail, "latency_ms": health.latency_ms},
-        )
-    ]
+    return _component_down(
+        check_redis(),
+        condition="redis.down",
+        title="Redis does not answer",
+        check="The Redis check",
+        consequence="tasks, quotes and WebSocket pushes stop until it is back.",
+    )
 
 
 def _workers(now: datetime) -> list[Finding]:

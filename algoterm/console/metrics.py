@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -148,28 +148,28 @@ def rms_breaches_today() -> dict[str, int]:
 # --- the scrape-time collector ----------------------------------------------------------------------------------
 
 
-def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=list(labels))
 
 
-class SharedStateCollector(Collector):
-    """Reads the shared stores at each scrape; a reading that fails is left out and flagged in
-    `algoterm_metrics_reading_ok`, so one broken dependency never costs the whole scrape."""
+class ScrapeReadings(Collector):
+    """Families produced at scrape time, reading by reading (`readings()`: name -> producer). A reading that fails is
+    left out and flagged 0 in the family `ok_family`, so one broken dependency never costs the whole scrape; nothing
+    is read at registration (no database access at import)."""
+
+    ok_family = ""
+    ok_help = ""
+
+    def readings(self) -> Iterable[tuple[str, Callable[[], Iterable[Metric]]]]:
+        raise NotImplementedError
 
     def collect(self) -> Iterable[Metric]:
-        ok = _gauge("algoterm_metrics_reading_ok", "1 when this scrape-time reading succeeded.", ["reading"])
-        for reading, produce in (
-            ("orders", self._orders),
-            ("rms", self._rms),
-            ("websockets", self._websockets),
-            ("feed", self._feed),
-            ("celery", self._celery),
-            ("brokers", self._brokers),
-        ):
+        ok = gauge(self.ok_family, self.ok_help, ["reading"])
+        for reading, produce in self.readings():
             try:
                 families = list(produce())
             except Exception:
-                logger.warning("metrics reading %s failed", reading, exc_info=True)
+                logger.warning("%s: reading %s failed", self.ok_family, reading, exc_info=True)
                 ok.add_metric([reading], 0)
                 continue
             ok.add_metric([reading], 1)
@@ -177,29 +177,46 @@ class SharedStateCollector(Collector):
         yield ok
 
     def describe(self) -> Iterable[Metric]:
-        return []  # families are produced at scrape time only, never at registration (no DB access at import)
+        return []
+
+
+class SharedStateCollector(ScrapeReadings):
+    """Reads the shared stores at each scrape."""
+
+    ok_family = "algoterm_metrics_reading_ok"
+    ok_help = "1 when this scrape-time reading succeeded."
+
+    def readings(self) -> Iterable[tuple[str, Callable[[], Iterable[Metric]]]]:
+        return (
+            ("orders", self._orders),
+            ("rms", self._rms),
+            ("websockets", self._websockets),
+            ("feed", self._feed),
+            ("celery", self._celery),
+            ("brokers", self._brokers),
+        )
 
     def _orders(self) -> Iterable[Metric]:
-        placed = _gauge(
+        placed = gauge(
             "algoterm_orders_placed_today",
             "Orders created today (IST trading day) per broker, broker rejections included.",
             ["broker"],
         )
-        rejected = _gauge("algoterm_orders_rejected_today", "Orders the broker rejected today, per broker.", ["broker"])
+        rejected = gauge("algoterm_orders_rejected_today", "Orders the broker rejected today, per broker.", ["broker"])
         for broker, counts in sorted(orders_today().items()):
             placed.add_metric([broker], counts["placed"])
             rejected.add_metric([broker], counts["rejected"])
         return [placed, rejected]
 
     def _rms(self) -> Iterable[Metric]:
-        breaches = _gauge("algoterm_rms_breaches_today", "RMS limit breaches today, per reason.", ["reason"])
+        breaches = gauge("algoterm_rms_breaches_today", "RMS limit breaches today, per reason.", ["reason"])
         counts = {**dict.fromkeys(STATE_AFTER, 0), **rms_breaches_today()}
         for reason, count in sorted(counts.items()):
             breaches.add_metric([reason], count)
         return [breaches]
 
     def _websockets(self) -> Iterable[Metric]:
-        connections = _gauge(
+        connections = gauge(
             "algoterm_websocket_connections", "Open WebSocket connections across web processes.", ["endpoint"]
         )
         for endpoint, count in ws_connections().items():
@@ -207,13 +224,13 @@ class SharedStateCollector(Collector):
         return [connections]
 
     def _feed(self) -> Iterable[Metric]:
-        families = [_gauge("algoterm_market_open", "1 while the NSE normal session is on.")]
+        families = [gauge("algoterm_market_open", "1 while the NSE normal session is on.")]
         families[0].add_metric([], 1 if market_open_now() else 0)
         last = feed_last_tick_at()
         if last is not None:
-            lag = _gauge("algoterm_feed_lag_seconds", "Seconds since the newest quote in the quote cache.")
+            lag = gauge("algoterm_feed_lag_seconds", "Seconds since the newest quote in the quote cache.")
             lag.add_metric([], max(0.0, timezone.now().timestamp() - last.timestamp()))
-            stamp = _gauge(
+            stamp = gauge(
                 "algoterm_feed_last_tick_timestamp_seconds", "Unix time of the newest quote in the quote cache."
             )
             stamp.add_metric([], last.timestamp())
@@ -224,16 +241,16 @@ class SharedStateCollector(Collector):
         lengths = celery_queue_lengths()
         if lengths is None:
             return []
-        queue = _gauge("algoterm_celery_queue_length", "Celery messages waiting in the broker, per queue.", ["queue"])
+        queue = gauge("algoterm_celery_queue_length", "Celery messages waiting in the broker, per queue.", ["queue"])
         for name, length in lengths.items():
             queue.add_metric([name], length)
         return [queue]
 
     def _brokers(self) -> Iterable[Metric]:
-        circuits = _gauge(
+        circuits = gauge(
             "algoterm_broker_circuits_open", "Connected broker accounts whose circuit breaker is open.", ["broker"]
         )
-        connected = _gauge("algoterm_broker_accounts_connected", "Connected broker accounts.", ["broker"])
+        connected = gauge("algoterm_broker_accounts_connected", "Connected broker accounts.", ["broker"])
         for broker, counts in sorted(broker_circuits().items()):
             circuits.add_metric([broker], counts["circuits_open"])
             connected.add_metric([broker], counts["connected"])

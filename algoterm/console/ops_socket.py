@@ -20,8 +20,8 @@ from django.utils import timezone
 
 from accounts.models import Role
 from algoterm import config
-from algoterm.api.errors import ErrorCode, ValidationFailed
-from algoterm.api.ws import CLOSE_FORBIDDEN, ProtocolConsumer
+from algoterm.api.errors import ErrorCode
+from algoterm.api.ws import CLOSE_FORBIDDEN, ProtocolConsumer, topic_subscription
 from algoterm.console.metrics import components_health
 from algoterm.console.order_rates import order_rates_now
 from algoterm.console.system import system_status
@@ -125,26 +125,18 @@ class OpsConsumer(ProtocolConsumer):
             await self.session_end(code=ErrorCode.PERMISSION_DENIED, message=ADMINS_ONLY)
 
     async def handle_subscription(self, payload: dict[str, Any]) -> None:
-        action = payload.get("action")
-        topics = payload.get("topics")
-        if action not in ("subscribe", "unsubscribe"):
-            raise ValidationFailed('"action" must be "subscribe" or "unsubscribe".')
-        if not isinstance(topics, list) or not topics or not all(isinstance(topic, str) for topic in topics):
-            raise ValidationFailed('"topics" must be a non-empty list of topic names.')
-        unknown = sorted(set(topics) - set(OPS_TOPICS))
-        if unknown:
-            raise ValidationFailed(f"Unknown topics {unknown}; known: {list(OPS_TOPICS)}.")
+        action, topics = topic_subscription(payload, known=OPS_TOPICS)
         if action == "unsubscribe":
-            for topic in set(topics) & self.topics:
+            for topic in topics & self.topics:
                 await self.channel_layer.group_discard(ops_group(topic), self.channel_name)
-            self.topics -= set(topics)
+            self.topics -= topics
             return
-        for topic in set(topics):
+        for topic in topics:
             # Joined again even when already subscribed: that renews the Redis layer's group membership.
             await self.channel_layer.group_add(ops_group(topic), self.channel_name)
-        self.topics |= set(topics)
+        self.topics |= topics
         # Read after joining: a message racing the snapshot arrives after it (perhaps repeating it), never lost.
-        await self._send_snapshot(set(topics))
+        await self._send_snapshot(topics)
 
     async def handle_request_snapshot(self, payload: dict[str, Any]) -> None:
         await self._send_snapshot(self.topics)
