@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from algoterm.api.errors import AppError, ErrorCode
 
@@ -198,6 +198,26 @@ HISTORICAL_INTERVALS = ("1m", "1d")
 
 
 @dataclass(frozen=True)
+class BrokerInstrument:
+    """One row of a broker's published instrument master, in our vocabulary. The instrument master
+    (`marketdata.instruments`) derives our canonical symbol from it: `EXCHANGE:TRADINGSYMBOL` for cash and
+    indices, Kite's contract tradingsymbols (from underlying, expiry, strike and type) for derivatives."""
+
+    exchange: str  # one of EXCHANGES: NSE, BSE, NFO, BFO, MCX, CDS
+    instrument_type: str  # EQ, FUT, CE, PE or INDEX
+    tradingsymbol: str  # cash: the exchange's symbol (INFY); indices: the broker's index name; derivatives: the broker's
+    broker_id: str  # what the broker trades and quotes it by: Dhan's security id, Fyers' symbol (NSE:SBIN-EQ)
+    name: str = ""
+    underlying: str = ""  # derivatives: the underlying's symbol (NIFTY, RELIANCE)
+    expiry: date | None = None
+    strike: Decimal | None = None
+    lot_size: int = 1
+    tick_size: Decimal = Decimal("0.05")
+    exchange_token: str = ""  # the exchange's own numeric token, where the master gives it
+    isin: str = ""
+
+
+@dataclass(frozen=True)
 class BrokerSession:
     """What a completed login gives us; stored encrypted on the account."""
 
@@ -326,12 +346,25 @@ class BrokerAdapter(abc.ABC):
 
     # instrument master ---------------------------------------------------------------------------------------
 
+    # The longest range one historical request may cover, by interval, in days (the broker's own limits); the
+    # importer cuts longer ranges into chunks of this size.
+    historical_max_span_days: ClassVar[dict[str, int]] = {"1m": 60, "1d": 2000}
+
     def instruments(self) -> list[dict]:
         """The broker's instrument dump as rows with the columns of Kite's instrument CSV
         (`marketdata.instruments.KITE_CSV_COLUMNS`), the instrument master's interchange format."""
         raise InvalidInput(f"{self.broker or 'This broker'} offers no instrument dump")
 
     # historical data -----------------------------------------------------------------------------------------
+
+    # session renewal -------------------------------------------------------------------------------------------
+
+    renews_sessions: bool = False
+
+    def session_renew(self) -> BrokerSession:
+        """A fresh session without the browser (Fyers' refresh token with the user's PIN, Dhan's RenewToken), for
+        brokers with `renews_sessions`; raises SessionExpired when the broker refuses (the user must log in)."""
+        raise InvalidInput(f"{self.broker or 'This broker'} cannot renew a session without a login")
 
     def historical_candles(
         self, *, symbol: str, interval: str, start: datetime, end: datetime
