@@ -205,7 +205,7 @@ class BrokerInstrument:
 
     exchange: str  # one of EXCHANGES: NSE, BSE, NFO, BFO, MCX, CDS
     instrument_type: str  # EQ, FUT, CE, PE or INDEX
-    tradingsymbol: str  # cash: the exchange's symbol (INFY); indices: the broker's index name; derivatives: the broker's
+    tradingsymbol: str  # cash: the exchange's symbol (INFY); indices: the broker's index name; F&O: the broker's
     broker_id: str  # what the broker trades and quotes it by: Dhan's security id, Fyers' symbol (NSE:SBIN-EQ)
     name: str = ""
     underlying: str = ""  # derivatives: the underlying's symbol (NIFTY, RELIANCE)
