@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 
 @dataclass(frozen=True)
-class BrokerInstrument:
+class KnownInstrument:
     symbol: str  # EXCHANGE:TRADINGSYMBOL
     kite_token: int
     dhan_security_id: str
@@ -25,16 +25,16 @@ class BrokerInstrument:
 
 
 DEMO_INSTRUMENTS = [
-    BrokerInstrument("NSE:RELIANCE", 738561, "2885"),
-    BrokerInstrument("NSE:INFY", 408065, "1594"),
-    BrokerInstrument("NSE:TCS", 2953217, "11536"),
-    BrokerInstrument("NSE:HDFCBANK", 341249, "1333"),
-    BrokerInstrument("NSE:ICICIBANK", 1270529, "4963"),
-    BrokerInstrument("NSE:SBIN", 779521, "3045"),
-    BrokerInstrument("NSE:ITC", 424961, "1660"),
-    BrokerInstrument("NSE:TATAMOTORS", 884737, "3456"),
-    BrokerInstrument("BSE:RELIANCE", 128083204, "500325"),
-    BrokerInstrument("NSE:NIFTY 50", 256265, "13"),
+    KnownInstrument("NSE:RELIANCE", 738561, "2885"),
+    KnownInstrument("NSE:INFY", 408065, "1594"),
+    KnownInstrument("NSE:TCS", 2953217, "11536"),
+    KnownInstrument("NSE:HDFCBANK", 341249, "1333"),
+    KnownInstrument("NSE:ICICIBANK", 1270529, "4963"),
+    KnownInstrument("NSE:SBIN", 779521, "3045"),
+    KnownInstrument("NSE:ITC", 424961, "1660"),
+    KnownInstrument("NSE:TATAMOTORS", 884737, "3456"),
+    KnownInstrument("BSE:RELIANCE", 128083204, "500325"),
+    KnownInstrument("NSE:NIFTY 50", 256265, "13"),
 ]
 
 _BY_SYMBOL = {instrument.symbol: instrument for instrument in DEMO_INSTRUMENTS}
@@ -44,7 +44,7 @@ _BY_DHAN_ID = {
 _BY_KITE_TOKEN = {instrument.kite_token: instrument for instrument in DEMO_INSTRUMENTS}
 
 
-def static_by_symbol(symbol: str) -> BrokerInstrument | None:
+def static_by_symbol(symbol: str) -> KnownInstrument | None:
     """The static table alone (for the instrument loader, which must not read the table it is writing)."""
     return _BY_SYMBOL.get(symbol)
 
@@ -81,10 +81,10 @@ def _instrument_master() -> InstrumentMaster:
     return _master
 
 
-def _from_master(instrument: MasterInstrument | None) -> BrokerInstrument | None:
+def _from_master(instrument: MasterInstrument | None) -> KnownInstrument | None:
     if instrument is None:
         return None
-    return BrokerInstrument(
+    return KnownInstrument(
         symbol=instrument.symbol,
         kite_token=instrument.kite_token or 0,
         dhan_security_id=instrument.dhan_security_id,
@@ -92,15 +92,15 @@ def _from_master(instrument: MasterInstrument | None) -> BrokerInstrument | None
     )
 
 
-def by_symbol(symbol: str) -> BrokerInstrument | None:
+def by_symbol(symbol: str) -> KnownInstrument | None:
     return _BY_SYMBOL.get(symbol) or _from_master(_instrument_master().by_symbol(symbol))
 
 
-def by_dhan_security_id(exchange: str, security_id: str) -> BrokerInstrument | None:
+def by_dhan_security_id(exchange: str, security_id: str) -> KnownInstrument | None:
     return _BY_DHAN_ID.get((exchange, str(security_id))) or _from_master(
         _instrument_master().by_dhan_security_id(exchange, str(security_id))
     )
 
 
-def by_kite_token(token: int) -> BrokerInstrument | None:
+def by_kite_token(token: int) -> KnownInstrument | None:
     return _BY_KITE_TOKEN.get(int(token)) or _from_master(_instrument_master().by_kite_token(int(token)))

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from algoterm.sandbox.simulators.base import RateWindows, SimRequest, SimResponse, SimulatorApp
 from brokers import exchange
-from brokers.instruments import DEMO_INSTRUMENTS, BrokerInstrument, by_kite_token, by_symbol
+from brokers.instruments import DEMO_INSTRUMENTS, KnownInstrument, by_kite_token, by_symbol
 from brokers.models import SimOrder, Venue
 from brokers.prices import quote_for, synthetic_quote
 from brokers.protocol import (
@@ -651,7 +651,7 @@ def synthetic_minute_volume(symbol: str, minute_epoch: int) -> int:
     return 100 + int(digest[:6], 16) % 5000
 
 
-def _static_kite_row(instrument: BrokerInstrument) -> dict[str, str]:
+def _static_kite_row(instrument: KnownInstrument) -> dict[str, str]:
     exchange_code, tradingsymbol = split_symbol(instrument.symbol)
     is_index = instrument.kite_token % 256 == 9  # Kite's INDICES segment
     return {
