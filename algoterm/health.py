@@ -18,6 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from marketdata import calendar as market_calendar
+from marketdata.sources import market_data_source_state
 
 WORKER_PING_TIMEOUT = 1.0
 HEARTBEAT_CACHE_KEY = "system:heartbeat"
@@ -145,6 +146,23 @@ def check_holidays(*, today: date | None = None) -> ComponentHealth:
     )
 
 
+def check_market_data() -> ComponentHealth:
+    """Which designated market-data account feeds (never required: the platform serves without live ticks, on the
+    last prices). Up with no designated account (nothing to feed from); down when accounts are designated and none
+    feeds."""
+    try:
+        state = market_data_source_state()
+    except Exception as error:
+        return ComponentHealth("down", None, required=False, detail=type(error).__name__)
+    if state is None:
+        return ComponentHealth("up", None, required=False, detail="no market-data account designated")
+    info = {key: state.get(key) for key in ("account_id", "broker", "since", "symbols", "last_tick_at", "failovers")}
+    info["designated"] = state.get("designated")
+    if state.get("live"):
+        return ComponentHealth("up", None, required=False, info=info)
+    return ComponentHealth("down", None, required=False, detail=state.get("detail") or "not feeding", info=info)
+
+
 def platform_health() -> dict[str, ComponentHealth]:
     database = check_database()
     redis_health = check_redis()
@@ -154,4 +172,5 @@ def platform_health() -> dict[str, ComponentHealth]:
         "workers": check_workers(broker_up=redis_health.is_up),
         "scheduler": check_scheduler() if redis_health.is_up else ComponentHealth("down", None, required=False),
         "holidays": check_holidays(),
+        "market_data": check_market_data(),
     }

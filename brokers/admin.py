@@ -11,13 +11,33 @@ from brokers.services import masked_proxy
 
 @admin.register(BrokerAccount)
 class BrokerAccountAdmin(admin.ModelAdmin):
-    list_display = ["label", "owner", "broker", "client_id", "status", "session_expires_at", "last_error_at"]
-    list_filter = ["broker", "status"]
+    list_display = [
+        "label",
+        "owner",
+        "broker",
+        "client_id",
+        "status",
+        "session_expires_at",
+        "market_data_priority",
+        "last_error_at",
+    ]
+    # Designating market-data sources: 1 feeds, 2 takes over when 1's session expires, and so on.
+    list_editable = ["market_data_priority"]
+    list_filter = ["broker", "status", ("market_data_priority", admin.EmptyFieldListFilter)]
     search_fields = ["id", "label", "client_id", "owner__email"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
     exclude = ["credentials_encrypted", "session_encrypted", "proxy_url", "login_nonce"]
-    readonly_fields = ["id", "credential_fields", "has_session", "proxy", "created_at", "connected_at", "deleted_at"]
+    readonly_fields = [
+        "id",
+        "credential_fields",
+        "has_session",
+        "proxy",
+        "session_renewal_consented_at",
+        "created_at",
+        "connected_at",
+        "deleted_at",
+    ]
     actions = ["expire_sessions", "check_sessions"]
 
     def get_readonly_fields(self, request, obj=None):

@@ -23,6 +23,7 @@ from brokers.serializers import (
     ConnectOutput,
     FundsOutput,
     ReloginInput,
+    SessionRenewalInput,
 )
 
 
@@ -116,6 +117,32 @@ class BrokerAccountRefreshApi(APIView):
             user=request.user, account=account, credentials=data.validated_data.get("credentials") or None
         )
         return Response(_connect_body(result))
+
+
+class BrokerSessionRenewalApi(APIView):
+    permission_classes = [IsAuthenticated, IsTrader]
+
+    @extend_schema(
+        tags=["brokers"],
+        request=SessionRenewalInput,
+        responses={200: BrokerAccountOutput},
+        summary="Renew my broker session without the daily login",
+        description="Consent (or withdraw it) to the platform renewing this account's session in the last 45 minutes "
+        "before the daily cut-off: Fyers with its refresh token and your PIN (send `pin`; kept encrypted), Dhan with "
+        "its token renewal. Zerodha and paper cannot (400). If the broker refuses a renewal, you get a notification "
+        "to log in by hand.",
+    )
+    def post(self, request: Request, account_id: str) -> Response:
+        account = selectors.broker_account_get(user=request.user, account_id=account_id)
+        data = SessionRenewalInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        account = services.broker_session_renewal_set(
+            user=request.user,
+            account=account,
+            enabled=data.validated_data["enabled"],
+            pin=data.validated_data.get("pin") or "",
+        )
+        return Response(BrokerAccountOutput(account).data)
 
 
 class BrokerFundsApi(APIView):

@@ -17,6 +17,7 @@ from brokers.protocol import (
     AdapterConfig,
     BrokerAdapter,
     BrokerError,
+    BrokerInstrument,
     BrokerOrder,
     BrokerSession,
     BrokerUnavailable,
@@ -47,6 +48,25 @@ def adapter_config(broker: str, *, proxy_url: str = "") -> AdapterConfig:
         "fyers": (settings.FYERS_API_URL, {"data_url": settings.FYERS_DATA_URL}),
     }[broker]
     return AdapterConfig(base_url=base_url, timeout=settings.BROKER_TIMEOUT_SECONDS, proxy_url=proxy_url, extra=extra)
+
+
+# The brokers that publish an instrument master anyone may download (no session needed).
+PUBLIC_MASTERS = ("dhan", "fyers")
+
+
+def instrument_master_fetch(*, broker: str) -> list[BrokerInstrument]:
+    """Dhan's or Fyers' published instrument master (their adapters know the files); BrokerError when the download
+    fails or the file is not what the broker publishes."""
+    if broker not in PUBLIC_MASTERS:
+        raise BrokerError(f"{broker} publishes no open instrument master; Kite's dump needs an account.")
+    module = importlib.import_module(ADAPTERS[broker].rpartition(".")[0])
+    try:
+        return module.instrument_master_fetch(timeout=settings.INSTRUMENT_MASTER_TIMEOUT_SECONDS)
+    except BrokerError:
+        raise
+    except Exception as error:  # an adapter's own bug must read as a failed download, never crash the refresh
+        logger.exception("the %s instrument master download failed", broker)
+        raise BrokerUnavailable(f"The {broker} instrument master could not be read: {type(error).__name__}.") from None
 
 
 def build_adapter(

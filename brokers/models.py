@@ -48,6 +48,18 @@ class BrokerAccount(models.Model):
     login_nonce = models.CharField(
         max_length=32, blank=True, help_text="binds the one live broker login link; cleared when it is used"
     )
+    market_data_priority = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="set by an operator: this account feeds the platform's market data (1 first; the next number "
+        "takes over when its session expires); empty: not a market-data source",
+    )
+    session_renewal_consented_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="when the user agreed that we renew the broker session before the open without a login (Fyers: "
+        "with their PIN, stored encrypted); empty: no consent",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     connected_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)

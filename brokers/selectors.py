@@ -71,6 +71,28 @@ def broker_account_platform_connected() -> list[tuple[str, str]]:
     )
 
 
+def broker_accounts_market_data(*, broker: str | None = None, connected_only: bool = True) -> list[BrokerAccount]:
+    """The accounts an operator designated as the platform's market-data sources, in failover order (priority, then
+    the oldest); with `connected_only`, only those whose session is live."""
+    accounts = BrokerAccount.objects.filter(deleted_at__isnull=True, market_data_priority__isnull=False).exclude(
+        broker=Broker.PAPER
+    )
+    if broker:
+        accounts = accounts.filter(broker=broker)
+    if connected_only:
+        accounts = accounts.filter(status=AccountStatus.CONNECTED)
+    return list(accounts.select_related("owner").order_by("market_data_priority", "created_at", "id"))
+
+
+def broker_account_any_connected(*, broker: str) -> BrokerAccount | None:
+    """The oldest live, connected account at `broker` (any user's): what platform chores fall back to."""
+    return (
+        BrokerAccount.objects.filter(deleted_at__isnull=True, status=AccountStatus.CONNECTED, broker=broker)
+        .order_by("created_at", "id")
+        .first()
+    )
+
+
 def sim_order_paper_tags(*, tags: list[str]) -> set[str]:
     """Which of these order tags the simulated exchange's paper venue holds (orders platform paper mode sent
     there)."""

@@ -12,6 +12,15 @@ from brokers.services import masked_proxy
 class BrokerAccountOutput(serializers.ModelSerializer):
     proxy = serializers.SerializerMethodField(help_text="egress proxy, without its password")
     algo_id = serializers.CharField(read_only=True, help_text="exchange algo id on every order; operators set it")
+    session_renewal_consented_at = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="when you agreed that the session is renewed before the daily cut-off without a login (Dhan, "
+        "Fyers); null: you log in every day",
+    )
+    market_data_source = serializers.SerializerMethodField(
+        help_text="an operator chose this account to feed the platform's market data"
+    )
 
     class Meta:
         model = BrokerAccount
@@ -27,8 +36,13 @@ class BrokerAccountOutput(serializers.ModelSerializer):
             "algo_id",
             "created_at",
             "connected_at",
+            "session_renewal_consented_at",
+            "market_data_source",
         ]
         read_only_fields = fields
+
+    def get_market_data_source(self, account: BrokerAccount) -> bool:
+        return account.market_data_priority is not None
 
     def get_proxy(self, account: BrokerAccount) -> str:
         return masked_proxy(account.proxy_url)
@@ -73,3 +87,15 @@ class FundsOutput(serializers.Serializer):
     available_cash = serializers.DecimalField(max_digits=16, decimal_places=2)
     used_margin = serializers.DecimalField(max_digits=16, decimal_places=2)
     opening_balance = serializers.DecimalField(max_digits=16, decimal_places=2)
+
+
+class SessionRenewalInput(InputSerializer):
+    enabled = serializers.BooleanField(help_text="true: renew my session before the daily cut-off; false: stop")
+    pin = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=6,
+        write_only=True,
+        help_text="Fyers: your 4-digit PIN, which the renewal needs (kept encrypted; never returned)",
+    )

@@ -11,3 +11,8 @@ def expire_sessions() -> int:
 @shared_task(name="brokers.tasks.remind_logins")
 def remind_logins() -> int:
     return services.broker_login_reminders_send()
+
+
+@shared_task(name="brokers.tasks.renew_sessions")
+def renew_sessions() -> dict:
+    return services.broker_sessions_renew()

@@ -17,7 +17,7 @@ from algoterm.api.errors import AppError
 from brokers.models import Broker, BrokerAccount
 from brokers.selectors import broker_account_latest_connected
 from marketdata.instruments import InstrumentLoadError, instruments_load_demo, instruments_load_from_account
-from marketdata.models import Candle, Instrument
+from marketdata.models import Candle, Instrument, InstrumentMasterLoad
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,22 @@ class CandleAdmin(admin.ModelAdmin):
     list_filter = ["interval"]
     search_fields = ["symbol"]
     date_hierarchy = "start"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(InstrumentMasterLoad)
+class InstrumentMasterLoadAdmin(admin.ModelAdmin):
+    """Each refresh of a broker's instrument master and what it did; `manage.py load_instruments --broker` or the
+    daily refresh writes them."""
+
+    list_display = ["broker", "started_at", "outcome", "attempt", "rows", "created", "updated", "removed", "message"]
+    list_filter = ["broker", "outcome"]
+    date_hierarchy = "started_at"
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -23,7 +23,7 @@ from algoterm.config import (
     section_register,
 )
 from marketdata import calendar as market_calendar
-from marketdata.feeds.runner import FEED_SOURCES
+from marketdata.feeds.runner import BROKER_SOURCE, FEED_SOURCES
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MAX_HOLIDAYS = 500
@@ -165,7 +165,9 @@ def _feed_default() -> dict:
 
 
 def feed_sources() -> list[str]:
-    return ["", *sorted(FEED_SOURCES)]
+    """ "" runs none; "broker" the designated market-data accounts (with failover); a feed's own name runs it
+    ("kite", "dhan", "fyers": the designated accounts of that broker only)."""
+    return ["", BROKER_SOURCE, *sorted(FEED_SOURCES)]
 
 
 def _feed_validate(data: Any) -> Errors:
@@ -209,7 +211,10 @@ def config_sections_register() -> None:
     section_register(
         Section(
             FEED,
-            'The market feed `serve` runs: {"source": "simulated"|"kite"|"dhan"|"", "interval_seconds": 1.0}.',
+            'The market feed `serve` runs: {"source": "broker"|"simulated"|"kite"|"dhan"|"fyers"|"", '
+            '"interval_seconds": 1.0}. "broker": the accounts designated as market-data sources in the admin, the '
+            "first with a live session feeding, the next taking over when it expires; a broker's feed name: only "
+            "that broker's designated accounts; the interval paces the simulated feed.",
             _feed_default,
             _feed_validate,
         )

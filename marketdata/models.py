@@ -47,6 +47,36 @@ class Instrument(models.Model):
         return self.symbol
 
 
+class InstrumentMasterLoad(models.Model):
+    """One attempt to refresh a broker's instrument master (`marketdata.instruments.masters`): what it found and
+    what it did. A failed or refused attempt changed no instrument."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running"
+        LOADED = "loaded"
+        KEPT = "kept", "kept the previous master (the download looked wrong)"
+        FAILED = "failed", "failed (the download failed or was unreadable)"
+
+    broker = models.CharField(max_length=10)
+    outcome = models.CharField(max_length=8, choices=Outcome.choices, default=Outcome.RUNNING)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    rows = models.PositiveIntegerField(default=0, help_text="instruments in the master we trade")
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    removed = models.PositiveIntegerField(default=0, help_text="instruments marked inactive or no longer listed")
+    skipped = models.PositiveIntegerField(default=0, help_text="rows of exchanges or types we do not trade")
+    message = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["broker", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.broker} master {self.started_at:%Y-%m-%d %H:%M}: {self.outcome}"
+
+
 class Candle(models.Model):
     """OHLCV for one symbol and interval. 1-minute candles are built from ticks (or imported); higher
     intervals are derived from them; daily candles may be imported as such."""

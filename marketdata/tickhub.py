@@ -29,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from marketdata import selectors
+from marketdata.watched import symbols_watched_touch
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,13 @@ class TickHub:
     async def attach(self, outlet: TickOutlet, symbols: list[str]) -> None:
         """From now on `outlet` is offered every tick of `symbols`; returns once this process hears the tick bus."""
         held = self.symbols_of.setdefault(outlet, set())
+        first_here = [symbol for symbol in symbols if symbol not in self.outlets_of]
         for symbol in symbols:
             held.add(symbol)
             self.outlets_of.setdefault(symbol, set()).add(outlet)
+        if first_here:
+            # The broker feed follows what clients watch: noted off the loop, never awaited.
+            asyncio.get_running_loop().run_in_executor(None, symbols_watched_touch, first_here)
         await self._listening()
 
     def detach(self, outlet: TickOutlet, symbols: list[str] | None = None) -> None:

@@ -8,6 +8,9 @@ class OrdersConfig(AppConfig):
     name = "orders"
 
     def ready(self) -> None:
+        from marketdata.sources import market_data_wants_register
         from orders.receivers import receivers_connect  # loads models: only once the app registry is ready
+        from orders.selectors import order_platform_symbols_needed
 
         receivers_connect()
+        market_data_wants_register("orders", order_platform_symbols_needed)

@@ -561,3 +561,11 @@ def order_platform_unknown(*, unchanged_since: datetime) -> dict[str, Any]:
     unknown = Order.objects.filter(status=OrderStatus.UNKNOWN, updated_at__lt=unchanged_since).order_by("updated_at")
     figures = unknown.aggregate(count=Count("pk"), oldest=Min("updated_at"))
     return {**figures, "order_ids": list(unknown.values_list("pk", flat=True)[:10])}
+
+
+def order_platform_symbols_needed() -> list[str]:
+    """Every symbol some user holds (an open position) or waits on (a live order): what the market-data feed must
+    follow for MTM, stops and the risk engine. Positions first."""
+    held = Position.objects.exclude(quantity=0).order_by().values_list("symbol", flat=True).distinct()
+    waiting = Order.objects.filter(status__in=LIVE_STATUSES).order_by().values_list("symbol", flat=True).distinct()
+    return list(dict.fromkeys([*held, *waiting]))

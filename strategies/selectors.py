@@ -10,8 +10,9 @@ from django.utils import timezone
 
 from accounts.models import User
 from algoterm.api.errors import NotFound
+from marketdata.sources import symbols_of_underlyings
 
-from .models import Backtest, RunStatus, Signal, Strategy, StrategyRun, WebhookRejectionCount
+from .models import Backtest, Leg, RunStatus, Signal, Strategy, StrategyRun, StrategyStatus, WebhookRejectionCount
 from .services import RunPnl, run_pnl, signal_ops_view
 from .services.clock import IST
 
@@ -103,3 +104,11 @@ def signal_get(*, user: User, signal_id: str) -> Signal:
 def signal_platform_recent(*, limit: int) -> list[dict]:
     """The latest `limit` signals of every user, newest first, as the operators' socket shows them (operators only)."""
     return [signal_ops_view(signal) for signal in Signal.objects.order_by("-received_at", "-id")[:limit]]
+
+
+def strategy_platform_symbols_needed() -> list[str]:
+    """The symbols running strategies price from: rule strategies' symbol and the legs' underlyings' spots."""
+    running = Strategy.objects.filter(status=StrategyStatus.RUNNING)
+    rule_symbols = [symbol for symbol in running.values_list("rule_symbol", flat=True).distinct() if symbol]
+    underlyings = Leg.objects.filter(strategy__status=StrategyStatus.RUNNING).values_list("underlying", flat=True)
+    return list(dict.fromkeys([*rule_symbols, *symbols_of_underlyings(set(underlyings))]))

@@ -17,6 +17,8 @@ Conditions, by check (the check owns the conditions under its prefixes, and only
     brokers         broker.circuit.<broker>            warning (critical when every connected account's circuit is)
     reconciliation  orders.reconcile_backlog           warning   orders unsettled past the threshold
     unknown_orders  orders.unknown                     critical  orders in UNKNOWN past the threshold
+    instruments     instruments.master.<broker>        warning   the latest master refresh failed or was refused
+    market_data     feed.source_down                   critical  designated market-data accounts, none feeding
 
 A check that raises leaves its conditions as they are (its component reads `unknown`) and the others go on; a check
 that needs the database or Redis is not run while that is down. The database alert cannot be stored while the
@@ -53,6 +55,8 @@ from algoterm.realtime import ops_publish, to_wire
 from brokers.protection import CircuitBreaker
 from brokers.selectors import broker_account_platform_connected
 from marketdata import calendar as market_calendar
+from marketdata.instruments.masters import instrument_master_failing
+from marketdata.sources import market_data_source_state
 from orders.selectors import order_platform_reconcile_backlog, order_platform_unknown
 
 logger = logging.getLogger(__name__)
@@ -430,6 +434,37 @@ def _unknown_orders(now: datetime) -> list[Finding]:
     ]
 
 
+def _instruments(now: datetime) -> list[Finding]:
+    return [
+        Finding(
+            f"instruments.master.{broker}",
+            AlertSeverity.WARNING,
+            f"{broker}: instrument master not refreshed",
+            f"The latest refresh of the {broker} instrument master ({load.started_at.isoformat()}, attempt "
+            f"{load.attempt}) {load.get_outcome_display()}: {load.message} Yesterday's master stays in use; the "
+            "refresh is retried, and `manage.py load_instruments --broker` runs it by hand.",
+            {"outcome": load.outcome, "attempt": load.attempt, "started_at": load.started_at},
+        )
+        for broker, load in sorted(instrument_master_failing().items())
+    ]
+
+
+def _market_data(now: datetime) -> list[Finding]:
+    state = market_data_source_state()
+    if state is None or state.get("live"):
+        return []
+    return [
+        Finding(
+            "feed.source_down",
+            AlertSeverity.CRITICAL,
+            "No market-data account is feeding",
+            f"Market-data accounts are designated but none feeds ticks ({state.get('detail') or 'no session'}): "
+            "log in to one of them, or designate another in the admin.",
+            {key: value for key, value in state.items() if key != "live"},
+        )
+    ]
+
+
 def webhook_refusals(*, now: datetime) -> dict[str, int]:
     """Refused webhook calls in the last ALERT_WEBHOOK_WINDOW_MINUTES: Razorpay's (a signature that does not match)
     and strategies' (TradingView and ChartInk calls refused for any reason), platform-wide."""
@@ -479,6 +514,8 @@ CHECKS: tuple[Check, ...] = (
     Check("reconciliation", ("orders.reconcile_backlog",), _reconciliation, needs=("database",)),
     Check("unknown_orders", ("orders.unknown",), _unknown_orders, needs=("database",)),
     Check("webhooks", ("webhooks.",), _webhooks, needs=("redis",)),
+    Check("instruments", ("instruments.",), _instruments, needs=("database",)),
+    Check("market_data", ("feed.source_down",), _market_data, needs=("database", "redis")),
 )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
-from brokers.protocol import InvalidInput, Quote
+from brokers.protocol import InvalidInput, Quote, SessionExpired
 from marketdata.ticks import ticks_publish
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,14 @@ class Feed(abc.ABC):
     """A source of ticks. `run` blocks until `stop` is set, reconnecting by itself after any failure."""
 
     source: str = ""
+    # A supervisor that can fail over to another account sets this: a session the broker refused ends `run` (with
+    # the error in `failure`) instead of retrying a token that cannot work.
+    stop_on_session_expired: bool = False
 
     def __init__(self, *, publish: Callable[[list[Quote]], int] = ticks_publish, backoff: Backoff | None = None):
         self.publish = publish
         self.backoff = backoff or Backoff()
+        self.failure: Exception | None = None
 
     @abc.abstractmethod
     def stream(self, stop: threading.Event) -> None:
@@ -51,6 +55,14 @@ class Feed(abc.ABC):
             try:
                 self.stream(stop)
                 self.backoff.reset()
+            except SessionExpired as error:
+                if self.stop_on_session_expired:
+                    self.failure = error
+                    logger.warning("%s feed stopped: %s", self.source, error.detail)
+                    return
+                delay = self.backoff.next_delay()
+                logger.warning("%s feed refused (%s); retrying in %.1fs", self.source, error.detail, delay)
+                stop.wait(delay)
             except Exception:
                 delay = self.backoff.next_delay()
                 logger.warning("%s feed dropped; reconnecting in %.1fs", self.source, delay, exc_info=True)

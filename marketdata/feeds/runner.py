@@ -23,8 +23,11 @@ FEED_SOURCES = {
     "simulated": "marketdata.feeds.simulated.SimulatedFeed",
     "kite": "marketdata.feeds.kite.KiteFeed",
     "dhan": "marketdata.feeds.dhan.DhanFeed",
+    "fyers": "marketdata.feeds.fyers.FyersFeed",
 }
-BROKER_SOURCES = {"kite", "dhan"}
+BROKER_SOURCES = {"kite", "dhan", "fyers"}
+# The designated market-data accounts (marketdata.sources): not a feed of its own but whichever of theirs is live.
+BROKER_SOURCE = "broker"
 STATUS_EVERY_SECONDS = 60.0
 QUOTES_PRUNE_EVERY_SECONDS = 3600.0
 CANDLE_CLOSE_EVERY_SECONDS = 5.0
@@ -57,6 +60,7 @@ class PublishAndRecord:
     def __init__(self, *, builder: MinuteCandleBuilder) -> None:
         self.builder = builder
         self.batches = self.ticks = 0
+        self.last_tick_at: datetime | None = None
 
     def __call__(self, quotes: list[Quote]) -> int:
         fills = ticks_publish(quotes)
@@ -66,6 +70,8 @@ class PublishAndRecord:
             logger.exception("candle building failed")
         self.batches += 1
         self.ticks += len(quotes)
+        if quotes:
+            self.last_tick_at = datetime.now(tz=UTC)
         return fills
 
 
@@ -81,6 +87,8 @@ def broker_symbols(*, source: str, named: list[str]) -> list[str]:
         listed = listed.exclude(kite_token=None).exclude(kite_token=0)
     elif source == "dhan":
         listed = listed.exclude(dhan_security_id="")
+    elif source == "fyers":
+        listed = listed.exclude(fyers_symbol="")
     symbols = list(listed.values_list("symbol", flat=True)[:MAX_DEFAULT_BROKER_SYMBOLS])
     return symbols or list(REFERENCE_PRICES)
 

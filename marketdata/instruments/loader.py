@@ -331,6 +331,7 @@ def instruments_upsert(
             )
         )
         existing_dhan = {symbol: dhan for _, symbol, _, dhan, _ in existing if dhan}
+        existing_fyers = dict(Instrument.objects.exclude(fyers_symbol="").values_list("symbol", "fyers_symbol"))
         # Exchanges recycle tokens of expired contracts: free a token its new owner needs before the upsert.
         stale_token_pks = [
             pk
@@ -356,9 +357,9 @@ def instruments_upsert(
                 lot_size=record.lot_size,
                 tick_size=record.tick_size,
                 kite_token=record.kite_token,
-                # A dump without a broker's id keeps the one we had.
-                dhan_security_id=record.dhan_security_id or existing_dhan.get(record.symbol, ""),
-                fyers_symbol=record.fyers_symbol,
+                # Dhan's and Fyers' own masters own their ids (`masters`): what Kite's dump implies only fills a gap.
+                dhan_security_id=existing_dhan.get(record.symbol) or record.dhan_security_id,
+                fyers_symbol=existing_fyers.get(record.symbol) or record.fyers_symbol,
                 is_active=True,
                 updated_at=now,
             )
