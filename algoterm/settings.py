@@ -394,6 +394,9 @@ CELERY_TASK_ROUTES = {
             "accounts.tasks.purge_old_notifications",
             "brokers.tasks.expire_sessions",
             "brokers.tasks.remind_logins",
+            "brokers.tasks.renew_sessions",
+            "marketdata.tasks.refresh_instrument_masters",
+            "marketdata.tasks.refresh_instrument_master",
             "orders.tasks.purge_idempotency_keys",
             "billing.tasks.expire_trials",
             "strategies.tasks.expire_backtests",
@@ -468,6 +471,16 @@ ALERT_STRATEGY_WEBHOOK_REFUSED = env.int("ALERT_STRATEGY_WEBHOOK_REFUSED", defau
 ALERT_WORKER_QUEUES = env.list(
     "ALERT_WORKER_QUEUES", default=[TASK_QUEUE_URGENT, TASK_QUEUE_DEFAULT, TASK_QUEUE_BACKTESTS]
 )
+# The daily instrument-master refresh: which brokers' masters it loads, how much smaller a download may be than what
+# the broker lists now, the indices it must still list, and how often a failed or refused one is tried again.
+INSTRUMENT_MASTER_BROKERS = env.list("INSTRUMENT_MASTER_BROKERS", default=["zerodha", "dhan", "fyers"])
+INSTRUMENT_MASTER_MAX_DROP = env.float("INSTRUMENT_MASTER_MAX_DROP", default=0.2)
+INSTRUMENT_MASTER_REQUIRED_INDICES = env.list(
+    "INSTRUMENT_MASTER_REQUIRED_INDICES", default=["NSE:NIFTY 50", "NSE:NIFTY BANK", "BSE:SENSEX"]
+)
+INSTRUMENT_MASTER_RETRIES = env.int("INSTRUMENT_MASTER_RETRIES", default=3)
+INSTRUMENT_MASTER_RETRY_SECONDS = env.float("INSTRUMENT_MASTER_RETRY_SECONDS", default=600.0)
+INSTRUMENT_MASTER_TIMEOUT_SECONDS = env.float("INSTRUMENT_MASTER_TIMEOUT_SECONDS", default=120.0)
 CELERY_BEAT_SCHEDULE = {
     "system.heartbeat": {"task": "algoterm.tasks.heartbeat", "schedule": timedelta(seconds=10)},
     # Platform alerts (algoterm.console.alerts): each condition raised once when it starts, cleared once when it ends.
@@ -488,6 +501,14 @@ CELERY_BEAT_SCHEDULE = {
     "brokers.remind_logins": {
         "task": "brokers.tasks.remind_logins",
         "schedule": crontab(hour=8, minute=45, day_of_week="mon-fri"),
+    },
+    # Broker sessions renewed where the user agreed, in the last BROKER_SESSION_RENEW_AHEAD_SECONDS before the daily
+    # cut-off (so the 08:45 login reminders reach only those who must log in by hand); instrument masters before the
+    # open, each retried on its own.
+    "brokers.renew_sessions": {"task": "brokers.tasks.renew_sessions", "schedule": timedelta(minutes=15)},
+    "marketdata.refresh_instrument_masters": {
+        "task": "marketdata.tasks.refresh_instrument_masters",
+        "schedule": crontab(hour=7, minute=30, day_of_week="mon-fri"),
     },
     "orders.reconcile_open": {"task": "orders.tasks.reconcile_open", "schedule": timedelta(seconds=5)},
     "rms.sweep": {"task": "rms.tasks.sweep", "schedule": timedelta(seconds=RMS_SWEEP_SECONDS)},
@@ -598,11 +619,23 @@ KITE_LOGIN_URL = env.str(
 DHAN_BASE_URL = env.str(
     "DHAN_BASE_URL", default=f"{_sim['dhan']}/v2" if BROKER_SIMULATORS else "https://api.dhan.co/v2"
 )
+# Dhan's compact scrip master (a public CSV, no login), the source of Dhan's security ids.
+DHAN_SCRIP_MASTER_URL = env.str(
+    "DHAN_SCRIP_MASTER_URL",
+    default=f"{_sim['dhan']}/api-data/api-scrip-master.csv"
+    if BROKER_SIMULATORS
+    else "https://images.dhan.co/api-data/api-scrip-master.csv",
+)
 FYERS_API_URL = env.str(
     "FYERS_API_URL", default=f"{_sim['fyers']}/api/v3" if BROKER_SIMULATORS else "https://api-t1.fyers.in/api/v3"
 )
 FYERS_DATA_URL = env.str(
     "FYERS_DATA_URL", default=f"{_sim['fyers']}/data" if BROKER_SIMULATORS else "https://api-t1.fyers.in/data"
+)
+# Fyers' public symbol master: one header-less CSV per exchange segment (NSE_CM.csv, NSE_FO.csv...) under this URL.
+FYERS_SYMBOL_MASTER_URL = env.str(
+    "FYERS_SYMBOL_MASTER_URL",
+    default=f"{_sim['fyers']}/sym_details" if BROKER_SIMULATORS else "https://public.fyers.in/sym_details",
 )
 BROKER_TIMEOUT_SECONDS = env.float("BROKER_TIMEOUT_SECONDS", default=7.0)
 BROKER_LOGIN_STATE_MAX_AGE = timedelta(minutes=env.int("BROKER_LOGIN_STATE_MINUTES", default=15))
@@ -614,6 +647,8 @@ BROKER_CIRCUIT_OPEN_SECONDS = env.int("BROKER_CIRCUIT_OPEN_SECONDS", default=30)
 BROKER_DEFAULT_ALGO_ID = env.str("BROKER_DEFAULT_ALGO_ID", default="ALGOTERM-GENERIC")
 # The daily re-login rule: sessions end at this IST time (Kite tokens die at 06:00; SEBI wants a daily 2FA login).
 BROKER_SESSION_EXPIRY_TIME = env.str("BROKER_SESSION_EXPIRY_TIME", default="06:00")
+# Consented sessions (Fyers' refresh token with the PIN, Dhan's RenewToken) are renewed this long before the cut-off.
+BROKER_SESSION_RENEW_AHEAD_SECONDS = env.int("BROKER_SESSION_RENEW_AHEAD_SECONDS", default=45 * 60)
 PAPER_SLIPPAGE_BPS = env.int("PAPER_SLIPPAGE_BPS", default=5)
 
 # Orders: how soon a lost broker answer is reconciled, and how long an order may sit unconfirmed before reconciliation
@@ -635,7 +670,13 @@ PAPER_OPENING_BALANCE = env.str("PAPER_OPENING_BALANCE", default="1000000.00")
 # real brokers follow the NSE calendar whatever this says.
 MARKET_ALWAYS_OPEN = env.bool("MARKET_ALWAYS_OPEN", default=DJANGO_ENV == "development")
 # `manage.py serve` runs this feed with the stack ("" for none); production runs `manage.py runfeed` itself.
-MARKET_FEED = env.str("MARKET_FEED", default="simulated" if DJANGO_ENV == "development" else "")
+# "broker": the accounts an operator designated as market-data sources (admin) feed, one at a time, with failover.
+MARKET_FEED = env.str("MARKET_FEED", default={"development": "simulated", "production": "broker"}.get(DJANGO_ENV, ""))
+# The market-data supervisor: how often it checks the designated accounts, how often it brings the feed's
+# subscriptions in line with what users hold and watch, and how long a /ws/market-data subscription counts as watched.
+MARKET_DATA_POLL_SECONDS = env.float("MARKET_DATA_POLL_SECONDS", default=5.0)
+MARKET_DATA_RESUBSCRIBE_SECONDS = env.float("MARKET_DATA_RESUBSCRIBE_SECONDS", default=30.0)
+MARKET_DATA_WATCHED_SECONDS = env.float("MARKET_DATA_WATCHED_SECONDS", default=24 * 3600.0)
 MARKET_FEED_INTERVAL_SECONDS = env.float("MARKET_FEED_INTERVAL_SECONDS", default=1.0)
 WS_MAX_SYMBOLS = env.int("WS_MAX_SYMBOLS", default=100)
 WS_SEND_QUEUE = env.int("WS_SEND_QUEUE", default=1000)  # messages queued per market-data socket before it is dropped
@@ -651,6 +692,27 @@ KITE_TICKER_URL = env.str(
 DHAN_FEED_URL = env.str(
     "DHAN_FEED_URL",
     default=f"ws://127.0.0.1:{SIMULATOR_PORTS['dhan'] + 10}" if BROKER_SIMULATORS else "wss://api-feed.dhan.co",
+)
+FYERS_FEED_URL = env.str(
+    "FYERS_FEED_URL",
+    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['fyers'] + 10}" if BROKER_SIMULATORS else "wss://socket.fyers.in/hsm/v1-5/prod",
+)
+# What the Fyers data socket's SDK reads over HTTP before subscribing: symbol -> HSM token, and the indices' names.
+FYERS_SYMBOL_TOKEN_URL = env.str("FYERS_SYMBOL_TOKEN_URL", default=f"{FYERS_DATA_URL}/symbol-token")
+FYERS_INDEX_MAPPING_URL = env.str(
+    "FYERS_INDEX_MAPPING_URL",
+    default=f"{_sim['fyers']}/sym_details/index_hsm_mapping.json"
+    if BROKER_SIMULATORS
+    else "https://public.fyers.in/sym_details/index_hsm_mapping.json",
+)
+# The order sockets (pushed order updates): a broker's order-socket simulator listens at its REST port + 20.
+DHAN_ORDER_SOCKET_URL = env.str(
+    "DHAN_ORDER_SOCKET_URL",
+    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['dhan'] + 20}" if BROKER_SIMULATORS else "wss://api-order-update.dhan.co",
+)
+FYERS_ORDER_SOCKET_URL = env.str(
+    "FYERS_ORDER_SOCKET_URL",
+    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['fyers'] + 20}" if BROKER_SIMULATORS else "wss://socket.fyers.in/trade/v3",
 )
 
 # Billing through Razorpay. With BROKER_SIMULATORS the SDK talks to the local Razorpay simulator `serve` starts, with

@@ -26,7 +26,7 @@ from brokers import exchange
 from brokers.egress import proxy_url_is_public
 from brokers.gateway import adapter_for, build_adapter
 from brokers.models import AccountStatus, Broker, BrokerAccount
-from brokers.protocol import BrokerError, BrokerSession
+from brokers.protocol import BrokerError, BrokerSession, SessionExpired
 from brokers.sessions import broker_session_mark_expired
 
 logger = logging.getLogger(__name__)
@@ -155,11 +155,18 @@ def _store_session(account: BrokerAccount, session: BrokerSession, *, actor: Use
         raise InvalidState("This broker account was disconnected during the login.")
     account.credentials = fresh_credentials
     now = timezone.now()
-    account.session = {"access_token": session.access_token, "broker_user_id": session.broker_user_id}
+    stored: dict[str, Any] = {"access_token": session.access_token, "broker_user_id": session.broker_user_id}
+    if session.extra:  # e.g. Fyers' refresh token: encrypted with the rest, never shown or logged
+        stored["extra"] = session.extra
+    renewed_until = account.session_expires_at if via == "renewal" else None
+    account.session = stored
     account.client_id = session.broker_user_id or account.client_id
     account.status = AccountStatus.CONNECTED
     account.connected_at = now
-    account.session_expires_at = None if account.broker == Broker.PAPER else session_expiry_after(now)
+    # A session renewed before the day's cut-off serves the next trading day: it lasts until the cut-off after.
+    account.session_expires_at = (
+        None if account.broker == Broker.PAPER else session_expiry_after(max(now, renewed_until or now))
+    )
     account.last_error = ""
     account.last_error_at = None
     account.login_nonce = ""
@@ -315,6 +322,100 @@ def broker_session_check(*, account: BrokerAccount) -> str:
     except BrokerError as error:
         return f"failed: {error.detail}"
     return "session works"
+
+
+# --- renewing sessions without a login ---------------------------------------------------------------------------
+
+PIN_LENGTHS = (4, 6)
+
+
+def broker_session_renewal_set(*, user: User, account: BrokerAccount, enabled: bool, pin: str = "") -> BrokerAccount:
+    """The user's consent (or its withdrawal) to our renewing the account's session before the cut-off without a
+    browser login: Fyers with the refresh token and the user's PIN (kept encrypted with the credentials), Dhan with
+    its RenewToken. Recorded with its time and an audit row (never the PIN)."""
+    adapter = _adapter(account)
+    if enabled and not adapter.renews_sessions:
+        raise ValidationFailed(
+            f"{Broker(account.broker).label} sessions cannot be renewed without a login.",
+            errors={"enabled": ["This broker needs its daily login."]},
+        )
+    needs_pin = account.broker == Broker.FYERS
+    pin = pin.strip()
+    if enabled and needs_pin and not (pin.isdigit() and len(pin) in PIN_LENGTHS):
+        raise ValidationFailed(errors={"pin": ["Fyers renews a session with your 4-digit PIN."]})
+    with transaction.atomic():
+        account = row_locked(BrokerAccount.objects.all(), pk=account.pk)
+        if account.deleted_at is not None:
+            raise NotFound()
+        credentials = dict(account.credentials)
+        credentials.pop("pin", None)
+        if enabled and needs_pin:
+            credentials["pin"] = pin
+        account.credentials = credentials
+        account.session_renewal_consented_at = timezone.now() if enabled else None
+        account.save(update_fields=["credentials_encrypted", "session_renewal_consented_at"])
+        audit_record(
+            action="broker.session_renewal_consent",
+            actor=user,
+            target=account,
+            details={"enabled": enabled, "with_pin": bool(enabled and needs_pin)},
+        )
+    return account
+
+
+def broker_sessions_renewal_due(*, now: datetime | None = None) -> list[BrokerAccount]:
+    """Connected accounts whose owners consented and whose session ends within BROKER_SESSION_RENEW_AHEAD."""
+    now = now or timezone.now()
+    return list(
+        BrokerAccount.objects.filter(
+            deleted_at__isnull=True,
+            status=AccountStatus.CONNECTED,
+            session_renewal_consented_at__isnull=False,
+            broker__in=[Broker.DHAN, Broker.FYERS],
+            session_expires_at__lte=now + timedelta(seconds=settings.BROKER_SESSION_RENEW_AHEAD_SECONDS),
+        )
+        # A renewal the broker refused in this window is not tried (nor its owner told) again.
+        .exclude(last_error_at__gte=now - timedelta(seconds=settings.BROKER_SESSION_RENEW_AHEAD_SECONDS))
+        .select_related("owner")
+    )
+
+
+def broker_session_renew(*, account: BrokerAccount) -> str:
+    """Renew one consented account's session at its broker: "renewed", "refused" (the user must log in: told so
+    now, before the morning), or "unavailable" (the broker did not answer; the next run tries again)."""
+    adapter = _adapter(account, session=account.session or None)
+    try:
+        session = adapter.session_renew()
+    except SessionExpired as error:
+        _record_error(account, error)
+        notification_create(
+            user=account.owner,
+            kind="broker.renewal_failed",
+            title=f"Log in to {account.label} before the open",
+            body=f"We could not renew your broker session automatically: {error.detail}",
+            level="warning",
+            data={"account_id": account.pk},
+        )
+        audit_record(action="broker.session_renew", actor=None, target=account, details={"outcome": "refused"})
+        return "refused"
+    except BrokerError as error:  # the broker did not answer: the next run (every 15 minutes) tries again
+        logger.warning("renewing the session of %s failed: %s", account.pk, error.code)
+        return "unavailable"
+    with transaction.atomic():
+        if account.broker == Broker.DHAN:
+            # Dhan's token is also the credential the account was connected with.
+            account.credentials = {**account.credentials, "access_token": session.access_token}
+        _store_session(account, session, actor=None, via="renewal")
+    return "renewed"
+
+
+def broker_sessions_renew(*, now: datetime | None = None) -> dict[str, int]:
+    """Every due, consented account renewed (see `broker_session_renew`); counts by outcome."""
+    outcomes: dict[str, int] = {}
+    for account in broker_sessions_renewal_due(now=now):
+        outcome = broker_session_renew(account=account)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
 
 
 def broker_login_reminders_send() -> int:

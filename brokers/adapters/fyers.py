@@ -24,17 +24,21 @@ BFO, `MCX:<tradingsymbol>` for MCX, and `NSE:NIFTY50-INDEX`-style names for the 
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
+import io
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import requests
@@ -46,6 +50,7 @@ from brokers.protocol import (
     AdapterConfig,
     BrokerAdapter,
     BrokerError,
+    BrokerInstrument,
     BrokerOrder,
     BrokerOrderStatus,
     BrokerPosition,
@@ -54,6 +59,7 @@ from brokers.protocol import (
     BrokerTrade,
     BrokerUnavailable,
     Funds,
+    HistoricalCandle,
     Holding,
     InvalidInput,
     ModifyRequest,
@@ -65,6 +71,7 @@ from brokers.protocol import (
     SessionExpired,
     Side,
     Validity,
+    split_symbol,
     to_decimal,
 )
 from brokers.symbols import from_fyers_symbol, to_fyers_symbol
@@ -130,6 +137,12 @@ ORDER_REJECTION_CODES = frozenset({-99})
 INVALID_INPUT_CODES = frozenset({-50, -51, -53, -300})
 RATE_LIMIT_CODES = frozenset({429, -429})
 
+# Historical data: our intervals as Fyers resolutions, and the longest range one /history request may cover (Fyers
+# refuses more than 100 days of minute candles and 366 days of daily candles per request).
+HISTORY_RESOLUTIONS: dict[str, str] = {"1m": "1", "1d": "D"}
+HISTORY_MAX_SPAN_DAYS: dict[str, int] = {"1m": 100, "1d": 366}
+HISTORY_OK_STATES = frozenset({"ok", "no_data"})  # "no_data": a valid request for a range without candles
+
 # fund_limit line ids (titles as a fallback, should Fyers renumber them)
 FUNDS_LINES: dict[str, tuple[int, str]] = {
     "used_margin": (2, "utilized amount"),
@@ -138,6 +151,55 @@ FUNDS_LINES: dict[str, tuple[int, str]] = {
 }
 
 # --- symbols: spelled in brokers.symbols (pure, no SDK), used here ---------------------------------------------
+
+# --- the symbol master: Fyers' public per-segment CSVs ---------------------------------------------------------
+
+# The files Fyers publishes (header-less CSV, one per exchange segment) and the columns of every row, in order.
+SYMBOL_MASTER_FILES = ("NSE_CM", "BSE_CM", "NSE_FO", "BSE_FO", "MCX_COM", "NSE_CD")
+SYMBOL_MASTER_COLUMNS = (
+    "fytoken",
+    "symbol_details",  # a description: "STATE BANK OF INDIA", "NIFTY 26 Jun 25 24000 CE"
+    "instrument_type",  # the exchange instrument type code (FYERS_INSTRUMENT_TYPES)
+    "lot_size",
+    "tick_size",
+    "isin",
+    "trading_session",  # "0915-1530|1815-1915:"
+    "last_update",  # YYYY-MM-DD
+    "expiry",  # epoch seconds (derivatives), empty otherwise
+    "ticker",  # the Fyers symbol: NSE:SBIN-EQ
+    "exchange",  # 10 NSE, 11 MCX, 12 BSE
+    "segment",  # 10 capital market, 11 equity derivatives, 12 currency derivatives, 20 commodity
+    "scrip_code",  # the exchange's token
+    "underlying",
+    "underlying_scrip_code",
+    "strike",  # -1.0 when not an option
+    "option_type",  # CE, PE, or XX
+    "underlying_fytoken",
+    "reserved_text",
+    "reserved_int",
+    "reserved_float",
+)
+# (Fyers exchange code, segment code) -> our exchange; other pairs (NSE commodity, BSE currency) we do not trade.
+SYMBOL_MASTER_EXCHANGES: dict[tuple[int, int], str] = {
+    (10, 10): "NSE",
+    (12, 10): "BSE",
+    (10, 11): "NFO",
+    (12, 11): "BFO",
+    (10, 12): "CDS",
+    (11, 20): "MCX",
+}
+# Fyers' exchange instrument type codes that we list, by our instrument type (options also need CE/PE in the option
+# type column). Cash: 0 EQ, 9 ETF, 50 BSE's "misc" group equities; 10 an index. Futures: 11 FUTIDX, 12 FUTIVX,
+# 13 FUTSTK, 16 FUTCUR, 17 FUTIRT, 18 FUTIRC, 25 FUTIRD, 30 FUTCOM. Options: 14 OPTIDX, 15 OPTSTK, 19 OPTCUR,
+# 31 OPTFUT (options on commodity futures), 32 OPTCOM. Preference shares, debentures, warrants, bonds, mutual funds and
+# the currency segment's underlyings are left out.
+FYERS_INSTRUMENT_TYPES: dict[str, frozenset[int]] = {
+    "EQ": frozenset({0, 9, 50}),
+    "INDEX": frozenset({10}),
+    "FUT": frozenset({11, 12, 13, 16, 17, 18, 25, 30}),
+    "OPTION": frozenset({14, 15, 19, 31, 32}),
+}
+FYERS_INDEX_SUFFIX = "-INDEX"
 
 
 def tag_from_fyers(order_tag: Any) -> str:
@@ -299,11 +361,14 @@ def _new_fyers_model(app_id: str, access_token: str, transport: _Transport) -> f
 
 
 class FyersAdapter(BrokerAdapter):
-    """credentials: {"client_id": the app id ("XJ12345-100"), "secret_key": the app secret}.
+    """credentials: {"client_id": the app id ("XJ12345-100"), "secret_key": the app secret, optionally "pin": the
+    user's Fyers PIN, which renewing a session with the refresh token needs}.
     config.base_url: the API root (".../api/v3"); config.extra["data_url"]: the data API root (".../data")."""
 
     broker = "fyers"
     uses_oauth = True
+    renews_sessions = True
+    historical_max_span_days: ClassVar[dict[str, int]] = HISTORY_MAX_SPAN_DAYS
 
     def __init__(
         self, *, credentials: dict[str, Any], session: BrokerSession | None, config: AdapterConfig, account_ref: str
@@ -351,11 +416,16 @@ class FyersAdapter(BrokerAdapter):
             result = login.generate_token()
             wire = self._transport.outcome()
         access_token = self._login_token(result, wire)
-        self.session = BrokerSession(access_token=access_token, broker_user_id=_jwt_claim(access_token, "fy_id"))
+        # The refresh token (valid 15 days) renews the session without the browser; see session_renew.
+        refresh_token = str(result.get("refresh_token") or "")
+        extra = {"refresh_token": refresh_token} if refresh_token else {}
+        self.session = BrokerSession(
+            access_token=access_token, broker_user_id=_jwt_claim(access_token, "fy_id"), extra=extra
+        )
         if not self.session.broker_user_id:
             profile = self._call(lambda model: model.get_profile(), what="profile")
             user_id = str((profile.get("data") or {}).get("fy_id") or "")
-            self.session = BrokerSession(access_token=access_token, broker_user_id=user_id)
+            self.session = BrokerSession(access_token=access_token, broker_user_id=user_id, extra=extra)
         return self.session
 
     @staticmethod
@@ -378,6 +448,51 @@ class FyersAdapter(BrokerAdapter):
             self._call(lambda model: model.logout(), what="logout")
         except BrokerError as error:
             logger.info("Fyers logout for account %s failed: %s", self.account_ref, error.code)
+
+    def session_renew(self) -> BrokerSession:
+        """A new access token from the refresh token Fyers issued at the login (valid 15 days) and the user's PIN,
+        without the browser. The refresh token stays the same; any refusal means the user must log in again."""
+        session = self.session
+        refresh_token = str((session.extra if session else {}).get("refresh_token") or "")
+        pin = str(self.credentials.get("pin") or "")
+        if session is None or not refresh_token:
+            raise SessionExpired("No Fyers refresh token to renew the session with: log in to Fyers again.")
+        if not pin:
+            raise SessionExpired("Renewing a Fyers session needs the account's Fyers PIN: log in to Fyers again.")
+        payload = {
+            "grant_type": "refresh_token",
+            "appIdHash": _app_id_hash(self._app_id, str(self.credentials.get("secret_key") or "")),
+            "refresh_token": refresh_token,
+            "pin": pin,
+        }
+        self._transport.begin()
+        try:
+            response = self._transport.session.post(f"{self._api_url}/validate-refresh-token", json=payload)
+        except requests.RequestException as error:
+            raise BrokerUnavailable(f"Fyers did not answer the session renewal: {type(error).__name__}.") from None
+        if response.status_code == 429:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            raise BrokerRateLimited("Fyers rate limit reached (session renewal).", retry_after=retry_after)
+        if response.status_code >= 500:
+            raise BrokerUnavailable(f"Fyers answered HTTP {response.status_code} to the session renewal.")
+        try:
+            result = response.json()
+        except ValueError:
+            raise BrokerUnavailable("Fyers sent an unreadable answer to the session renewal.") from None
+        token = result.get("access_token") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or result.get("s") != "ok" or not token:
+            message = str(result.get("message") or "") if isinstance(result, dict) else ""
+            raise SessionExpired(
+                f"Fyers refused to renew the session ({message or 'no access token'}): log in to Fyers again."
+            )
+        access_token = str(token)
+        extra = dict(session.extra) | {"refresh_token": str(result.get("refresh_token") or refresh_token)}
+        self.session = BrokerSession(
+            access_token=access_token,
+            broker_user_id=_jwt_claim(access_token, "fy_id") or session.broker_user_id,
+            extra=extra,
+        )
+        return self.session
 
     # trading ----------------------------------------------------------------------------------------------------
 
@@ -467,6 +582,35 @@ class FyersAdapter(BrokerAdapter):
                 quotes[symbol] = _quote_from_fyers(symbol, item["v"])
         return quotes
 
+    # historical data --------------------------------------------------------------------------------------------
+
+    def historical_candles(
+        self, *, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[HistoricalCandle]:
+        resolution = HISTORY_RESOLUTIONS.get(interval)
+        if resolution is None:
+            raise InvalidInput(
+                f"Fyers historical data comes in {', '.join(HISTORY_RESOLUTIONS)} candles, not {interval!r}."
+            )
+        if start.tzinfo is None or end.tzinfo is None:
+            raise InvalidInput("Historical ranges need timezone-aware start and end.")
+        if end <= start:
+            return []
+        # Epoch bounds, both inclusive at Fyers: the last second before `end` keeps a candle starting at `end` out.
+        query = {
+            "symbol": to_fyers_symbol(symbol),
+            "resolution": resolution,
+            "date_format": "0",
+            "range_from": str(math.floor(start.timestamp())),
+            "range_to": str(math.ceil(end.timestamp()) - 1),
+            "cont_flag": "1",
+        }
+        result = self._call(
+            lambda model: model.history(data=query), what="historical data", ok_states=HISTORY_OK_STATES
+        )
+        candles = [_candle_from_fyers(row, daily=interval == "1d") for row in result.get("candles") or []]
+        return sorted((candle for candle in candles if start <= candle.start < end), key=lambda candle: candle.start)
+
     # calls and errors -------------------------------------------------------------------------------------------
 
     def _model(self) -> fyersModel.FyersModel:
@@ -478,7 +622,13 @@ class FyersAdapter(BrokerAdapter):
             self._sdk_token = token
         return self._sdk
 
-    def _call(self, operation: Callable[[fyersModel.FyersModel], Any], *, what: str) -> dict[str, Any]:
+    def _call(
+        self,
+        operation: Callable[[fyersModel.FyersModel], Any],
+        *,
+        what: str,
+        ok_states: frozenset[str] = frozenset({"ok"}),
+    ) -> dict[str, Any]:
         model = self._model()
         with _ENDPOINTS.hold(self._api_url, self._data_url):
             self._transport.begin()
@@ -487,11 +637,13 @@ class FyersAdapter(BrokerAdapter):
             except Exception as error:  # the SDK's own bugs (e.g. a KeyError on an odd body) must not leak out
                 raise BrokerError(f"The Fyers SDK failed during {what}: {type(error).__name__}.") from None
             wire = self._transport.outcome()
-        _raise_for(result, wire, swallowed=result is model.service.error_resp, what=what)
+        _raise_for(result, wire, swallowed=result is model.service.error_resp, what=what, ok_states=ok_states)
         return result
 
 
-def _raise_for(result: Any, wire: _WireOutcome, *, swallowed: bool, what: str) -> None:
+def _raise_for(
+    result: Any, wire: _WireOutcome, *, swallowed: bool, what: str, ok_states: frozenset[str] = frozenset({"ok"})
+) -> None:
     """Map what the SDK returned (and what we saw on the wire) to our errors; return quietly on success."""
     code = _int(result.get("code")) if isinstance(result, dict) else None
     message = str(result.get("message") or "") if isinstance(result, dict) else ""
@@ -504,7 +656,7 @@ def _raise_for(result: Any, wire: _WireOutcome, *, swallowed: bool, what: str) -
     if swallowed or not isinstance(result, dict):
         # The SDK replaces non-JSON bodies (and exceptions) with its generic "Bad request" dict.
         raise BrokerUnavailable(f"Fyers sent an unreadable answer ({what}).")
-    if result.get("s") == "ok":
+    if result.get("s") in ok_states:
         return
     if wire.status == 401 or code in TOKEN_ERROR_CODES:
         raise SessionExpired(f"The Fyers session has expired or is invalid: {message or code}.")
@@ -646,6 +798,25 @@ def _quote_from_fyers(symbol: str, values: dict[str, Any]) -> Quote:
     )
 
 
+def _app_id_hash(app_id: str, secret_key: str) -> str:
+    return hashlib.sha256(f"{app_id}:{secret_key}".encode()).hexdigest()
+
+
+def _candle_from_fyers(row: Any, *, daily: bool) -> HistoricalCandle:
+    """[epoch, open, high, low, close, volume]. Daily candles start at 00:00 IST whatever instant of the day Fyers
+    stamps them with."""
+    try:
+        stamp, *values, volume = row[:6]
+        moment = datetime.fromtimestamp(int(stamp), tz=IST)
+        open_, high, low, close = (Decimal(str(value)).quantize(Decimal("0.01")) for value in values)
+        traded = int(Decimal(str(volume)))
+    except (TypeError, ValueError, InvalidOperation, OverflowError, OSError):
+        raise BrokerError(f"Fyers sent an unreadable candle: {str(row)[:80]}.") from None
+    if daily:
+        moment = datetime.combine(moment.date(), time(0), tzinfo=IST)
+    return HistoricalCandle(start=moment, open=open_, high=high, low=low, close=close, volume=traded)
+
+
 def _jwt_claim(token: str, claim: str) -> str:
     """A claim from the access token's payload, read without verifying (Fyers signs it; we only want the user id)."""
     parts = token.split(".")
@@ -657,3 +828,144 @@ def _jwt_claim(token: str, claim: str) -> str:
     except ValueError:
         return ""
     return str(payload.get(claim) or "") if isinstance(payload, dict) else ""
+
+
+# --- the symbol master (no account needed: Fyers publishes it) ----------------------------------------------------
+
+
+def instrument_master_fetch(*, url: str = "", timeout: float = 60.0, proxy_url: str = "") -> list[BrokerInstrument]:
+    """Every instrument we trade from Fyers' public symbol master: the CSV of each segment in SYMBOL_MASTER_FILES
+    under `url` (the directory; FYERS_SYMBOL_MASTER_URL when empty), fetched through the egress guard. Raises
+    BrokerUnavailable when a file cannot be downloaded (network, timeout, HTTP error) and InvalidInput, naming the
+    file and line, when a file is empty or not in the layout we read: a half-read master must never replace ours."""
+    base = (url or settings.FYERS_SYMBOL_MASTER_URL).rstrip("/")
+    transport = _Transport(timeout=timeout, proxy_url=proxy_url)
+    instruments: list[BrokerInstrument] = []
+    try:
+        for segment in SYMBOL_MASTER_FILES:
+            file_name = f"{segment}.csv"
+            text = _symbol_master_download(transport, f"{base}/{file_name}", file_name=file_name)
+            instruments += symbol_master_parse(text, file_name=file_name)
+    finally:
+        transport.session.close()
+    return instruments
+
+
+def _symbol_master_download(transport: _Transport, url: str, *, file_name: str) -> str:
+    try:
+        response = transport.session.get(url)
+    except requests.RequestException as error:
+        raise BrokerUnavailable(
+            f"Fyers' symbol master {file_name} could not be downloaded: {type(error).__name__}."
+        ) from None
+    if response.status_code != 200:
+        raise BrokerUnavailable(
+            f"Fyers' symbol master {file_name} could not be downloaded: HTTP {response.status_code}."
+        )
+    return response.content.decode("utf-8", errors="replace")
+
+
+def symbol_master_parse(text: str, *, file_name: str) -> list[BrokerInstrument]:
+    """The instruments of one symbol master file (rows of segments and instrument types we do not trade are left
+    out); InvalidInput naming the file and line for a row that is not in Fyers' layout, or a file without rows."""
+    instruments: list[BrokerInstrument] = []
+    reader = csv.reader(io.StringIO(text))
+    rows = 0
+    try:
+        for fields in reader:
+            if not any(field.strip() for field in fields):
+                continue
+            rows += 1
+            where = f"Fyers' symbol master {file_name}, line {reader.line_num}"
+            if len(fields) != len(SYMBOL_MASTER_COLUMNS):
+                raise InvalidInput(
+                    f"{where}: {len(fields)} columns where {len(SYMBOL_MASTER_COLUMNS)} were expected; "
+                    "its layout has changed."
+                )
+            try:
+                instrument = _instrument_from_fyers_row(dict(zip(SYMBOL_MASTER_COLUMNS, fields, strict=True)))
+            except ValueError as error:
+                raise InvalidInput(f"{where}: {error}.") from None
+            if instrument is not None:
+                instruments.append(instrument)
+    except csv.Error as error:
+        raise InvalidInput(f"Fyers' symbol master {file_name}, line {reader.line_num}: not CSV ({error}).") from None
+    if not rows:
+        raise InvalidInput(f"Fyers' symbol master {file_name} is empty.")
+    return instruments
+
+
+def _instrument_from_fyers_row(raw: dict[str, str]) -> BrokerInstrument | None:
+    """One row in our vocabulary; None for what we do not trade; ValueError saying what is unreadable."""
+    row = {column: value.strip() for column, value in raw.items()}
+    exchange = SYMBOL_MASTER_EXCHANGES.get((_whole(row, "exchange"), _whole(row, "segment")))
+    code = _whole(row, "instrument_type")
+    option_type = row["option_type"].upper()
+    kind = next((ours for ours, codes in FYERS_INSTRUMENT_TYPES.items() if code in codes), None)
+    if kind == "OPTION":
+        kind = option_type if option_type in ("CE", "PE") else None
+    if exchange is None or kind is None:
+        return None
+    ticker = row["ticker"]
+    prefix, sep, name = ticker.partition(":")
+    if not sep or not prefix or not name:
+        raise ValueError(f"symbol ticker {ticker!r} is not like NSE:SBIN-EQ")
+    is_derivative = kind in ("FUT", "CE", "PE")
+    if kind == "EQ":
+        try:
+            tradingsymbol = split_symbol(from_fyers_symbol(ticker))[1]
+        except InvalidInput:
+            raise ValueError(f"symbol ticker {ticker!r} is not a Fyers cash symbol") from None
+    else:
+        tradingsymbol = name.removesuffix(FYERS_INDEX_SUFFIX) if kind == "INDEX" else name
+    lot_size = _whole(row, "lot_size")
+    if lot_size < 0:
+        raise ValueError(f"lot size {row['lot_size']!r} is negative")
+    strike = _number(row, "strike") if kind in ("CE", "PE") else None
+    if strike is not None and strike <= 0:
+        raise ValueError(f"option strike {row['strike']!r} is not a price")
+    return BrokerInstrument(
+        exchange=exchange,
+        instrument_type=kind,
+        tradingsymbol=tradingsymbol,
+        broker_id=ticker,
+        name=row["symbol_details"],
+        underlying=row["underlying"] if kind != "EQ" else "",
+        expiry=_expiry_date(row) if is_derivative else None,
+        strike=strike,
+        lot_size=lot_size,
+        tick_size=_number(row, "tick_size"),
+        exchange_token=str(_whole(row, "scrip_code")),
+        isin=row["isin"] if kind == "EQ" else "",
+    )
+
+
+def _whole(row: dict[str, str], column: str) -> int:
+    value = row[column]
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{column.replace('_', ' ')} {value!r} is not a number") from None
+    if not number.is_finite() or number != number.to_integral_value():
+        raise ValueError(f"{column.replace('_', ' ')} {value!r} is not a whole number")
+    return int(number)
+
+
+def _number(row: dict[str, str], column: str) -> Decimal:
+    value = row[column]
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{column.replace('_', ' ')} {value!r} is not a number") from None
+    if not number.is_finite():
+        raise ValueError(f"{column.replace('_', ' ')} {value!r} is not a number")
+    return number.normalize() if number == number.to_integral_value() else number
+
+
+def _expiry_date(row: dict[str, str]) -> date:
+    """The expiry's date in IST from the epoch Fyers gives (the expiry day's close)."""
+    epoch = _whole(row, "expiry")
+    try:
+        return datetime.fromtimestamp(epoch, tz=IST).date()
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"expiry {row['expiry']!r} is not an epoch") from None
