@@ -424,15 +424,18 @@ def _parse_count(raw: str, name: str) -> int:
 # --- broker import -----------------------------------------------------------------------------------------------
 
 
-def candles_import_chunks(*, interval: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
-    """[start, end) cut into consecutive ranges that each pass `candles_span_check` (the broker's own limits)."""
+def candles_import_chunks(
+    *, interval: str, start: datetime, end: datetime, max_span_days: int | None = None
+) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut into consecutive ranges of at most `max_span_days` (the broker's own limit for one request;
+    by default the longest we serve), each passing `candles_span_check`."""
     if interval not in (MINUTE, DAY):
         raise ValidationFailed(errors={"interval": ["Candles are imported as 1m or 1d."]})
     if start.tzinfo is None or end.tzinfo is None:
         raise ValidationFailed(errors={"from": ["Give an aware datetime."]})
     if end <= start:
         raise ValidationFailed(errors={"to": ["Must be after from."]})
-    longest = timedelta(days=MAX_SPAN_DAYS[interval])
+    longest = timedelta(days=min(max_span_days or MAX_SPAN_DAYS[interval], MAX_SPAN_DAYS[interval]))
     chunks = []
     cursor = start
     while cursor < end:
@@ -462,8 +465,9 @@ def candles_import_from_broker(
     """
     symbol = symbol.strip().upper()
     split_symbol(symbol)
-    chunks = candles_import_chunks(interval=interval, start=start, end=end)
     adapter = adapter_for(account)
+    broker_limits = getattr(adapter, "historical_max_span_days", None) or {}
+    chunks = candles_import_chunks(interval=interval, start=start, end=end, max_span_days=broker_limits.get(interval))
     rows = created = 0
     for done, (chunk_start, chunk_end) in enumerate(chunks, start=1):
         candles = _historical_chunk(adapter, symbol=symbol, interval=interval, start=chunk_start, end=chunk_end)

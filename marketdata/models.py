@@ -70,7 +70,7 @@ class InstrumentMasterLoad(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["-started_at"]
+        ordering = ["-started_at", "-id"]
         indexes = [models.Index(fields=["broker", "-started_at"])]
 
     def __str__(self) -> str:

@@ -7,25 +7,35 @@ the HTTP status, so errors are classified by Dhan's error code alone.
 
 Each adapter builds its own `DhanContext`, and the base URL, timeout and proxy are set on that context's own
 `DhanHTTP` instance (and its own `requests.Session`), so no class attribute is touched and accounts never share state.
+
+Beside the SDK: the published scrip master (`instrument_master_fetch`, a public CSV the SDK would read with pandas)
+and token renewal (`DhanAdapter.session_renew`, which the SDK only offers as a module-level call without a timeout
+or proxy) go through our own guarded `requests` sessions.
 """
 
 from __future__ import annotations
 
+import csv
+import logging
 import re
-from collections.abc import Callable
-from datetime import datetime
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote as url_quote
 from zoneinfo import ZoneInfo
 
-from dhanhq import DhanContext, dhanhq
+import requests
+from dhanhq import DhanContext, DhanHTTP, dhanhq
+from django.conf import settings
 
 from brokers import instruments
 from brokers.egress import PublicProxyAdapter, session_guard
 from brokers.protocol import (
     BrokerAdapter,
     BrokerError,
+    BrokerInstrument,
     BrokerOrder,
     BrokerOrderStatus,
     BrokerPosition,
@@ -34,6 +44,7 @@ from brokers.protocol import (
     BrokerTrade,
     BrokerUnavailable,
     Funds,
+    HistoricalCandle,
     Holding,
     InvalidInput,
     ModifyRequest,
@@ -49,6 +60,7 @@ from brokers.protocol import (
     to_decimal,
 )
 
+logger = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
 
 # --- vocabulary: ours -> Dhan, and Dhan -> ours ------------------------------------------------------------------
@@ -142,6 +154,78 @@ NO_HOLDINGS_CODE = "DH-1111"  # Dhan answers an empty demat account with this er
 CORRELATION_ID = re.compile(r"[A-Za-z0-9 _-]{1,30}")
 STOP_TYPES = ("STOP_LOSS", "STOP_LOSS_MARKET")
 
+# --- historical data: Dhan's chart instruments and span limits ---------------------------------------------------
+
+# The underlyings whose contracts are index derivatives (FUTIDX/OPTIDX) rather than stock ones (FUTSTK/OPTSTK).
+INDEX_UNDERLYINGS: frozenset[str] = frozenset(
+    {"NIFTY", "BANKNIFTY", "FINNIFTY", "MIDCPNIFTY", "NIFTYNXT50", "SENSEX", "BANKEX", "SENSEX50"}
+)
+# Dhan's `instrument` for a derivative, by our exchange and (future, option).
+DERIVATIVE_INSTRUMENTS: dict[str, tuple[str, str]] = {
+    "MCX": ("FUTCOM", "OPTFUT"),
+    "CDS": ("FUTCUR", "OPTCUR"),
+}
+# Dhan: intraday (minute) charts cover at most 90 days a request. Daily charts go back to the listing with no
+# documented span limit; ten years a request keeps one answer to about 2,500 candles.
+HISTORICAL_MAX_SPAN_DAYS: dict[str, int] = {"1m": 90, "1d": 3650}
+INTRADAY_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+DAILY_DATE_FORMAT = "%Y-%m-%d"
+# Dhan answers a range without candles (a holiday, a contract not yet listed) with DH-905 and this message.
+NO_DATA_MESSAGE = "no data present"
+
+# --- the scrip master ------------------------------------------------------------------------------------------
+
+SCRIP_MASTER_COLUMNS = (
+    "SEM_EXM_EXCH_ID",
+    "SEM_SEGMENT",
+    "SEM_SMST_SECURITY_ID",
+    "SEM_INSTRUMENT_NAME",
+    "SEM_EXPIRY_CODE",
+    "SEM_TRADING_SYMBOL",
+    "SEM_LOT_UNITS",
+    "SEM_CUSTOM_SYMBOL",
+    "SEM_EXPIRY_DATE",
+    "SEM_STRIKE_PRICE",
+    "SEM_OPTION_TYPE",
+    "SEM_TICK_SIZE",
+    "SEM_EXPIRY_FLAG",
+    "SEM_EXCH_INSTRUMENT_TYPE",
+    "SEM_SERIES",
+    "SM_SYMBOL_NAME",
+)
+# What a row cannot be read without; the others (names, series, flags) are optional.
+SCRIP_MASTER_REQUIRED_COLUMNS = (
+    "SEM_EXM_EXCH_ID",
+    "SEM_SEGMENT",
+    "SEM_SMST_SECURITY_ID",
+    "SEM_INSTRUMENT_NAME",
+    "SEM_TRADING_SYMBOL",
+    "SEM_LOT_UNITS",
+    "SEM_EXPIRY_DATE",
+    "SEM_STRIKE_PRICE",
+    "SEM_OPTION_TYPE",
+    "SEM_TICK_SIZE",
+)
+# (SEM_EXM_EXCH_ID, SEM_SEGMENT) -> our exchange: E equity, I index, D derivatives, M commodities, C currency.
+# BSE's currency segment (BCD) and anything else is not traded here.
+SCRIP_MASTER_EXCHANGES: dict[tuple[str, str], str] = {
+    ("NSE", "E"): "NSE",
+    ("BSE", "E"): "BSE",
+    ("NSE", "I"): "NSE",
+    ("BSE", "I"): "BSE",
+    ("NSE", "D"): "NFO",
+    ("BSE", "D"): "BFO",
+    ("MCX", "M"): "MCX",
+    ("NSE", "C"): "CDS",
+}
+EQUITY_INSTRUMENT = "EQUITY"
+INDEX_INSTRUMENT = "INDEX"
+NSE_EQUITY_SERIES = "EQ"
+# Dhan writes tick sizes in paise (5.0000 is a 0.05 rupee tick) and "no strike" as -0.01.
+PAISE_PER_RUPEE = Decimal(100)
+# A contract's trading symbol is UNDERLYING-[DD]MonYYYY-[STRIKE-]FUT|CE|PE; underlyings may hold a dash (BAJAJ-AUTO).
+_CONTRACT_SYMBOL = re.compile(r"^(?P<underlying>.+)-(?:\d{1,2})?[A-Z][a-z]{2}\d{4}-")
+
 
 def order_status(dhan_status: str, dhan_order_type: str = "", filled_quantity: int = 0) -> BrokerOrderStatus:
     """Dhan's status as ours; an unfilled PENDING stop order is read as waiting for its trigger."""
@@ -167,6 +251,27 @@ def dhan_instrument(symbol: str) -> tuple[str, str]:
         raise InvalidInput(f"{symbol} has no Dhan security id in the instrument table.")
     segment = INDEX_SEGMENT if symbol in INDEX_SYMBOLS else EXCHANGE_SEGMENTS[exchange]
     return segment, instrument.dhan_security_id
+
+
+def chart_instrument(symbol: str) -> str:
+    """Dhan's `instrument` for the charts API: EQUITY, INDEX, or the derivative's kind (FUTIDX, OPTSTK, FUTCOM...),
+    read from our symbol (contracts carry Kite's tradingsymbols: NIFTY25JUNFUT, RELIANCE25JUN1300CE)."""
+    exchange, tradingsymbol = split_symbol(symbol)
+    if symbol in INDEX_SYMBOLS:
+        return INDEX_INSTRUMENT
+    if exchange in ("NSE", "BSE"):
+        return EQUITY_INSTRUMENT
+    is_option = tradingsymbol.endswith(("CE", "PE"))
+    if not is_option and not tradingsymbol.endswith("FUT"):
+        raise InvalidInput(f"{symbol} is neither a future nor an option.")
+    if exchange in DERIVATIVE_INSTRUMENTS:
+        future, option = DERIVATIVE_INSTRUMENTS[exchange]
+        return option if is_option else future
+    on_index = any(
+        tradingsymbol.startswith(underlying) and tradingsymbol[len(underlying) : len(underlying) + 1].isdigit()
+        for underlying in INDEX_UNDERLYINGS
+    )
+    return ("OPT" if is_option else "FUT") + ("IDX" if on_index else "STK")
 
 
 def symbol_from_dhan(segment: str, security_id: Any, trading_symbol: str = "") -> str:
@@ -200,6 +305,15 @@ def _dhan_time(value: Any, pattern: str = "%Y-%m-%d %H:%M:%S") -> datetime | Non
     except ValueError:
         return None
     return None if parsed.year < 1990 else parsed.replace(tzinfo=IST)
+
+
+def _renewal_expiry(value: Any) -> datetime | None:
+    """Dhan's `expiryTime` (ISO 8601; without an offset it is exchange time) as an aware datetime."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=IST)
 
 
 def _first(data: Any) -> dict[str, Any]:
@@ -310,12 +424,234 @@ def parse_quote(symbol: str, item: dict[str, Any]) -> Quote:
     )
 
 
+def parse_candles(data: Any, *, start: datetime, end: datetime) -> list[HistoricalCandle]:
+    """Dhan's chart answer (parallel arrays open, high, low, close, volume, timestamp in epoch seconds, and
+    open_interest when asked for) as candles starting in [start, end), oldest first."""
+    if data in (None, "") or (isinstance(data, dict) and not data.get("timestamp")):
+        return []
+    stamps = data["timestamp"]
+    columns = [data[name] for name in ("open", "high", "low", "close", "volume")]
+    interest = data.get("open_interest") or []
+    if any(len(column) != len(stamps) for column in columns) or (interest and len(interest) != len(stamps)):
+        raise ValueError("the candle arrays differ in length")
+    candles = []
+    for index, stamp in enumerate(stamps):
+        opening = datetime.fromtimestamp(float(stamp), tz=IST)
+        if not start <= opening < end:
+            continue
+        open_, high, low, close, volume = (column[index] for column in columns)
+        candles.append(
+            HistoricalCandle(
+                start=opening,
+                open=to_decimal(open_),
+                high=to_decimal(high),
+                low=to_decimal(low),
+                close=to_decimal(close),
+                volume=int(volume or 0),
+                # Dhan reports 0 open interest for instruments that have none; we store that as no OI.
+                oi=(int(interest[index] or 0) or None) if interest else None,
+            )
+        )
+    candles.sort(key=lambda candle: candle.start)
+    return candles
+
+
+# --- the scrip master --------------------------------------------------------------------------------------------
+
+
+def _scrip_text(row: dict[str, Any], column: str) -> str:
+    value = row.get(column)
+    return "" if value is None else str(value).strip()
+
+
+def _scrip_number(row: dict[str, Any], column: str) -> Decimal:
+    raw = _scrip_text(row, column)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"{column} {raw!r} is not a number") from None
+    if not value.is_finite():
+        raise ValueError(f"{column} {raw!r} is not a number")
+    return value
+
+
+def _scrip_expiry(row: dict[str, Any]) -> date | None:
+    """Dhan writes contract expiries as `2026-09-29 14:30:00` (the expiry moment); non-contracts have none, or a
+    placeholder like 0001-01-01."""
+    raw = _scrip_text(row, "SEM_EXPIRY_DATE")
+    if not raw:
+        return None
+    try:
+        expiry = date.fromisoformat(raw[:10])
+    except ValueError:
+        raise ValueError(f"SEM_EXPIRY_DATE {raw!r} is not a date") from None
+    return expiry if expiry.year >= 1990 else None
+
+
+def instrument_from_scrip_row(row: dict[str, Any]) -> BrokerInstrument | None:
+    """One row of Dhan's compact scrip master as a BrokerInstrument; None for what we do not trade (other
+    exchanges and segments, instrument kinds we do not list); ValueError for a row that cannot be read."""
+    exchange = SCRIP_MASTER_EXCHANGES.get(
+        (_scrip_text(row, "SEM_EXM_EXCH_ID").upper(), _scrip_text(row, "SEM_SEGMENT").upper())
+    )
+    if exchange is None:
+        return None
+    kind = _scrip_text(row, "SEM_INSTRUMENT_NAME").upper()
+    security_id = _scrip_text(row, "SEM_SMST_SECURITY_ID")
+    trading_symbol = _scrip_text(row, "SEM_TRADING_SYMBOL")
+    if not security_id.isdigit():
+        raise ValueError(f"SEM_SMST_SECURITY_ID {security_id!r} is not a security id")
+    if not trading_symbol:
+        raise ValueError(f"security {security_id} has no SEM_TRADING_SYMBOL")
+    lot_units = _scrip_number(row, "SEM_LOT_UNITS")
+    tick_size = (_scrip_number(row, "SEM_TICK_SIZE") / PAISE_PER_RUPEE).normalize()
+    common = {
+        "exchange": exchange,
+        "broker_id": security_id,
+        "exchange_token": security_id,  # Dhan's security id is the exchange's own token
+        "lot_size": max(int(lot_units), 1),
+    }
+    segment = _scrip_text(row, "SEM_SEGMENT").upper()
+    if segment == "I":
+        if kind != INDEX_INSTRUMENT:
+            return None
+        return BrokerInstrument(
+            instrument_type="INDEX",
+            tradingsymbol=trading_symbol,
+            name=_scrip_text(row, "SEM_CUSTOM_SYMBOL") or trading_symbol,
+            tick_size=max(tick_size, Decimal(0)),
+            **common,
+        )
+    if tick_size <= 0:
+        raise ValueError(f"{trading_symbol} has no tick size")
+    if segment == "E":
+        if kind != EQUITY_INSTRUMENT:
+            return None
+        series = _scrip_text(row, "SEM_SERIES").upper()
+        # NSE names its non-EQ series in the symbol (SOMECO-BE), as Kite and our symbols do; BSE groups do not.
+        has_series = exchange == "NSE" and series not in ("", NSE_EQUITY_SERIES, "NA", "X")
+        return BrokerInstrument(
+            instrument_type="EQ",
+            tradingsymbol=f"{trading_symbol}-{series}" if has_series else trading_symbol,
+            name=_scrip_text(row, "SM_SYMBOL_NAME") or _scrip_text(row, "SEM_CUSTOM_SYMBOL"),
+            underlying=trading_symbol,
+            tick_size=tick_size,
+            **common,
+        )
+    if kind.startswith("FUT"):
+        instrument_type, strike = "FUT", None
+    elif kind.startswith("OPT"):
+        instrument_type = _scrip_text(row, "SEM_OPTION_TYPE").upper()
+        if instrument_type not in ("CE", "PE"):
+            raise ValueError(f"{trading_symbol} is an option of type {instrument_type!r}")
+        strike = _scrip_number(row, "SEM_STRIKE_PRICE").quantize(Decimal("0.01"))
+        if strike <= 0:
+            raise ValueError(f"{trading_symbol} is an option without a strike")
+    else:
+        return None
+    expiry = _scrip_expiry(row)
+    if expiry is None:
+        raise ValueError(f"{trading_symbol} is a contract without an expiry")
+    match = _CONTRACT_SYMBOL.match(trading_symbol)
+    underlying = match.group("underlying") if match else _scrip_text(row, "SM_SYMBOL_NAME")
+    if not underlying:
+        raise ValueError(f"cannot tell the underlying of {trading_symbol}")
+    return BrokerInstrument(
+        instrument_type=instrument_type,
+        tradingsymbol=trading_symbol,
+        name=_scrip_text(row, "SEM_CUSTOM_SYMBOL"),
+        underlying=underlying,
+        expiry=expiry,
+        strike=strike,
+        tick_size=tick_size,
+        **common,
+    )
+
+
+def instruments_from_scrip_master(lines: Iterable[str]) -> list[BrokerInstrument]:
+    """Dhan's compact scrip master CSV, line by line, as the instruments we trade. Rows of segments we do not
+    trade are skipped, and so are rows that cannot be read (both are counted in the log); a file without the
+    required columns, or without a single instrument we trade, is InvalidInput."""
+    reader = csv.DictReader(lines)
+    header = [name.strip().lstrip("\ufeff") for name in (reader.fieldnames or [])]
+    missing = [column for column in SCRIP_MASTER_REQUIRED_COLUMNS if column not in header]
+    if missing:
+        raise InvalidInput(f"Dhan's scrip master lacks the column(s) {', '.join(missing)}; is it the scrip master?")
+    reader.fieldnames = header
+    instruments: list[BrokerInstrument] = []
+    skipped: Counter[str] = Counter()
+    rows = 0
+    for row in reader:
+        rows += 1
+        try:
+            instrument = instrument_from_scrip_row(row)
+        except (ValueError, ArithmeticError) as error:
+            skipped["unreadable"] += 1
+            if skipped["unreadable"] <= 5:
+                logger.warning("Dhan scrip master line %d skipped: %s", reader.line_num, error)
+            continue
+        if instrument is None:
+            skipped["not traded"] += 1
+        else:
+            instruments.append(instrument)
+    if rows == 0:
+        raise InvalidInput("Dhan's scrip master has a header but no rows.")
+    if not instruments:
+        raise InvalidInput(f"Dhan's scrip master lists none of the instruments we trade ({rows} rows read).")
+    logger.info(
+        "Dhan scrip master: %d instruments from %d rows; skipped %d not traded, %d unreadable.",
+        len(instruments),
+        rows,
+        skipped["not traded"],
+        skipped["unreadable"],
+    )
+    return instruments
+
+
+def _guard_egress(session: requests.Session, proxy_url: str) -> requests.Session:
+    """Every connection of `session` through the egress guard, and through the account's proxy when it has one."""
+    session_guard(session, PublicProxyAdapter(proxy_url))
+    if proxy_url:
+        session.proxies = {"http": proxy_url, "https": proxy_url}
+        # requests lets HTTP(S)_PROXY from the environment win over session proxies; the account's proxy must win.
+        session.trust_env = False
+    return session
+
+
+def _decoded_lines(response: requests.Response) -> Iterator[str]:
+    for raw in response.iter_lines():
+        yield raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8", errors="replace")
+
+
+def instrument_master_fetch(*, url: str = "", timeout: float = 60.0, proxy_url: str = "") -> list[BrokerInstrument]:
+    """Downloads Dhan's published compact scrip master (a public CSV of some 200,000 rows; no login) and reads it
+    as it streams in. `url` defaults to the DHAN_SCRIP_MASTER_URL setting. Network failures, timeouts and 5xx are
+    BrokerUnavailable; a file that is not the scrip master, or is empty, is InvalidInput."""
+    url = url or settings.DHAN_SCRIP_MASTER_URL
+    with _guard_egress(requests.Session(), proxy_url) as session:
+        try:
+            with session.get(url, timeout=timeout, stream=True) as response:
+                if response.status_code == 429:
+                    raise BrokerRateLimited("Dhan's scrip master: too many downloads; try again shortly.")
+                if response.status_code >= 500:
+                    raise BrokerUnavailable(f"Dhan's scrip master is unavailable (HTTP {response.status_code}).")
+                if response.status_code >= 400:
+                    raise BrokerError(f"Dhan's scrip master could not be fetched (HTTP {response.status_code}).")
+                return instruments_from_scrip_master(_decoded_lines(response))
+        except requests.RequestException as error:
+            raise BrokerUnavailable(f"Dhan's scrip master could not be downloaded ({type(error).__name__}).") from None
+        except csv.Error as error:
+            raise InvalidInput(f"Dhan's scrip master is not a readable CSV ({error}).") from None
+
+
 # --- the adapter -------------------------------------------------------------------------------------------------
 
 
 class DhanAdapter(BrokerAdapter):
     broker = "dhan"
     uses_oauth = False
+    renews_sessions = True
+    historical_max_span_days: ClassVar[dict[str, int]] = HISTORICAL_MAX_SPAN_DAYS
     _client: dhanhq | None = None  # built on first use, per adapter
 
     def __repr__(self) -> str:
@@ -342,11 +678,7 @@ class DhanAdapter(BrokerAdapter):
         if self.config.base_url:
             http.base_url = self.config.base_url.rstrip("/")
         http.timeout = self.config.timeout
-        session_guard(http.session, PublicProxyAdapter(self.config.proxy_url))
-        if self.config.proxy_url:
-            http.session.proxies = {"http": self.config.proxy_url, "https": self.config.proxy_url}
-            # requests lets HTTP(S)_PROXY from the environment win over session proxies; the account's proxy must win.
-            http.session.trust_env = False
+        _guard_egress(http.session, self.config.proxy_url)
         return dhanhq(context)
 
     def _sdk(self) -> dhanhq:
@@ -416,6 +748,62 @@ class DhanAdapter(BrokerAdapter):
 
     def logout(self) -> None:
         """Dhan has no logout endpoint: a token lives until it expires or the user revokes it on Dhan's web."""
+
+    def session_renew(self) -> BrokerSession:
+        """GET /RenewToken: a new token for another 24 hours from the current, still valid one (Dhan web tokens last
+        a day). The SDK offers this only as a bare `requests.get` without timeout or proxy, so it goes through a
+        guarded session of ours with the account's timeout and proxy. An invalid or expired token is
+        SessionExpired: the user must generate a new one on Dhan's web."""
+        client_id, token = self._client_id, self._access_token
+        if not client_id or not token:
+            raise SessionExpired("Dhan needs a client id and an access token; connect the account again.")
+        url = f"{(self.config.base_url or DhanHTTP.API_BASE_URL).rstrip('/')}/RenewToken"
+        headers = {"access-token": token, "dhanClientId": client_id, "Accept": "application/json"}
+        with _guard_egress(requests.Session(), self.config.proxy_url) as session:
+            try:
+                response = session.get(url, headers=headers, timeout=self.config.timeout)
+            except requests.RequestException as error:
+                raise BrokerUnavailable(f"Dhan token renewal: no answer ({type(error).__name__}).") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise BrokerUnavailable(f"Dhan token renewal: an unreadable answer (HTTP {response.status_code}).")
+        if response.status_code >= 400:
+            error = self._renewal_error(response.status_code, body)
+            if token in error.detail:
+                error.detail = error.detail.replace(token, "***")
+                error.args = (error.detail,)
+            raise error
+        new_token = str(body.get("accessToken") or body.get("token") or "")
+        if not new_token:
+            raise BrokerUnavailable("Dhan token renewal: the answer carried no token.")
+        extra: dict[str, Any] = {}
+        expires_at = _renewal_expiry(body.get("expiryTime"))
+        if expires_at is not None:
+            extra["expires_at"] = expires_at.isoformat()
+        self.session = BrokerSession(
+            access_token=new_token, broker_user_id=str(body.get("dhanClientId") or client_id), extra=extra
+        )
+        self._client = None  # the next call builds an SDK client with the new token
+        return self.session
+
+    @staticmethod
+    def _renewal_error(status: int, body: dict[str, Any]) -> BrokerError:
+        remarks = {
+            "error_code": body.get("errorCode"),
+            "error_type": body.get("errorType"),
+            "error_message": body.get("errorMessage") or body.get("message"),
+        }
+        error = error_for(remarks, operation="token renewal")
+        if status in (401, 403) and type(error) is BrokerError:
+            return SessionExpired(error.detail)
+        if status >= 500 and type(error) is BrokerError:
+            return BrokerUnavailable(error.detail)
+        if status == 429 and type(error) is BrokerError:
+            return BrokerRateLimited(error.detail)
+        return error
 
     # trading ----------------------------------------------------------------------------------------------------
 
@@ -523,6 +911,45 @@ class DhanAdapter(BrokerAdapter):
         sdk = self._sdk()
         data = self._call("quotes", lambda: sdk.quote_data(payload))
         return self._read("quotes", lambda body: self._quotes_from(body, wanted), data)
+
+    def historical_candles(
+        self, *, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[HistoricalCandle]:
+        """POST /charts/intraday (1-minute candles, at most 90 days a request) or /charts/historical (daily
+        candles, stamped 00:00 IST; `toDate` is exclusive). A range Dhan has no candles for is an empty list."""
+        if interval not in HISTORICAL_MAX_SPAN_DAYS:
+            wanted = ", ".join(HISTORICAL_MAX_SPAN_DAYS)
+            raise InvalidInput(f"Dhan historical candles come as {wanted}; got {interval!r}.")
+        if end <= start:
+            return []
+        segment, security_id = dhan_instrument(symbol)
+        instrument = chart_instrument(symbol)
+        with_oi = instrument not in (EQUITY_INSTRUMENT, INDEX_INSTRUMENT)
+        sdk = self._sdk()
+        if interval == "1m":
+            # Minute-precise bounds in exchange time; candles outside [start, end) are dropped below.
+            first, last = (moment.astimezone(IST).strftime(INTRADAY_TIME_FORMAT) for moment in (start, end))
+
+            def call() -> Any:
+                return sdk.intraday_minute_data(security_id, segment, instrument, first, last, interval=1, oi=with_oi)
+
+        else:
+            local_end = end.astimezone(IST)
+            # toDate is exclusive: a range ending during a day must still cover that day.
+            last_day = local_end.date() + timedelta(days=1 if local_end.time() != time(0) else 0)
+            first = start.astimezone(IST).date().strftime(DAILY_DATE_FORMAT)
+            last = last_day.strftime(DAILY_DATE_FORMAT)
+
+            def call() -> Any:
+                return sdk.historical_daily_data(security_id, segment, instrument, first, last, oi=with_oi)
+
+        try:
+            data = self._call("historical candles", call)
+        except InvalidInput as error:
+            if NO_DATA_MESSAGE in error.detail.lower():
+                return []
+            raise
+        return self._read("historical candles", lambda body: parse_candles(body, start=start, end=end), data)
 
     @staticmethod
     def _quotes_from(body: dict[str, Any], wanted: dict[tuple[str, str], str]) -> dict[str, Quote]:

@@ -375,7 +375,7 @@ def instrument_master_failing() -> dict[str, InstrumentMasterLoad]:
     failing = {}
     finished = InstrumentMasterLoad.objects.exclude(outcome=InstrumentMasterLoad.Outcome.RUNNING)
     for broker in MASTER_BROKERS:
-        latest = finished.filter(broker=broker).order_by("-started_at").first()
+        latest = finished.filter(broker=broker).order_by("-started_at", "-id").first()
         if latest is not None and latest.outcome != InstrumentMasterLoad.Outcome.LOADED:
             failing[broker] = latest
     return failing
@@ -388,7 +388,7 @@ def instrument_master_brokers_due() -> list[str]:
 
 
 def instrument_master_history(*, broker: str | None = None, limit: int = 20) -> list[InstrumentMasterLoad]:
-    loads = InstrumentMasterLoad.objects.order_by("-started_at")
+    loads = InstrumentMasterLoad.objects.order_by("-started_at", "-id")
     if broker:
         loads = loads.filter(broker=broker)
     return list(loads[:limit])

@@ -2,37 +2,52 @@
 
 Routes live under `/v2`, as on api.dhan.co: point the SDK's `DhanHTTP.base_url` at `f"{server.url}/v2"`. Requests
 carry `access-token` and `client-id` headers; tokens are issued by `register_client` (Dhan users generate them on
-Dhan's web) and all die on `expire_sessions`. Bodies use Dhan's camelCase fields and errors Dhan's
-`{"errorType", "errorCode", "errorMessage"}` envelope. Rate limits per client: orders 10/s, 250/min, 1000/h,
-7000/day; quotes 1/s; other data 5/s (HTTP 429, DH-904).
+Dhan's web) and all die on `expire_sessions`; `GET /v2/RenewToken` issues a new token valid 24 hours from a valid
+one. Bodies use Dhan's camelCase fields and errors Dhan's `{"errorType", "errorCode", "errorMessage"}` envelope.
+Rate limits per client: orders 10/s, 250/min, 1000/h, 7000/day; quotes 1/s; other data (charts included) 5/s
+(HTTP 429, DH-904).
+
+Historical charts (`POST /v2/charts/intraday`, `/v2/charts/historical`) answer Dhan's parallel arrays from the
+Candle table where it has the symbol's candles, else from the same synthetic price path as the Kite simulator.
+The compact scrip master (`GET /api-data/api-scrip-master.csv`, no login, as on images.dhan.co) is written in
+Dhan's layout from the instrument master; the control route `/__sim__/scrip-master` truncates it for tests.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+import secrets
 import threading
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from algoterm.sandbox.simulators.base import RateWindows, SimRequest, SimResponse, SimulatorApp
+from algoterm.sandbox.simulators.kite import SESSION_MINUTES, SESSION_OPEN, synthetic_candle
 from brokers import exchange, instruments
 from brokers.adapters.dhan import (
+    DERIVATIVE_INSTRUMENTS,
     DHAN_ORDER_TYPES,
     DHAN_SIDES,
     DHAN_VALIDITIES,
     EXCHANGE_SEGMENTS,
+    HISTORICAL_MAX_SPAN_DAYS,
     INDEX_SEGMENT,
     INDEX_SYMBOLS,
+    INDEX_UNDERLYINGS,
     ORDER_STATUSES,
     ORDER_TYPES,
     PRODUCTS,
+    SCRIP_MASTER_COLUMNS,
     SEGMENT_EXCHANGES,
     SIDES,
     VALIDITIES,
+    chart_instrument,
 )
 from brokers.models import SimAccount, SimOrder
 from brokers.prices import quote_for
@@ -46,6 +61,13 @@ from brokers.protocol import (
     Quote,
     split_symbol,
 )
+from brokers.symbols import NSE_OTHER_SERIES
+from marketdata.calendar import is_trading_day
+from marketdata.candles import candles_get
+from marketdata.instruments import monthly_expiry
+from marketdata.instruments.loader import INDEX_UNDERLYINGS as INDEX_UNDERLYING_BY_SYMBOL
+from marketdata.models import Instrument, InstrumentType
+from marketdata.selectors import instrument_active_list, instrument_master_count
 
 IST = ZoneInfo("Asia/Kolkata")
 TRADABLE_PRODUCTS = {dhan: product for product, dhan in PRODUCTS.items()}  # Dhan's MTF, CO and BO are not simulated
@@ -68,6 +90,19 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "server": (500, "Internal_Server_Error", "DH-908"),
     "no_holdings": (404, "HOLDING_ERROR", "DH-1111"),
 }
+
+TOKEN_LIFETIME = timedelta(hours=24)
+INVALID_TOKEN = "Client ID or user generated access token is invalid or expired."
+# Dhan's DH-905 messages: a request it cannot read, and one it reads but has no candles for.
+BAD_PARAMETERS = "Missing required fields, bad values for parameters etc."
+NO_DATA = "System is unable to fetch data due to incorrect parameters or no data present"
+INTRADAY_INTERVALS = (1, 5, 15, 25, 60)
+CHART_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d")
+# The scrip master's exchange id and segment letter, by our exchange, for contracts.
+CONTRACT_SEGMENTS = {"NFO": ("NSE", "D"), "BFO": ("BSE", "D"), "MCX": ("MCX", "M"), "CDS": ("NSE", "C")}
+# When contracts expire, as the scrip master writes it.
+EXPIRY_TIMES = {"NFO": "14:30:00", "BFO": "14:30:00", "MCX": "23:30:00", "CDS": "12:00:00"}
+NO_STRIKE = "-0.01000"
 
 
 class DhanFailure(Exception):
@@ -131,13 +166,178 @@ def _symbol_for(segment: str, security_id: Any) -> str | None:
     return None
 
 
+# --- the scrip master ------------------------------------------------------------------------------------------
+
+
+def _paise(tick_size: Decimal | None) -> str:
+    """Dhan writes tick sizes in paise with four decimals: 0.05 rupees is 5.0000."""
+    return f"{Decimal(tick_size or 0) * 100:.4f}"
+
+
+def _strike_text(strike: Decimal) -> str:
+    return f"{strike.normalize():f}"
+
+
+def _is_weekly(instrument: Instrument) -> bool:
+    if instrument.exchange not in ("NFO", "BFO") or instrument.expiry is None:
+        return False
+    expiry = instrument.expiry
+    return monthly_expiry(exchange=instrument.exchange, year=expiry.year, month=expiry.month) != expiry
+
+
+def dhan_scrip_row(instrument: Instrument) -> dict[str, str] | None:
+    """One instrument as a row of Dhan's compact scrip master, written the way Dhan writes it; None for an
+    instrument without a Dhan security id."""
+    if not instrument.dhan_security_id:
+        return None
+    row = dict.fromkeys(SCRIP_MASTER_COLUMNS, "")
+    row |= {
+        "SEM_SMST_SECURITY_ID": instrument.dhan_security_id,
+        "SEM_LOT_UNITS": f"{max(instrument.lot_size, 1)}.0",
+        "SEM_STRIKE_PRICE": NO_STRIKE,
+        "SEM_OPTION_TYPE": "XX",
+        "SEM_TICK_SIZE": _paise(instrument.tick_size),
+        "SEM_EXPIRY_FLAG": "NA",
+    }
+    kind = instrument.instrument_type
+    if kind == InstrumentType.INDEX:
+        name = instrument.underlying or instrument.tradingsymbol
+        return row | {
+            "SEM_EXM_EXCH_ID": instrument.exchange,
+            "SEM_SEGMENT": "I",
+            "SEM_INSTRUMENT_NAME": "INDEX",
+            "SEM_EXPIRY_CODE": "0",
+            "SEM_TRADING_SYMBOL": name,
+            "SEM_LOT_UNITS": "1.0",
+            "SEM_CUSTOM_SYMBOL": instrument.tradingsymbol.title(),
+            "SEM_TICK_SIZE": _paise(instrument.tick_size or Decimal("0.05")),
+            "SEM_EXCH_INSTRUMENT_TYPE": "INDEX",
+            "SEM_SERIES": "X",
+            "SM_SYMBOL_NAME": name,
+        }
+    if kind == InstrumentType.EQ:
+        symbol, series = instrument.tradingsymbol, "EQ" if instrument.exchange == "NSE" else "A"
+        base, dash, suffix = symbol.rpartition("-")
+        if instrument.exchange == "NSE" and dash and suffix in NSE_OTHER_SERIES:
+            symbol, series = base, suffix
+        name = instrument.name or symbol
+        return row | {
+            "SEM_EXM_EXCH_ID": instrument.exchange,
+            "SEM_SEGMENT": "E",
+            "SEM_INSTRUMENT_NAME": "EQUITY",
+            "SEM_TRADING_SYMBOL": symbol,
+            "SEM_CUSTOM_SYMBOL": name.title(),
+            "SEM_EXCH_INSTRUMENT_TYPE": "ES",
+            "SEM_SERIES": series,
+            "SM_SYMBOL_NAME": name.upper(),
+        }
+    if instrument.exchange not in CONTRACT_SEGMENTS or instrument.expiry is None:
+        return None
+    exchange_id, segment = CONTRACT_SEGMENTS[instrument.exchange]
+    underlying, expiry = instrument.underlying, instrument.expiry
+    is_option = kind in (InstrumentType.CE, InstrumentType.PE)
+    if instrument.exchange in DERIVATIVE_INSTRUMENTS:
+        future, option = DERIVATIVE_INSTRUMENTS[instrument.exchange]
+        dhan_kind = option if is_option else future
+    else:
+        dhan_kind = ("OPT" if is_option else "FUT") + ("IDX" if underlying in INDEX_UNDERLYINGS else "STK")
+    # Dhan's contract symbols name the month (NIFTY-Sep2026-FUT); currency and commodity options the day too.
+    day = f"{expiry:%d}" if instrument.exchange == "CDS" or (is_option and instrument.exchange == "MCX") else ""
+    month = f"{day}{expiry:%b%Y}"
+    if is_option:
+        strike = Decimal(instrument.strike or 0)
+        trading_symbol = f"{underlying}-{month}-{_strike_text(strike)}-{kind}"
+        custom = f"{underlying} {expiry:%d %b} {_strike_text(strike)} {'CALL' if kind == InstrumentType.CE else 'PUT'}"
+    else:
+        trading_symbol, custom = f"{underlying}-{month}-FUT", f"{underlying} {expiry:%b} FUT"
+    return row | {
+        "SEM_EXM_EXCH_ID": exchange_id,
+        "SEM_SEGMENT": segment,
+        "SEM_INSTRUMENT_NAME": dhan_kind,
+        "SEM_EXPIRY_CODE": "0",
+        "SEM_TRADING_SYMBOL": trading_symbol,
+        "SEM_CUSTOM_SYMBOL": custom.upper(),
+        "SEM_EXPIRY_DATE": f"{expiry:%Y-%m-%d} {EXPIRY_TIMES[instrument.exchange]}",
+        "SEM_STRIKE_PRICE": f"{Decimal(instrument.strike):.5f}" if is_option else NO_STRIKE,
+        "SEM_OPTION_TYPE": kind if is_option else "XX",
+        "SEM_EXPIRY_FLAG": "W" if _is_weekly(instrument) else "M",
+        "SEM_EXCH_INSTRUMENT_TYPE": "OP" if is_option else dhan_kind,
+    }
+
+
+def _static_instruments() -> list[Instrument]:
+    """The static instrument table as unsaved Instruments, for a simulator whose instrument master is empty."""
+    rows = []
+    for known in instruments.DEMO_INSTRUMENTS:
+        exchange_code, tradingsymbol = split_symbol(known.symbol)
+        is_index = known.symbol in INDEX_SYMBOLS
+        rows.append(
+            Instrument(
+                symbol=known.symbol,
+                exchange=exchange_code,
+                tradingsymbol=tradingsymbol,
+                name=tradingsymbol,
+                underlying=INDEX_UNDERLYING_BY_SYMBOL.get(known.symbol, tradingsymbol),
+                instrument_type=InstrumentType.INDEX if is_index else InstrumentType.EQ,
+                lot_size=known.lot_size,
+                tick_size=Decimal(0) if is_index else Decimal("0.05"),
+                dhan_security_id=known.dhan_security_id,
+            )
+        )
+    return rows
+
+
+def scrip_master_csv(rows: Iterable[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SCRIP_MASTER_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# --- charts ------------------------------------------------------------------------------------------------------
+
+
+def _chart_time(value: Any) -> datetime:
+    for pattern in CHART_TIME_FORMATS:
+        try:
+            return datetime.strptime(str(value), pattern).replace(tzinfo=IST)
+        except ValueError:
+            continue
+    raise DhanFailure("input", BAD_PARAMETERS)
+
+
+def _chart_buckets(*, minutes: int | None, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
+    """(moment the candle's prices start at, seconds it covers) for each candle starting in [start, end) on trading
+    days: `minutes`-long candles from the 09:15 open (the last one cut at 15:30), or with None one candle a day,
+    stamped 00:00 IST, whose prices span the session."""
+    buckets = []
+    day = start.date()
+    while day <= end.date():
+        if is_trading_day(day):
+            session_open = datetime.combine(day, SESSION_OPEN, tzinfo=IST)
+            if minutes is None:
+                if start <= datetime.combine(day, time(0), tzinfo=IST) < end:
+                    buckets.append((session_open, SESSION_MINUTES * 60))
+            else:
+                for offset in range(0, SESSION_MINUTES, minutes):
+                    opening = session_open + timedelta(minutes=offset)
+                    if start <= opening < end:
+                        buckets.append((opening, min(minutes, SESSION_MINUTES - offset) * 60))
+        day += timedelta(days=1)
+    return buckets
+
+
 class DhanSimulator(SimulatorApp):
     name = "dhan"
 
     def __init__(self, *, rate_limits: dict[str, list[tuple[int, float]]] | None = None) -> None:
         """`rate_limits` overrides some of DEFAULT_RATE_LIMITS by bucket ("orders", "quotes", "data")."""
         self._tokens: dict[str, str] = {}  # access token -> client id
+        self._token_expiries: dict[str, datetime] = {}  # access token -> when it dies (none: at expire_sessions)
         self._opening_balances: dict[str, Decimal] = {}
+        self._scrip_master_rows: int | None = None  # serve only the first N rows (a truncated download)
+        self._scrip_master_indices = True  # False leaves the indices out
         self._tokens_lock = threading.Lock()
         limits = DEFAULT_RATE_LIMITS | (rate_limits or {})
         self._rate_windows = {bucket: RateWindows(windows) for bucket, windows in limits.items()}
@@ -145,30 +345,59 @@ class DhanSimulator(SimulatorApp):
 
     # --- clients ---------------------------------------------------------------------------------------------------
 
-    def register_client(self, client_id: str, access_token: str, *, opening_balance: Decimal | None = None) -> None:
-        """What a Dhan user does on Dhan's web: generate an access token for their client id."""
+    def register_client(
+        self,
+        client_id: str,
+        access_token: str,
+        *,
+        opening_balance: Decimal | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """What a Dhan user does on Dhan's web: generate an access token for their client id (valid until
+        `expires_at`, or until `expire_sessions` when None)."""
         with self._tokens_lock:
             self._tokens[access_token] = client_id
+            if expires_at is not None:
+                self._token_expiries[access_token] = expires_at
             if opening_balance is not None:
                 self._opening_balances[client_id] = opening_balance
 
     def expire_sessions(self) -> None:
         with self._tokens_lock:
             self._tokens.clear()
+            self._token_expiries.clear()
 
     def client_for_token(self, access_token: str) -> str | None:
-        """The client id an access token belongs to (the feed simulator authenticates its sockets with this)."""
+        """The client id a live access token belongs to (the feed simulator authenticates its sockets with this)."""
         with self._tokens_lock:
+            expires_at = self._token_expiries.get(access_token)
+            if expires_at is not None and datetime.now(tz=UTC) >= expires_at:
+                return None
             return self._tokens.get(access_token)
 
-    def _authenticated_client(self, request: SimRequest) -> str:
+    def _authenticated_client(self, request: SimRequest, *, client_header: str = "client-id") -> str:
         token = request.headers.get("access-token") or ""
-        claimed = request.headers.get("client-id") or ""
-        with self._tokens_lock:
-            client_id = self._tokens.get(token)
+        claimed = request.headers.get(client_header) or ""
+        client_id = self.client_for_token(token)
         if client_id is None or client_id != claimed:
-            raise DhanFailure("auth", "Client ID or user generated access token is invalid or expired.")
+            raise DhanFailure("auth", INVALID_TOKEN)
         return client_id
+
+    # --- scrip master control ----------------------------------------------------------------------------------------
+
+    def scrip_master_truncate(self, *, rows: int | None = None, indices: bool = True) -> None:
+        """Serve a damaged scrip master: only its first `rows` rows, and/or without the indices; the defaults
+        restore the whole file."""
+        self._scrip_master_rows = rows
+        self._scrip_master_indices = indices
+
+    def _control(self, request: SimRequest) -> SimResponse:
+        if request.path == "/__sim__/scrip-master" and request.method == "POST":
+            data = request.json() if request.body else {}
+            limit = int(data["rows"]) if data.get("rows") is not None else None
+            self.scrip_master_truncate(rows=limit, indices=bool(data.get("indices", True)))
+            return SimResponse.json({"ok": True})
+        return super()._control(request)
 
     def _account(self, client_id: str) -> SimAccount:
         return exchange.exchange_account(
@@ -198,9 +427,13 @@ class DhanSimulator(SimulatorApp):
             ("GET", r"/v2/holdings", "data", self._holdings),
             ("GET", r"/v2/fundlimit", "data", self._fund_limit),
             ("POST", r"/v2/marketfeed/(?P<mode>ltp|ohlc|quote)", "quotes", self._market_feed),
+            ("POST", r"/v2/charts/intraday", "data", self._chart_intraday),
+            ("POST", r"/v2/charts/historical", "data", self._chart_daily),
         ]
         for method, pattern, bucket, handler in routes:
             self.add_route(method, pattern, self._guarded(bucket, handler))
+        self.add_route("GET", r"/v2/RenewToken", self._renew_token)
+        self.add_route("GET", r"/api-data/api-scrip-master\.csv", self._scrip_master)
 
     def _guarded(self, bucket: str, handler: Callable[..., Any]) -> Callable[..., SimResponse]:
         """Authentication, then the client's rate window, then the handler; failures in Dhan's error envelope."""
@@ -515,3 +748,121 @@ class DhanSimulator(SimulatorApp):
                 "volume": quote.volume,
             }
         )
+
+    # --- historical charts -----------------------------------------------------------------------------------------
+
+    def _chart_intraday(self, request: SimRequest, client_id: str) -> dict[str, list]:
+        return self._chart(self._body(request), intraday=True)
+
+    def _chart_daily(self, request: SimRequest, client_id: str) -> dict[str, list]:
+        return self._chart(self._body(request), intraday=False)
+
+    def _chart(self, body: dict[str, Any], *, intraday: bool) -> dict[str, list]:
+        """Dhan's chart answer: parallel arrays of the candles starting in [fromDate, toDate) and by now."""
+        segment = str(body.get("exchangeSegment") or "")
+        security_id = str(body.get("securityId") or "")
+        known_segment = segment == INDEX_SEGMENT or segment in SEGMENT_EXCHANGES
+        symbol = _symbol_for(segment, security_id) if known_segment and security_id else None
+        if (
+            symbol is None
+            or _wire_instrument(symbol)[0] != segment
+            or body.get("instrument") != chart_instrument(symbol)
+        ):
+            raise DhanFailure("input", BAD_PARAMETERS)
+        start, end = _chart_time(body.get("fromDate")), _chart_time(body.get("toDate"))
+        if end <= start:
+            raise DhanFailure("input", BAD_PARAMETERS)
+        if intraday:
+            try:
+                minutes = int(body.get("interval", 1))
+            except (TypeError, ValueError):
+                raise DhanFailure("input", BAD_PARAMETERS) from None
+            if minutes not in INTRADAY_INTERVALS:
+                raise DhanFailure("input", BAD_PARAMETERS)
+            if end - start > timedelta(days=HISTORICAL_MAX_SPAN_DAYS["1m"]):
+                raise DhanFailure(
+                    "input",
+                    f"Intraday data can be fetched for at most {HISTORICAL_MAX_SPAN_DAYS['1m']} days per request.",
+                )
+        else:
+            minutes = None
+            start, end = (datetime.combine(moment.date(), time(0), tzinfo=IST) for moment in (start, end))
+        candles = self._candles(symbol, minutes=minutes, start=start, end=min(end, datetime.now(tz=IST)))
+        if not candles:
+            raise DhanFailure("input", NO_DATA)
+        names = ("timestamp", "open", "high", "low", "close", "volume", "open_interest")
+        answer: dict[str, list] = {name: [candle[index] for candle in candles] for index, name in enumerate(names)}
+        if not body.get("oi"):
+            del answer["open_interest"]
+        return answer
+
+    @staticmethod
+    def _candles(symbol: str, *, minutes: int | None, start: datetime, end: datetime) -> list[tuple]:
+        """(epoch seconds, open, high, low, close, volume, open interest) rows: the Candle table's where it holds
+        the symbol's candles of this kind in the range, else the synthetic path's."""
+        if minutes in (1, None):
+            stored = candles_get(symbol=symbol, interval="1m" if minutes else "1d", start=start, end=end)
+            if stored:
+                return [
+                    (
+                        int(bar.start.timestamp()),
+                        float(bar.open),
+                        float(bar.high),
+                        float(bar.low),
+                        float(bar.close),
+                        bar.volume,
+                        bar.oi or 0,
+                    )
+                    for bar in stored
+                ]
+        rows = []
+        for opening, seconds in _chart_buckets(minutes=minutes, start=start, end=end):
+            _, open_, high, low, close, volume = synthetic_candle(
+                symbol, opening=opening, seconds=seconds, interval="minute" if minutes else "day"
+            )
+            stamp = opening if minutes else datetime.combine(opening.date(), time(0), tzinfo=IST)
+            rows.append((int(stamp.timestamp()), open_, high, low, close, volume, 0))
+        return rows
+
+    # --- token renewal ---------------------------------------------------------------------------------------------
+
+    def _renew_token(self, request: SimRequest) -> SimResponse:
+        """A new token valid 24 hours from now for a valid one; the old token and every other stay as they were."""
+        try:
+            client_id = self._authenticated_client(request, client_header="dhanClientId")
+            if not self._rate_windows["data"].allow(client_id):
+                raise DhanFailure(
+                    "rate", "Too many requests on server from single user breaching rate limits. Try throttling."
+                )
+        except DhanFailure as failure:
+            return self.error_response(ERRORS[failure.kind][0], failure.message, failure.kind)
+        token = secrets.token_urlsafe(32)
+        expires_at = datetime.now(tz=UTC) + TOKEN_LIFETIME
+        with self._tokens_lock:
+            self._tokens[token] = client_id
+            self._token_expiries[token] = expires_at
+        return SimResponse.json(
+            {
+                "dhanClientId": client_id,
+                "dhanClientName": f"SIM CLIENT {client_id}",
+                "dhanClientUcc": f"SIM{client_id[-5:]}",
+                "givenPowerOfAttorney": False,
+                "accessToken": token,
+                "expiryTime": expires_at.astimezone(IST).strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        )
+
+    # --- scrip master ----------------------------------------------------------------------------------------------
+
+    def _scrip_master(self, request: SimRequest) -> SimResponse:
+        """Dhan's compact scrip master (no login needed), from the instrument master or, while that is empty, the
+        static instrument table; cut short when a test asked for a damaged file."""
+        listed = list(instrument_active_list().iterator(chunk_size=5000))
+        if not listed and not instrument_master_count():
+            listed = _static_instruments()
+        if not self._scrip_master_indices:
+            listed = [instrument for instrument in listed if instrument.instrument_type != InstrumentType.INDEX]
+        rows = [row for row in map(dhan_scrip_row, listed) if row is not None]
+        if self._scrip_master_rows is not None:
+            rows = rows[: self._scrip_master_rows]
+        return SimResponse(200, scrip_master_csv(rows).encode(), "text/csv")
