@@ -695,7 +695,9 @@ DHAN_FEED_URL = env.str(
 )
 FYERS_FEED_URL = env.str(
     "FYERS_FEED_URL",
-    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['fyers'] + 10}" if BROKER_SIMULATORS else "wss://socket.fyers.in/hsm/v1-5/prod",
+    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['fyers'] + 10}"
+    if BROKER_SIMULATORS
+    else "wss://socket.fyers.in/hsm/v1-5/prod",
 )
 # What the Fyers data socket's SDK reads over HTTP before subscribing: symbol -> HSM token, and the indices' names.
 FYERS_SYMBOL_TOKEN_URL = env.str("FYERS_SYMBOL_TOKEN_URL", default=f"{FYERS_DATA_URL}/symbol-token")

@@ -73,11 +73,12 @@ def available_simulators() -> list[str]:
     return [name for name in ("kite", "dhan", "fyers") if importlib.util.find_spec(f"{SIMULATOR_MODULES}.{name}")]
 
 
-FEED_PORT_OFFSET = 10  # a broker's live-feed simulator listens at its REST port + 10 (KITE_TICKER_URL, DHAN_FEED_URL)
+# a broker's live-feed simulator listens at its REST port + 10 (KITE_TICKER_URL, DHAN_FEED_URL, FYERS_FEED_URL)
+FEED_PORT_OFFSET = 10
 
 
 def demo_simulators_start(name: str, *, port: int) -> list:
-    """Start one simulated broker for the demo: its REST simulator and, for Kite and Dhan, its live-feed socket
+    """Start one simulated broker for the demo: its REST simulator and its live-feed socket
     (streaming the shared market every second, accepting the sessions the REST simulator issued)."""
     app = simulator_app(name)
     servers: list = [SimulatorServer(app, port=port).start()]
@@ -87,6 +88,13 @@ def demo_simulators_start(name: str, *, port: int) -> list:
     elif name == "dhan":
         feed = _simulator_module("dhan_feed").DhanFeedSimulator
         servers.append(feed(port=port + FEED_PORT_OFFSET, stream_interval=1.0, authorize=app.client_for_token).start())
+    elif name == "fyers":
+        # Its symbol-token lookup and index mapping go on the REST simulator, as Fyers serves them from its data host.
+        feed = _simulator_module("fyers_feed").FyersFeedSimulator(
+            port=port + FEED_PORT_OFFSET, serve_http=False, stream_interval=1.0, authorize=app.user_for_token
+        )
+        feed.routes_add(app)
+        servers.append(feed.start())
     return servers
 
 

@@ -48,6 +48,14 @@ def test_the_dhan_feed_knows_the_dhan_simulators_tokens(started):
     assert feed.authorize("unknown") is None
 
 
-def test_fyers_has_no_feed_socket(started):
-    (rest,) = started("fyers")
-    assert rest.app.name == "fyers"
+def test_the_fyers_data_socket_knows_the_fyers_simulators_tokens(started):
+    from algoterm.sandbox.simulators.fyers_feed import token_claims
+
+    rest, feed = started("fyers")
+    token = rest.app._issue_token(DEMO_CREDENTIALS["fyers"]["client_id"], "XJ00001")
+    assert feed.authorize(token_claims(token)["hsm_key"]) == "XJ00001"  # the socket's credential
+    assert feed.authorize(token) == "XJ00001"  # the symbol-token lookup's
+    assert feed.authorize("unknown") is None
+    assert feed.url.endswith(str(rest.port + FEED_PORT_OFFSET))
+    rest.app.expire_sessions()
+    assert feed.authorize(token_claims(token)["hsm_key"]) is None
