@@ -714,7 +714,9 @@ DHAN_ORDER_SOCKET_URL = env.str(
 )
 FYERS_ORDER_SOCKET_URL = env.str(
     "FYERS_ORDER_SOCKET_URL",
-    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['fyers'] + 20}" if BROKER_SIMULATORS else "wss://socket.fyers.in/trade/v3",
+    default=f"ws://127.0.0.1:{SIMULATOR_PORTS['fyers'] + 20}"
+    if BROKER_SIMULATORS
+    else "wss://socket.fyers.in/trade/v3",
 )
 
 # Billing through Razorpay. With BROKER_SIMULATORS the SDK talks to the local Razorpay simulator `serve` starts, with

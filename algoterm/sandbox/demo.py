@@ -75,11 +75,14 @@ def available_simulators() -> list[str]:
 
 # a broker's live-feed simulator listens at its REST port + 10 (KITE_TICKER_URL, DHAN_FEED_URL, FYERS_FEED_URL)
 FEED_PORT_OFFSET = 10
+# and its order-update socket at + 20 (DHAN_ORDER_SOCKET_URL, FYERS_ORDER_SOCKET_URL)
+ORDER_SOCKET_PORT_OFFSET = 20
 
 
 def demo_simulators_start(name: str, *, port: int) -> list:
-    """Start one simulated broker for the demo: its REST simulator and its live-feed socket
-    (streaming the shared market every second, accepting the sessions the REST simulator issued)."""
+    """Start one simulated broker for the demo: its REST simulator, its live-feed socket (streaming the shared market
+    every second) and, for Dhan and Fyers, its order-update socket, all accepting the sessions the REST simulator
+    issued."""
     app = simulator_app(name)
     servers: list = [SimulatorServer(app, port=port).start()]
     if name == "kite":
@@ -95,6 +98,15 @@ def demo_simulators_start(name: str, *, port: int) -> list:
         )
         feed.routes_add(app)
         servers.append(feed.start())
+    if name == "dhan":
+        orders = _simulator_module("dhan_order_socket").DhanOrderSocketSimulator
+        servers.append(orders(port=port + ORDER_SOCKET_PORT_OFFSET, authorize=app.client_for_token).start())
+    elif name == "fyers":
+        module = _simulator_module("fyers_order_socket")
+        socket = module.FyersOrderSocketSimulator(
+            port=port + ORDER_SOCKET_PORT_OFFSET, authorize=module.fyers_sessions(app)
+        )
+        servers.append(socket.start())
     return servers
 
 

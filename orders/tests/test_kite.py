@@ -238,8 +238,9 @@ def test_the_simulator_hears_of_fills_only_while_it_is_served(db):
     assert app._orders_filled not in exchange._order_change_listeners
 
 
-def test_postbacks_are_for_zerodha_only(db):
-    assert_error(APIClient().post("/api/brokers/postback/dhan", {}, format="json"), 404, "NOT_FOUND")
+def test_postbacks_are_for_zerodha_and_dhan_only(db):
+    for broker in ("fyers", "paper"):
+        assert_error(APIClient().post(f"/api/brokers/postback/{broker}", {}, format="json"), 404, "NOT_FOUND")
 
 
 # --- modify and cancel -------------------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ class Command(BaseCommand):
             port = settings.SIMULATOR_PORTS[name]
             lines.append(f"    {BROKER_OF_SIMULATOR[name]:<8} http://127.0.0.1:{port}  credentials {{{credentials}}}")
         lines.append(
-            "    (Zerodha's and Dhan's live-feed sockets listen at their port + 10: `manage.py runfeed --source kite`)"
+            "    (live-feed sockets listen at each port + 10, order-update sockets at + 20; designate an account as a "
+            "market-data source in the admin and its feed starts)"
         )
         lines.append(
             f"  Razorpay (simulated) http://127.0.0.1:{settings.SIMULATOR_PORTS['razorpay']}: "
@@ -130,8 +131,9 @@ class Command(BaseCommand):
         source, interval = market_feed_choice()
         if source == "simulated":
             self._start_embedded_feed(interval)
-        elif source:
-            self._broker_feed_note(source)
+        if source:
+            self._start_embedded_market_data(source)
+        self._start_embedded_order_streams()
         config = uvicorn.Config(
             "algoterm.asgi:application",
             host=host,
@@ -153,9 +155,29 @@ class Command(BaseCommand):
             self._feed_stop.set()
             embedded.stop()
 
-    def _broker_feed_note(self, source: str) -> None:
-        # A broker feed rides a connected account's session, which serve does not choose.
-        self.stdout.write(f"feed source {source}: run `manage.py runfeed --source {source} --account ACC_ID`")
+    def _start_embedded_market_data(self, source: str) -> None:
+        """The designated market-data accounts' feed (idle until an operator designates one). With the simulated
+        feed it runs too: a designated account then streams the same simulated market from its broker's socket."""
+        from marketdata.candles import MinuteCandleBuilder
+        from marketdata.feeds.runner import PublishAndRecord, feed_supervise
+        from marketdata.sources import MarketDataSupervisor, brokers_of_source
+
+        recorder = PublishAndRecord(builder=MinuteCandleBuilder())
+        supervisor = MarketDataSupervisor(recorder=recorder, brokers=brokers_of_source(source))
+        threading.Thread(
+            target=feed_supervise,
+            kwargs={"feed": supervisor, "recorder": recorder, "stop": self._feed_stop, "name": "market-data"},
+            name="market-data-supervisor",
+            daemon=True,
+        ).start()
+
+    def _start_embedded_order_streams(self) -> None:
+        """Order-update sockets of every connected Dhan and Fyers account (Zerodha's ride its ticker)."""
+        from brokers.streams.supervisor import order_streams_run
+
+        threading.Thread(
+            target=order_streams_run, kwargs={"stop": self._feed_stop}, name="order-streams", daemon=True
+        ).start()
 
     def _start_embedded_feed(self, interval: float) -> None:
         # The feeds bring the broker SDKs: loaded only by the process that runs one.
@@ -204,19 +226,25 @@ class Command(BaseCommand):
         if source == "simulated":
             feed = [python, "manage.py", "runfeed", "--source", "simulated", "--interval", str(interval)]
             children.append(ChildSpec("feed", feed))
-        elif source:
-            self._broker_feed_note(source)
+        if source:
+            # The designated market-data accounts (idle until an operator designates one).
+            market_data_source = "broker" if source == "simulated" else source
+            market_data = [python, "manage.py", "runfeed", "--source", market_data_source]
+            children.append(ChildSpec("market-data", market_data))
+        # Order-update sockets of every connected Dhan and Fyers account; reconciliation covers for them if they stop.
+        children.append(ChildSpec("order-streams", [python, "manage.py", "run_order_streams"], required=False))
         if settings.BROKER_SIMULATORS:
             # The sandbox: only with the simulators on.
-            from algoterm.sandbox.demo import FEED_PORT_OFFSET, available_simulators
+            from algoterm.sandbox.demo import FEED_PORT_OFFSET, ORDER_SOCKET_PORT_OFFSET, available_simulators
 
             # The simulators are demo conveniences: one that cannot run must not take the stack down with it.
             for name in available_simulators():
                 sim_port = settings.SIMULATOR_PORTS[name]
                 command = [python, "manage.py", "runsimulator", "--broker", name, "--port", str(sim_port)]
                 ports = [("127.0.0.1", sim_port)]
-                if name in ("kite", "dhan"):
-                    ports.append(("127.0.0.1", sim_port + FEED_PORT_OFFSET))
+                ports.append(("127.0.0.1", sim_port + FEED_PORT_OFFSET))
+                if name in ("dhan", "fyers"):
+                    ports.append(("127.0.0.1", sim_port + ORDER_SOCKET_PORT_OFFSET))
                 children.append(ChildSpec(f"{name}-simulator", command, ports=tuple(ports), required=False))
             razorpay_port = settings.SIMULATOR_PORTS["razorpay"]
             command = [python, "manage.py", "razorpay_simulator", "--port", str(razorpay_port)]
