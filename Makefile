@@ -15,9 +15,16 @@ TEST_WORKERS ?= 2
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: requirements.txt | $(BIN)/python
+# The brokers' SDKs go in without their declared pins (stale, with published advisories): requirements.txt pins what
+# they really import at patched releases, then requirements-sdk.txt adds the SDKs themselves with --no-deps.
+# --no-warn-conflicts: on an update pip would otherwise list the SDKs' own pins that those releases replace.
+$(VENV)/.installed: requirements.txt requirements-sdk.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-warn-conflicts -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-sdk.txt
+	@# a venv built before this split still holds what only the SDKs' pins brought in
+	$(BIN)/python -m pip uninstall -qq --yes asyncio aws-xray-sdk boto3 botocore s3transfer \
+		pandas wrapt fastjsonschema
 	touch $@
 
 $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed

@@ -41,7 +41,7 @@ def test_the_kite_ticker_accepts_sessions_issued_by_the_kite_simulator_only(star
 
 
 def test_the_dhan_feed_knows_the_dhan_simulators_tokens(started):
-    rest, feed = started("dhan")
+    rest, feed, *_ = started("dhan")
     credentials = DEMO_CREDENTIALS["dhan"]
     assert rest.app.client_for_token(credentials["access_token"]) == credentials["client_id"]
     assert feed.authorize(credentials["access_token"]) == credentials["client_id"]
@@ -51,7 +51,7 @@ def test_the_dhan_feed_knows_the_dhan_simulators_tokens(started):
 def test_the_fyers_data_socket_knows_the_fyers_simulators_tokens(started):
     from algoterm.sandbox.simulators.fyers_feed import token_claims
 
-    rest, feed = started("fyers")
+    rest, feed, *_ = started("fyers")
     token = rest.app._issue_token(DEMO_CREDENTIALS["fyers"]["client_id"], "XJ00001")
     assert feed.authorize(token_claims(token)["hsm_key"]) == "XJ00001"  # the socket's credential
     assert feed.authorize(token) == "XJ00001"  # the symbol-token lookup's

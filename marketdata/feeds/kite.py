@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,9 @@ MODES = ("ltp", "quote", "full")
 CENTS = Decimal("0.01")
 CONNECT_TIMEOUT_SECONDS = 15
 _POLL_SECONDS = 0.2
+# How autobahn reports a refused WebSocket upgrade: "upgrade failed (403 - Forbidden)" in old releases (19.x),
+# "upgrade failed [403]: Forbidden" in current ones.
+_HANDSHAKE_REFUSED = re.compile(r"upgrade failed [(\[]403\b")
 
 _reactor_lock = threading.Lock()
 _reactor_thread: threading.Thread | None = None
@@ -276,7 +280,7 @@ class KiteFeed(BrokerFeed):
     def _failure(close_reasons: list[str]) -> Exception:
         reason = "; ".join(close_reasons) or "closed"
         # Kite refuses a bad or expired token at the handshake with HTTP 403; retrying the same token cannot help.
-        if "(403" in reason:
+        if _HANDSHAKE_REFUSED.search(reason):
             return SessionExpired("Kite refused the ticker connection: the access token is invalid or expired.")
         return BrokerUnavailable(f"The Kite ticker connection dropped ({reason}).")
 
