@@ -17,6 +17,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
+from brokers.streams.supervisor import order_stream_states
 from marketdata import calendar as market_calendar
 from marketdata.sources import market_data_source_state
 
@@ -163,6 +164,25 @@ def check_market_data() -> ComponentHealth:
     return ComponentHealth("down", None, required=False, detail=state.get("detail") or "not feeding", info=info)
 
 
+def check_order_streams() -> ComponentHealth:
+    """The Dhan and Fyers order-update sockets (never required: reconciliation settles orders without them). Down
+    while one of them is retrying; a refused token (`expired`) is the account owner's to fix, not the platform's."""
+    try:
+        states = order_stream_states()
+    except Exception as error:
+        return ComponentHealth("down", None, required=False, detail=type(error).__name__)
+    by_state: dict[str, int] = {}
+    for state in states.values():
+        by_state[state.get("state", "unknown")] = by_state.get(state.get("state", "unknown"), 0) + 1
+    info = {"streams": len(states), "by_state": by_state}
+    retrying = sorted(account for account, state in states.items() if state.get("state") == "retrying")
+    if retrying:
+        return ComponentHealth(
+            "down", None, required=False, detail=f"reconnecting: {', '.join(retrying[:10])}", info=info
+        )
+    return ComponentHealth("up", None, required=False, info=info)
+
+
 def platform_health() -> dict[str, ComponentHealth]:
     database = check_database()
     redis_health = check_redis()
@@ -173,4 +193,5 @@ def platform_health() -> dict[str, ComponentHealth]:
         "scheduler": check_scheduler() if redis_health.is_up else ComponentHealth("down", None, required=False),
         "holidays": check_holidays(),
         "market_data": check_market_data(),
+        "order_streams": check_order_streams(),
     }

@@ -89,3 +89,30 @@ def test_the_command_refreshes_one_broker_and_refuses_a_suspicious_master(dhan, 
         call_command("load_instruments", "--broker", "dhan")
     call_command("load_instruments", "--broker", "dhan", "--force")  # the operator knows better
     assert len(dhan_ids()) < 20
+
+
+@time_machine.travel("2026-03-02 07:30 +0530", tick=False)
+def test_kites_dump_is_read_through_the_market_data_account(settings, trader):
+    from algoterm.sandbox.simulators.kite import KiteSimulator
+    from brokers.models import AccountStatus, Broker, BrokerAccount
+
+    instruments_load_demo(today=TODAY, strikes_each_side=1)
+    nobody = instrument_master_refresh(broker="zerodha")
+    assert nobody.outcome == Outcome.FAILED and "no connected Zerodha account" in nobody.message
+
+    app = KiteSimulator()
+    app.register_app("md-key", "md-secret", "http://127.0.0.1/callback")
+    with serving(app) as server:
+        settings.KITE_ROOT_URL = server.url
+        account = BrokerAccount(owner=trader, broker=Broker.ZERODHA, label="feeds", status=AccountStatus.CONNECTED)
+        account.credentials = {"api_key": "md-key", "api_secret": "md-secret"}
+        account.session = {"access_token": app.issue_session("md-key", "ZX1"), "broker_user_id": "ZX1"}
+        account.market_data_priority = 1
+        account.save()
+        tokens = dict(Instrument.objects.exclude(kite_token=None).values_list("symbol", "kite_token"))
+
+        loaded = instrument_master_refresh(broker="zerodha")
+
+    assert loaded.outcome == Outcome.LOADED, loaded.message
+    assert loaded.rows == len(tokens) and loaded.created == 0
+    assert dict(Instrument.objects.exclude(kite_token=None).values_list("symbol", "kite_token")) == tokens
