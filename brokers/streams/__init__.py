@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import logging
-import random
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,23 +29,6 @@ from brokers.signals import broker_order_update_received
 logger = logging.getLogger(__name__)
 
 OrderUpdateHandler = Callable[[dict[str, Any]], None]
-
-
-class Backoff:
-    """1, 2, 4 ... seconds up to `maximum`, with jitter so many streams do not reconnect in step; reset once a
-    connection opens."""
-
-    def __init__(self, *, initial: float = 1.0, maximum: float = 60.0) -> None:
-        self.initial, self.maximum = initial, maximum
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.maximum, self.initial * (2**self.attempt))
-        self.attempt += 1
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def order_update_announce(*, account_id: str, broker: str, data: dict[str, Any]) -> None:

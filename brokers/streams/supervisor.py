@@ -32,9 +32,10 @@ from django.db import connections
 from django.db.models import Q
 from django.utils import timezone
 
+from algoterm.backoff import Backoff
 from brokers.models import AccountStatus, BrokerAccount
 from brokers.protocol import BrokerError, SessionExpired
-from brokers.streams import STREAMED_BROKERS, Backoff, OrderStream, order_stream_class, order_update_announce
+from brokers.streams import STREAMED_BROKERS, OrderStream, order_stream_class, order_update_announce
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from accounts.tests.factories import UserFactory
+from algoterm.backoff import Backoff
 from algoterm.sandbox.simulators.dhan_order_socket import DhanOrderSocketSimulator
 from algoterm.sandbox.simulators.fyers_order_socket import FyersOrderSocketSimulator
 from brokers import exchange
@@ -24,7 +25,7 @@ from brokers.adapters.fyers import LOG_DIRECTORY
 from brokers.models import AccountStatus, Broker, BrokerAccount, Venue
 from brokers.protocol import BrokerUnavailable, OrderRequest, OrderType, Product, SessionExpired, Side
 from brokers.signals import broker_order_update_received
-from brokers.streams import Backoff, pushed_order_tag
+from brokers.streams import pushed_order_tag
 from brokers.streams.dhan import DhanOrderStream
 from brokers.streams.fyers import FyersOrderStream
 from brokers.streams.supervisor import (

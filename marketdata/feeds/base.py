@@ -5,32 +5,16 @@ from __future__ import annotations
 
 import abc
 import logging
-import random
 import threading
 from collections.abc import Callable
 
 from django.conf import settings
 
+from algoterm.backoff import Backoff
 from brokers.protocol import InvalidInput, Quote, SessionExpired
 from marketdata.ticks import ticks_publish
 
 logger = logging.getLogger(__name__)
-
-
-class Backoff:
-    """1, 2, 4 ... seconds up to `maximum`, with jitter so many feeds do not reconnect in step; reset on success."""
-
-    def __init__(self, *, initial: float = 1.0, maximum: float = 30.0) -> None:
-        self.initial, self.maximum = initial, maximum
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.maximum, self.initial * (2**self.attempt))
-        self.attempt += 1
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Feed(abc.ABC):

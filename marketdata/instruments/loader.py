@@ -23,11 +23,12 @@ half-written.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
@@ -290,6 +291,7 @@ def instruments_validate_kite_rows(
 # --- writing ----------------------------------------------------------------------------------------------------
 
 
+_RECORD_FIELDS = [field.name for field in dataclasses.fields(InstrumentRecord)]
 _UPDATE_FIELDS = [
     "exchange",
     "segment",
@@ -313,6 +315,12 @@ def _batches(items: list[Any]) -> Iterable[list[Any]]:
     size = WRITE_BATCH_SIZE
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def instrument_from_record(record: InstrumentRecord, *, now: datetime, **overrides: Any) -> Instrument:
+    """An unsaved, active Instrument with the record's fields (`overrides` win)."""
+    fields = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    return Instrument(**{**fields, **overrides}, is_active=True, updated_at=now)
 
 
 def instruments_upsert(
@@ -344,24 +352,12 @@ def instruments_upsert(
         for batch in _batches(absent_pks):
             Instrument.objects.filter(pk__in=batch).update(is_active=False, updated_at=now)
         objects = [
-            Instrument(
-                symbol=record.symbol,
-                exchange=record.exchange,
-                segment=record.segment,
-                tradingsymbol=record.tradingsymbol,
-                name=record.name,
-                underlying=record.underlying,
-                instrument_type=record.instrument_type,
-                expiry=record.expiry,
-                strike=record.strike,
-                lot_size=record.lot_size,
-                tick_size=record.tick_size,
-                kite_token=record.kite_token,
+            instrument_from_record(
+                record,
+                now=now,
                 # Dhan's and Fyers' own masters own their ids (`masters`): what Kite's dump implies only fills a gap.
                 dhan_security_id=existing_dhan.get(record.symbol) or record.dhan_security_id,
                 fyers_symbol=existing_fyers.get(record.symbol) or record.fyers_symbol,
-                is_active=True,
-                updated_at=now,
             )
             for record in records
         ]

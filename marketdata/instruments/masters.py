@@ -45,6 +45,7 @@ from marketdata.instruments.loader import (
     LoadResult,
     Progress,
     fyers_symbol_for,
+    instrument_from_record,
     instruments_upsert,
     instruments_validate_kite_rows,
 )
@@ -193,25 +194,13 @@ def instruments_merge_master(
         for start in range(0, len(changed), _WRITE_BATCH):
             Instrument.objects.bulk_update(changed[start : start + _WRITE_BATCH], [field, "is_active", "updated_at"])
         new = [
-            Instrument(
-                symbol=record.symbol,
-                exchange=record.exchange,
-                segment=record.segment,
-                tradingsymbol=record.tradingsymbol,
-                name=record.name,
-                underlying=record.underlying,
-                instrument_type=record.instrument_type,
-                expiry=record.expiry,
-                strike=record.strike,
-                lot_size=record.lot_size,
-                tick_size=record.tick_size,
+            instrument_from_record(
+                record,
+                now=now,
                 kite_token=None,
-                dhan_security_id=record.dhan_security_id,
                 # An instrument Fyers did not list yet gets our best guess at its Fyers symbol; Fyers' own wins later.
                 fyers_symbol=record.fyers_symbol
                 or fyers_symbol_for(symbol=record.symbol, instrument_type=record.instrument_type),
-                is_active=True,
-                updated_at=now,
             )
             for symbol, record in incoming.items()
             if symbol not in existing

@@ -16,13 +16,13 @@ from rest_framework.test import APIClient
 
 from accounts.tests.factories import UserFactory
 from algoterm.api.errors import AppError
+from algoterm.backoff import Backoff
 from algoterm.sandbox.simulators.dhan import DhanSimulator
 from algoterm.sandbox.simulators.dhan_order_socket import DhanOrderSocketSimulator, order_alert
 from algoterm.sandbox.simulators.fyers import FyersSimulator
 from algoterm.sandbox.simulators.fyers_order_socket import FyersOrderSocketSimulator, fyers_sessions
 from algoterm.testing import assert_error, client_for
 from brokers.models import BrokerAccount
-from brokers.streams import Backoff
 from brokers.streams.supervisor import OrderStreamSupervisor, order_stream_state
 from brokers.tests.conftest import serving
 from orders import postbacks

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Self
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from algoterm.sandbox.simulators.kite_ticker import ThreadedWebSocketServer
+from algoterm.sandbox.simulators.order_sockets import OrderSocketServer
 from brokers import exchange
 from brokers.adapters.dhan import INDEX_SYMBOLS, ORDER_STATUSES, VALIDITIES, dhan_instrument
 from brokers.models import SimOrder, Venue
@@ -124,41 +123,22 @@ def order_alert(order: SimOrder, client_id: str) -> dict[str, Any]:
     }
 
 
-class DhanOrderSocketSimulator(ThreadedWebSocketServer):
+class DhanOrderSocketSimulator(OrderSocketServer):
     """Dhan's order-update socket on 127.0.0.1 (see the module docstring)."""
 
     def __init__(
         self, *, port: int = 0, authorize: Callable[[str], str | None] | None = None, login_timeout: float = 5.0
     ) -> None:
-        super().__init__(port=port)
-        self.authorize = authorize  # access token -> its client id (None: unknown), e.g. the REST simulator's
+        super().__init__(port=port, authorize=authorize)  # authorize: access token -> its client id
         self.login_timeout = login_timeout
         self.clients: dict[ServerConnection, str] = {}  # logged-in connection -> client id
         self.logins_refused = 0
         self.alerts_sent = 0
-        self._tokens: dict[str, str] = {}
-        self._tokens_lock = threading.Lock()
-
-    # --- lifecycle: the exchange's order changes reach the clients while the server runs ---------------------------
-
-    def start(self) -> Self:
-        super().start()
-        exchange.order_changes_listen(self._orders_changed)
-        return self
-
-    def stop(self) -> None:
-        exchange.order_changes_unlisten(self._orders_changed)
-        super().stop()
 
     # --- credentials ---------------------------------------------------------------------------------------------
 
     def register_token(self, client_id: str, access_token: str) -> None:
-        with self._tokens_lock:
-            self._tokens[access_token] = client_id
-
-    def revoke_tokens(self) -> None:
-        with self._tokens_lock:
-            self._tokens.clear()
+        self._token_set(access_token, client_id)
 
     def _client_for(self, login: Any) -> str | None:
         if not isinstance(login, dict) or login.get("UserType") != "SELF":
@@ -167,10 +147,7 @@ class DhanOrderSocketSimulator(ThreadedWebSocketServer):
         if not isinstance(request, dict) or str(request.get("MsgCode")) != str(LOGIN_MESSAGE_CODE):
             return None
         claimed, token = str(request.get("ClientId") or ""), str(request.get("Token") or "")
-        with self._tokens_lock:
-            client_id = self._tokens.get(token)
-        if client_id is None and self.authorize is not None and token:
-            client_id = self.authorize(token)
+        client_id = self._owner_of(token)
         return client_id if client_id and client_id == claimed else None
 
     # --- one connection ------------------------------------------------------------------------------------------

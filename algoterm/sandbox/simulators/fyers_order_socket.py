@@ -16,19 +16,18 @@ exchange's order-change listeners (fills and triggers caused by a published quot
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http import HTTPStatus
-from typing import Any, Self
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from algoterm.sandbox.simulators.fyers import FyersSimulator
-from algoterm.sandbox.simulators.kite_ticker import ThreadedWebSocketServer
+from algoterm.sandbox.simulators.order_sockets import OrderSocketServer
 from brokers import exchange
 from brokers.adapters.fyers import (
     ORDER_TYPE_TO_FYERS,
@@ -107,42 +106,21 @@ class OrderSocketClient:
     subscriptions: set[str] = field(default_factory=set)
 
 
-class FyersOrderSocketSimulator(ThreadedWebSocketServer):
+class FyersOrderSocketSimulator(OrderSocketServer):
     """Fyers' order socket on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, *, port: int = 0, authorize: Callable[[str], str | None] | None = None) -> None:
-        super().__init__(port=port)
-        self.authorize = authorize
+        super().__init__(port=port, authorize=authorize)  # authorize: authorization header -> user id
         self.clients: dict[ServerConnection, OrderSocketClient] = {}
         self.pings = 0
-        self._tokens: dict[str, str] = {}  # authorization header -> user id
-        self._tokens_lock = threading.Lock()
-
-    def start(self) -> Self:
-        super().start()
-        exchange.order_changes_listen(self._orders_changed)
-        return self
-
-    def stop(self) -> None:
-        exchange.order_changes_unlisten(self._orders_changed)
-        super().stop()
 
     # --- credentials: checked at the handshake -------------------------------------------------------------------
 
     def register_token(self, authorization: str, user_id: str) -> None:
-        with self._tokens_lock:
-            self._tokens[authorization] = user_id
-
-    def revoke_tokens(self) -> None:
-        with self._tokens_lock:
-            self._tokens.clear()
+        self._token_set(authorization, user_id)
 
     def _user_for(self, authorization: str) -> str | None:
-        with self._tokens_lock:
-            user_id = self._tokens.get(authorization)
-        if user_id is None and self.authorize is not None and authorization:
-            user_id = self.authorize(authorization)
-        return user_id
+        return self._owner_of(authorization)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if self._user_for(request.headers.get("Authorization", "")) is not None:
