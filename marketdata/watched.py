@@ -2,7 +2,8 @@
 
 Each web process's tick hub notes a symbol when its first connection there subscribes to it (one sorted-set write,
 scored by the time, off the event loop); the market-data supervisor reads the symbols noted within
-MARKET_DATA_WATCHED_SECONDS. Embedded, where the web and the feed share a process, the note stays in memory.
+MARKET_DATA_WATCHED_SECONDS. Embedded, where the web and the feed share a process, the note is a dict in the
+in-process cache.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import time
 from collections.abc import Iterable
 
 from django.conf import settings
+from django.core.cache import cache
 
 from algoterm.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 
-_local: dict[str, float] = {}
+_CACHE_KEY = "marketdata:watched"
 _local_lock = threading.Lock()
 
 
 def _key() -> str:
-    return f"{settings.REDIS_KEY_PREFIX}:marketdata:watched"
+    # Named like the cache's own keys, so whatever clears this deployment's cache clears it too.
+    return cache.make_key(_CACHE_KEY)
 
 
 def symbols_watched_touch(symbols: Iterable[str], *, now: float | None = None) -> None:
@@ -34,7 +37,7 @@ def symbols_watched_touch(symbols: Iterable[str], *, now: float | None = None) -
         return
     if settings.EMBEDDED:
         with _local_lock:
-            _local.update(scores)
+            cache.set(_CACHE_KEY, {**(cache.get(_CACHE_KEY) or {}), **scores}, timeout=None)
         return
     try:
         client = redis_client(settings.REDIS_URL)
@@ -50,8 +53,8 @@ def symbols_watched_touch(symbols: Iterable[str], *, now: float | None = None) -
 def symbols_watched(*, since: float) -> list[str]:
     """Symbols watched at or after `since` (epoch seconds), most recent first."""
     if settings.EMBEDDED:
-        with _local_lock:
-            recent = [(stamp, symbol) for symbol, stamp in _local.items() if stamp >= since]
+        noted = cache.get(_CACHE_KEY) or {}
+        recent = [(stamp, symbol) for symbol, stamp in noted.items() if stamp >= since]
         return [symbol for _, symbol in sorted(recent, reverse=True)]
     try:
         members = redis_client(settings.REDIS_URL).zrevrangebyscore(_key(), "+inf", since)

@@ -264,7 +264,7 @@ VALIDATION_CASES = {
     "freeze: lower-case underlying": ("freeze_quantities", {"nifty": 1800, "BANKNIFTY": 600}, ["nifty"]),
     "freeze: blank underlying": ("freeze_quantities", {"": 1800}, [""]),
     # feed
-    "feed: unknown source": ("feed", {**FEED, "source": "fyers"}, ["source"]),
+    "feed: unknown source": ("feed", {**FEED, "source": "upstox"}, ["source"]),
     "feed: null source": ("feed", {**FEED, "source": None}, ["source"]),
     "feed: zero interval": ("feed", {**FEED, "interval_seconds": 0}, ["interval_seconds"]),
     "feed: negative interval": ("feed", {**FEED, "interval_seconds": -1}, ["interval_seconds"]),
@@ -347,7 +347,7 @@ def test_import_is_all_or_nothing(admin_client):
         "sections": {
             "market_hours": {**MARKET_HOURS, "close": "15:00"},
             "freeze_quantities": {"NIFTY": 900},
-            "feed": {**FEED, "source": "fyers"},
+            "feed": {**FEED, "source": "upstox"},
         },
     }
 

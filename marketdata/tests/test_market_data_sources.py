@@ -18,6 +18,7 @@ from algoterm.health import check_market_data
 from algoterm.sandbox.simulators.kite_ticker import KiteTickerSimulator
 from brokers.models import AccountStatus, Broker, BrokerAccount
 from brokers.protocol import Quote
+from marketdata import watched
 from marketdata.candles import MinuteCandleBuilder
 from marketdata.feeds.base import Backoff
 from marketdata.feeds.runner import PublishAndRecord
@@ -58,6 +59,7 @@ def instruments(db):
             kite_token=token,
         )
     cache.delete(STATE_KEY)
+    cache.delete(watched._CACHE_KEY)  # what other tests' clients watched is not this test's
 
 
 def zerodha_account(owner: User, *, token: str, priority: int | None, label: str) -> BrokerAccount:

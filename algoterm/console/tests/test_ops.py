@@ -279,8 +279,20 @@ def test_components_are_all_up_with_a_worker_and_a_fresh_feed(admin_client):
     body = response.json()
     assert body["status"] == "ok" and body["mode"] == "distributed"
     components = body["components"]
-    assert set(components) == {"database", "redis", "workers", "scheduler", "holidays", "queue", "feed", "brokers"}
-    for name in ("database", "redis", "workers", "queue", "feed", "brokers"):
+    assert set(components) == {
+        "database",
+        "redis",
+        "workers",
+        "scheduler",
+        "holidays",
+        "market_data",
+        "order_streams",
+        "queue",
+        "feed",
+        "brokers",
+    }
+    # No market-data account is designated and no order stream runs: nothing of theirs is down.
+    for name in ("database", "redis", "workers", "queue", "feed", "brokers", "market_data", "order_streams"):
         assert components[name]["status"] == "up", (name, components[name])
     assert [name for name, component in components.items() if component["required"]] == [
         "database",
