@@ -428,19 +428,18 @@ def candles_import_chunks(
     *, interval: str, start: datetime, end: datetime, max_span_days: int | None = None
 ) -> list[tuple[datetime, datetime]]:
     """[start, end) cut into consecutive ranges of at most `max_span_days` (the broker's own limit for one request;
-    by default the longest we serve), each passing `candles_span_check`."""
+    by default the longest range our candles API serves)."""
     if interval not in (MINUTE, DAY):
         raise ValidationFailed(errors={"interval": ["Candles are imported as 1m or 1d."]})
     if start.tzinfo is None or end.tzinfo is None:
         raise ValidationFailed(errors={"from": ["Give an aware datetime."]})
     if end <= start:
         raise ValidationFailed(errors={"to": ["Must be after from."]})
-    longest = timedelta(days=min(max_span_days or MAX_SPAN_DAYS[interval], MAX_SPAN_DAYS[interval]))
+    longest = timedelta(days=max_span_days or MAX_SPAN_DAYS[interval])
     chunks = []
     cursor = start
     while cursor < end:
         chunk_end = min(cursor + longest, end)
-        candles_span_check(interval=interval, start=cursor, end=chunk_end)
         chunks.append((cursor, chunk_end))
         cursor = chunk_end
     return chunks

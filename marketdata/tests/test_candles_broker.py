@@ -25,7 +25,6 @@ from brokers.protocol import (
     SessionExpired,
 )
 from brokers.tests.conftest import serving
-from marketdata import candles as candles_module
 from marketdata.candles import candles_import_chunks, candles_import_from_broker
 from marketdata.models import Candle
 
@@ -197,6 +196,9 @@ def test_long_ranges_go_in_chunks_the_broker_allows():
     ]
     assert all(previous[1] == following[0] for previous, following in zip(chunks, chunks[1:], strict=False))
     assert len(candles_import_chunks(interval="1d", start=start, end=start + timedelta(days=4000))) == 2
+    # Dhan allows 90 days of minute candles a request, Fyers 100: their imports take fewer, longer chunks.
+    dhan = candles_import_chunks(interval="1m", start=start, end=start + timedelta(days=130), max_span_days=90)
+    assert [chunk_end - chunk_start for chunk_start, chunk_end in dhan] == [timedelta(days=90), timedelta(days=40)]
     with pytest.raises(ValidationFailed):
         candles_import_chunks(interval="5m", start=start, end=start + timedelta(days=1))
     with pytest.raises(ValidationFailed):
@@ -204,7 +206,8 @@ def test_long_ranges_go_in_chunks_the_broker_allows():
 
 
 def test_a_chunked_import_waits_out_the_rate_limit(account, monkeypatch):
-    monkeypatch.setitem(candles_module.MAX_SPAN_DAYS, "1m", 1)
+    # Kite's limit is 60 days a request; one day here makes five chunks of the week.
+    monkeypatch.setattr(ZerodhaAdapter, "historical_max_span_days", {"1m": 1, "1d": 2000})
     progress: list[tuple[int, int]] = []
 
     result = candles_import_from_broker(
