@@ -34,6 +34,8 @@ from marketdata.watched import symbols_watched_touch
 logger = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_SECONDS = 3.0
+# What this process's sockets watch is noted for the market-data feed when first subscribed and again this often.
+WATCHED_RENOTE_SECONDS = 600.0
 _HEALTH_CHECK_SECONDS = 5.0
 _RETRY_MIN_SECONDS, _RETRY_MAX_SECONDS = 0.5, 5.0
 _COMPACT = (",", ":")
@@ -66,6 +68,7 @@ class TickHub:
         self.outlets_of: dict[str, set[TickOutlet]] = {}
         self.symbols_of: dict[TickOutlet, set[str]] = {}
         self.batches = 0
+        self._watched_noted_at = time.monotonic()
         self._listener: asyncio.Task | None = None
         self._subscribed = asyncio.Event()
 
@@ -107,6 +110,10 @@ class TickHub:
         quotes = json.loads(batch) if isinstance(batch, str | bytes) else batch
         self.batches += 1
         now = time.monotonic()
+        if now - self._watched_noted_at >= WATCHED_RENOTE_SECONDS and self.outlets_of:
+            # Sockets held for days keep their symbols watched: noted again now and then, off the loop.
+            self._watched_noted_at = now
+            asyncio.get_running_loop().run_in_executor(None, symbols_watched_touch, list(self.outlets_of))
         outlets_of = self.outlets_of
         for quote in quotes:
             symbol = quote["symbol"]

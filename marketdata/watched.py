@@ -36,8 +36,10 @@ def symbols_watched_touch(symbols: Iterable[str], *, now: float | None = None) -
     if not scores:
         return
     if settings.EMBEDDED:
+        oldest = stamp - settings.MARKET_DATA_WATCHED_SECONDS
         with _local_lock:
-            cache.set(_CACHE_KEY, {**(cache.get(_CACHE_KEY) or {}), **scores}, timeout=None)
+            noted = {symbol: at for symbol, at in (cache.get(_CACHE_KEY) or {}).items() if at >= oldest}
+            cache.set(_CACHE_KEY, {**noted, **scores}, timeout=None)
         return
     try:
         client = redis_client(settings.REDIS_URL)
