@@ -677,6 +677,10 @@ MARKET_FEED = env.str("MARKET_FEED", default={"development": "simulated", "produ
 MARKET_DATA_POLL_SECONDS = env.float("MARKET_DATA_POLL_SECONDS", default=5.0)
 MARKET_DATA_RESUBSCRIBE_SECONDS = env.float("MARKET_DATA_RESUBSCRIBE_SECONDS", default=30.0)
 MARKET_DATA_WATCHED_SECONDS = env.float("MARKET_DATA_WATCHED_SECONDS", default=24 * 3600.0)
+# A market-data feed silent this long while the market is open hands over to the next live designated account, and is
+# passed over for MARKET_DATA_BENCH_SECONDS.
+MARKET_DATA_STALL_SECONDS = env.float("MARKET_DATA_STALL_SECONDS", default=60.0)
+MARKET_DATA_BENCH_SECONDS = env.float("MARKET_DATA_BENCH_SECONDS", default=300.0)
 MARKET_FEED_INTERVAL_SECONDS = env.float("MARKET_FEED_INTERVAL_SECONDS", default=1.0)
 WS_MAX_SYMBOLS = env.int("WS_MAX_SYMBOLS", default=100)
 WS_SEND_QUEUE = env.int("WS_SEND_QUEUE", default=1000)  # messages queued per market-data socket before it is dropped

@@ -5,7 +5,9 @@
 both modes; `manage.py runfeed --source broker` runs it alone). Every few seconds it:
 * keeps the feed of the first designated account whose session is live; when that session expires (the broker
   refuses the socket), the account is marked expired (its owner is told to log in) and the next designated account
-  takes over, with no operator in the loop;
+  takes over, with no operator in the loop; when the feed brings no tick for MARKET_DATA_STALL_SECONDS while the
+  market is open (the broker's socket down, or silent), the next live account takes over too, and the stalled one is
+  passed over for MARKET_DATA_BENCH_SECONDS;
 * follows the symbols the platform needs (`symbols_wanted`): the indices, what users hold (open positions), what
   they wait on (live orders), what running strategies trade, and what `/ws/market-data` clients subscribed lately,
   in that order of priority, within the broker's per-connection limit;
@@ -32,6 +34,7 @@ from brokers.models import AccountStatus, Broker, BrokerAccount
 from brokers.protocol import BrokerError, InvalidInput, SessionExpired
 from brokers.selectors import broker_accounts_market_data
 from brokers.sessions import broker_session_mark_expired
+from marketdata import calendar as market_calendar
 from marketdata.feeds.base import Feed
 from marketdata.feeds.runner import FeedUnavailable, PublishAndRecord, feed_class_for
 from marketdata.models import Instrument, InstrumentType
@@ -140,7 +143,7 @@ class MarketDataSupervisor:
         poll_seconds: float | None = None,
         resubscribe_seconds: float | None = None,
         brokers: Iterable[str] | None = None,
-        feed_options: dict | None = None,
+        feed_options: dict[str, dict] | None = None,
     ) -> None:
         self.recorder = recorder
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.MARKET_DATA_POLL_SECONDS
@@ -148,8 +151,9 @@ class MarketDataSupervisor:
             resubscribe_seconds if resubscribe_seconds is not None else settings.MARKET_DATA_RESUBSCRIBE_SECONDS
         )
         self.brokers = set(brokers) if brokers else set(FEED_OF_BROKER)
-        self.feed_options = feed_options or {}
+        self.feed_options = feed_options or {}  # by feed name: options for its constructor (tests, the demo)
         self.running: _Running | None = None
+        self._benched: dict[str, float] = {}  # account -> monotonic time until which it is passed over
         self.detail = ""
         self.failovers = 0
         self._last_resubscribe = 0.0
@@ -170,7 +174,7 @@ class MarketDataSupervisor:
         designated = [
             account for account in broker_accounts_market_data(connected_only=False) if account.broker in self.brokers
         ]
-        live = [account for account in designated if account.status == AccountStatus.CONNECTED]
+        live = self._eligible([account for account in designated if account.status == AccountStatus.CONNECTED])
         retired = self._retire_if_needed(live)
         if self.running is None:
             self._start_first([account for account in live if account.pk != retired], designated=designated)
@@ -180,11 +184,38 @@ class MarketDataSupervisor:
 
     # --- choosing and failing over -------------------------------------------------------------------------------
 
+    def _eligible(self, live: list[BrokerAccount]) -> list[BrokerAccount]:
+        """The live accounts minus those benched for a stalled feed, unless that leaves none (a stalled feed beats
+        no feed)."""
+        now = time.monotonic()
+        self._benched = {account: until for account, until in self._benched.items() if until > now}
+        rested = [account for account in live if account.pk not in self._benched]
+        return rested or live
+
+    def _stalled(self, running: _Running) -> float | None:
+        """Seconds without a tick while the market is open, once that passes MARKET_DATA_STALL_SECONDS; else None."""
+        if not market_calendar.is_open(datetime.now(tz=UTC), simulated=settings.BROKER_SIMULATORS):
+            return None
+        last = max(running.since, self.recorder.last_tick_at or running.since)
+        silent = (datetime.now(tz=UTC) - last).total_seconds()
+        return silent if silent >= settings.MARKET_DATA_STALL_SECONDS else None
+
     def _retire_if_needed(self, live: list[BrokerAccount]) -> str | None:
-        """Stops the running feed when it must give way; returns the account whose session it found expired."""
+        """Stops the running feed when it must give way; returns the account it gave up on (session refused or feed
+        stalled), which this step must not start again."""
         running = self.running
         if running is None:
             return None
+        silent = self._stalled(running)
+        if silent is not None and any(account.pk != running.account_id for account in live):
+            # The broker's socket is down or quiet while others could feed: hand over, and leave this account out
+            # for a while (after that, priority order rules again).
+            self._benched[running.account_id] = time.monotonic() + settings.MARKET_DATA_BENCH_SECONDS
+            self.detail = f"{running.broker} account {running.account_id}: no ticks for {silent:.0f} s"
+            self.failovers += 1
+            logger.warning("market-data feed of %s stalled (%s); failing over", running.account_id, self.detail)
+            self._stop_running()
+            return running.account_id
         failure = getattr(running.feed, "failure", None)
         still_first = bool(live) and live[0].pk == running.account_id
         if isinstance(failure, SessionExpired):
@@ -211,7 +242,7 @@ class MarketDataSupervisor:
             try:
                 symbols = symbols_wanted(feed=feed_name)
                 feed = feed_class_for(feed_name).from_account(
-                    account, symbols, publish=self.recorder, **self.feed_options
+                    account, symbols, publish=self.recorder, **self.feed_options.get(feed_name, {})
                 )
             except (FeedUnavailable, BrokerError) as error:
                 self.detail = f"{account.broker} account {account.pk}: {getattr(error, 'detail', error)}"

@@ -4,6 +4,7 @@ ticker simulator (the Twisted reactor is per process, as in test_feed_kite)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import date
@@ -57,6 +58,7 @@ def instruments(db):
             underlying=tradingsymbol,
             instrument_type=kind,
             kite_token=token,
+            dhan_security_id={NIFTY: "13"}.get(token, ""),
         )
     cache.delete(STATE_KEY)
     cache.delete(watched._CACHE_KEY)  # what other tests' clients watched is not this test's
@@ -81,7 +83,10 @@ def supervise(simulator: KiteTickerSimulator, recorder: PublishAndRecord, **opti
         recorder=recorder,
         poll_seconds=0.1,
         resubscribe_seconds=options.pop("resubscribe_seconds", 0.2),
-        feed_options={"url": simulator.url, "backoff": Backoff(initial=0.05, maximum=0.2), "connect_timeout": 5},
+        feed_options={
+            "kite": {"url": simulator.url, "backoff": Backoff(initial=0.05, maximum=0.2), "connect_timeout": 5},
+            **options.pop("feed_options", {}),
+        },
         **options,
     )
 
@@ -121,6 +126,32 @@ def test_an_expired_session_fails_over_to_the_next_designated_account(simulator,
     state = market_data_source_state()
     assert state["account_id"] == second.pk and state["broker"] == "zerodha" and state["failovers"] == 1
     assert simulator.handshakes_refused >= 1
+
+
+def test_a_feed_that_brings_no_ticks_while_the_market_is_open_hands_over(simulator, instruments, owner, settings):
+    settings.MARKET_ALWAYS_OPEN = settings.BROKER_SIMULATORS = True  # the simulated market is open now
+    settings.MARKET_DATA_STALL_SECONDS = 1.0
+    with socket.socket() as probe:  # a port nobody listens on: Dhan's feed host is unreachable
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"ws://127.0.0.1:{probe.getsockname()[1]}"
+    dhan = BrokerAccount(owner=owner, broker=Broker.DHAN, label="dhan", status=AccountStatus.CONNECTED)
+    dhan.credentials = {"client_id": "1000000001", "access_token": "dhan-token"}
+    dhan.session = {"access_token": "dhan-token", "broker_user_id": "1000000001"}
+    dhan.market_data_priority = 1
+    dhan.save()
+    kite = zerodha_account(owner, token="good-token", priority=2, label="kite")
+    recorder = PublishAndRecord(builder=MinuteCandleBuilder())
+    dhan_options = {"url": unreachable, "backoff": Backoff(initial=0.05, maximum=0.2), "connect_timeout": 1}
+
+    with Running(supervise(simulator, recorder, feed_options={"dhan": dhan_options})):
+        assert simulator.wait_until(lambda: simulator.subscriptions() == {NIFTY: "full"}, timeout=15)
+        assert simulator.push(Quote(symbol="NSE:NIFTY 50", last_price=Decimal("24410.00"))) == 1
+        assert simulator.wait_until(lambda: (market_data_source_state() or {}).get("ticks", 0) >= 1)
+
+    state = market_data_source_state()
+    assert state["account_id"] == kite.pk and state["failovers"] == 1
+    dhan.refresh_from_db()
+    assert dhan.status == AccountStatus.CONNECTED  # its session is fine; its feed was silent
 
 
 def test_subscriptions_follow_positions_and_watched_symbols(simulator, instruments, owner):
