@@ -30,6 +30,7 @@ from django.core.cache import cache
 from django.db import close_old_connections
 from django.db.models import Q
 
+from algoterm.leases import Lease
 from brokers.models import AccountStatus, Broker, BrokerAccount
 from brokers.protocol import BrokerError, InvalidInput, SessionExpired
 from brokers.selectors import broker_accounts_market_data
@@ -144,6 +145,7 @@ class MarketDataSupervisor:
         resubscribe_seconds: float | None = None,
         brokers: Iterable[str] | None = None,
         feed_options: dict[str, dict] | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
         self.recorder = recorder
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.MARKET_DATA_POLL_SECONDS
@@ -154,6 +156,8 @@ class MarketDataSupervisor:
         self.feed_options = feed_options or {}  # by feed name: options for its constructor (tests, the demo)
         self.running: _Running | None = None
         self._benched: dict[str, float] = {}  # account -> monotonic time until which it is passed over
+        # One supervisor feeds platform-wide; another started beside it waits and takes over if this one dies.
+        self.lease = Lease("market-data", ttl_seconds=lease_seconds or max(15.0, 3 * self.poll_seconds))
         self.detail = ""
         self.failovers = 0
         self._last_resubscribe = 0.0
@@ -169,8 +173,12 @@ class MarketDataSupervisor:
                 stop.wait(self.poll_seconds)
         finally:
             self._stop_running()
+            self.lease.release()
 
     def step(self) -> None:
+        if not self.lease.hold():
+            self._stop_running()  # another supervisor feeds: this one stands by and records nothing
+            return
         designated = [
             account for account in broker_accounts_market_data(connected_only=False) if account.broker in self.brokers
         ]

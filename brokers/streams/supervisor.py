@@ -33,6 +33,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from algoterm.backoff import Backoff
+from algoterm.leases import Lease
 from brokers.models import AccountStatus, BrokerAccount
 from brokers.protocol import BrokerError, SessionExpired
 from brokers.streams import STREAMED_BROKERS, OrderStream, order_stream_class, order_update_announce
@@ -207,6 +208,8 @@ class OrderStreamSupervisor:
         self.stream_options = stream_options or {}
         self.state_ttl = max(STATE_TTL_SECONDS, 3 * poll_seconds)
         self.workers: dict[str, _StreamWorker] = {}
+        # One supervisor streams platform-wide; another started beside it waits and takes over if this one dies.
+        self.lease = Lease("order-streams", ttl_seconds=3 * poll_seconds)
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -218,10 +221,16 @@ class OrderStreamSupervisor:
                 stop.wait(self.poll_seconds)
         finally:
             self.stop_all()
+            self.lease.release()
             connections.close_all()
 
     def sync(self) -> None:
-        """Bring the running streams in line with the accounts that should have one."""
+        """Bring the running streams in line with the accounts that should have one (none while another supervisor
+        holds the lease)."""
+        if not self.lease.hold():
+            if self.workers:
+                self.stop_all()
+            return
         wanted = {account.pk: account for account in order_streamed_accounts()}
         leaving = []
         for account_id, worker in list(self.workers.items()):

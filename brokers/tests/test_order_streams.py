@@ -332,6 +332,7 @@ def supervisor() -> Iterator[OrderStreamSupervisor]:
     running = OrderStreamSupervisor(poll_seconds=60, backoff=fast_backoff, stream_options={"connect_timeout": 2})
     yield running
     running.stop_all()
+    running.lease.release()
 
 
 def state_of(account: BrokerAccount) -> str | None:
@@ -466,3 +467,25 @@ def test_backoff_doubles_up_to_its_maximum_and_resets():
     assert all(base * 0.8 <= delay <= base * 1.2 for delay, base in zip(delays, [1, 2, 4, 4], strict=True))
     backoff.reset()
     assert 0.8 <= backoff.next_delay() <= 1.2
+
+
+@transactional
+def test_a_second_supervisor_streams_nothing_until_the_first_lets_go(sockets, supervisor, trader):
+    dhan, _ = sockets
+    account = dhan_account(trader)
+    standby = OrderStreamSupervisor(poll_seconds=60, backoff=fast_backoff, stream_options={"connect_timeout": 2})
+    try:
+        supervisor.sync()
+        standby.sync()
+        wait_until(lambda: state_of(account) == "connected", what="the holder's stream")
+        assert set(supervisor.workers) == {account.pk} and standby.workers == {}
+        assert dhan.connections_accepted == 1
+
+        supervisor.stop_all()
+        supervisor.lease.release()  # the holder stops (a crashed one's lease runs out instead)
+        standby.sync()
+        wait_until(lambda: state_of(account) == "connected", what="the standby's stream")
+        assert set(standby.workers) == {account.pk} and dhan.connections_accepted == 2
+    finally:
+        standby.stop_all()
+        standby.lease.release()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
@@ -172,6 +173,24 @@ def test_subscriptions_follow_positions_and_watched_symbols(simulator, instrumen
         Position.objects.filter(symbol="NSE:INFY").update(quantity=0)
         assert simulator.wait_until(lambda: simulator.subscriptions() == {NIFTY: "full", SBIN: "full"}, timeout=15)
     assert simulator.connections_accepted == 1
+
+
+def test_a_second_supervisor_stands_by_and_takes_over_when_the_first_stops(simulator, instruments, owner):
+    zerodha_account(owner, token="good-token", priority=1, label="feeder")
+    first = supervise(simulator, PublishAndRecord(builder=MinuteCandleBuilder()), lease_seconds=1)
+    second = supervise(simulator, PublishAndRecord(builder=MinuteCandleBuilder()), lease_seconds=1)
+    holding_first = Running(first).__enter__()
+    try:
+        assert simulator.wait_until(lambda: first.running is not None, timeout=15)
+        with Running(second):
+            time.sleep(1.5)  # both step many times, past the lease's time to live: the holder renews, one feeds
+            assert second.running is None and simulator.connections_accepted == 1
+            holding_first.__exit__(None, None, None)  # the holder stops: the standby takes over
+            assert simulator.wait_until(lambda: second.running is not None, timeout=10)
+            assert simulator.wait_until(lambda: simulator.subscriptions() == {NIFTY: "full"}, timeout=15)
+            assert simulator.connections_accepted == 2
+    finally:
+        holding_first.__exit__(None, None, None)
 
 
 def test_wanted_symbols_are_ordered_by_need_and_capped_at_the_socket_limit(instruments, owner):
