@@ -59,7 +59,8 @@ class BrokerAccountAdmin(admin.ModelAdmin):
 
     @admin.display(boolean=True, description="session stored")
     def has_session(self, account: BrokerAccount) -> bool:
-        return bool(account.session_encrypted)
+        # An expired Fyers session may keep only its refresh token (for a consented renewal): that is no session.
+        return bool(account.session.get("access_token"))
 
     @admin.display(description="proxy")
     def proxy(self, account: BrokerAccount) -> str:

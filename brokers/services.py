@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -364,15 +365,19 @@ def broker_session_renewal_set(*, user: User, account: BrokerAccount, enabled: b
 
 
 def broker_sessions_renewal_due(*, now: datetime | None = None) -> list[BrokerAccount]:
-    """Connected accounts whose owners consented and whose session ends within BROKER_SESSION_RENEW_AHEAD."""
+    """Accounts whose owners consented: connected ones whose session ends within BROKER_SESSION_RENEW_AHEAD, and
+    expired Fyers ones that kept their refresh token."""
     now = now or timezone.now()
+    ending = Q(
+        status=AccountStatus.CONNECTED,
+        broker__in=[Broker.DHAN, Broker.FYERS],
+        session_expires_at__lte=now + timedelta(seconds=settings.BROKER_SESSION_RENEW_AHEAD_SECONDS),
+    )
+    # Fyers' refresh token outlives the access token (15 days): an expired session that kept one can still renew.
+    ended_renewable = Q(status=AccountStatus.EXPIRED, broker=Broker.FYERS) & ~Q(session_encrypted="")
     return list(
         BrokerAccount.objects.filter(
-            deleted_at__isnull=True,
-            status=AccountStatus.CONNECTED,
-            session_renewal_consented_at__isnull=False,
-            broker__in=[Broker.DHAN, Broker.FYERS],
-            session_expires_at__lte=now + timedelta(seconds=settings.BROKER_SESSION_RENEW_AHEAD_SECONDS),
+            ending | ended_renewable, deleted_at__isnull=True, session_renewal_consented_at__isnull=False
         )
         # A renewal the broker refused in this window is not tried (nor its owner told) again.
         .exclude(last_error_at__gte=now - timedelta(seconds=settings.BROKER_SESSION_RENEW_AHEAD_SECONDS))

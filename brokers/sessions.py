@@ -18,7 +18,11 @@ def broker_session_mark_expired(*, account: BrokerAccount, reason: str, actor: U
     if locked.status != AccountStatus.CONNECTED:
         return False
     locked.status = AccountStatus.EXPIRED
-    locked.session = {}
+    refresh_token = (locked.session.get("extra") or {}).get("refresh_token")
+    # With the owner's consent, a refresh token outlives the day's access token: the session can still be renewed
+    # without a login (a renewal missed before the cut-off, or consent given after it). Nothing else is kept.
+    keep = refresh_token and locked.session_renewal_consented_at is not None
+    locked.session = {"access_token": "", "extra": {"refresh_token": refresh_token}} if keep else {}
     locked.save(update_fields=["status", "session_encrypted"])
     account.status = AccountStatus.EXPIRED
     audit_record(action="broker.session_expire", actor=actor, target=locked, details={"reason": reason})

@@ -18,7 +18,7 @@ from algoterm.sandbox.simulators.base import SimulatorServer
 from algoterm.sandbox.simulators.fyers import FyersSimulator
 from brokers.gateway import adapter_for as gateway_adapter
 from brokers.models import AccountStatus, Broker, BrokerAccount
-from brokers.services import broker_sessions_renew
+from brokers.services import broker_sessions_expire_due, broker_sessions_renew
 
 from .conftest import serving
 from .test_fyers import APP_ID, REDIRECT_URI, SECRET
@@ -127,3 +127,30 @@ def test_a_refused_renewal_tells_the_user_once_to_log_in(server, trader, trader_
     assert notes.count() == 1 and "log in" in notes.get().title.lower()
     account.refresh_from_db()
     assert account.status == AccountStatus.CONNECTED  # the old token still works until the cut-off
+
+
+def test_a_consented_fyers_session_that_expired_is_renewed_from_its_refresh_token(server, trader, trader_client):
+    account = fyers_account(server, trader)
+    assert consent(trader_client, account, enabled=True, pin="1234").status_code == 200
+
+    after_cutoff = datetime(2026, 12, 8, 6, 10, tzinfo=IST)  # the renewal window was missed (the platform was down)
+    with time_machine.travel(after_cutoff, tick=False):
+        assert [expired.pk for expired in broker_sessions_expire_due()] == [account.pk]
+        account.refresh_from_db()
+        assert account.status == AccountStatus.EXPIRED and account.session["access_token"] == ""
+        assert account.session["extra"]["refresh_token"]  # kept, because the owner consented
+        assert broker_sessions_renew() == {"renewed": 1}
+
+    account.refresh_from_db()
+    assert account.status == AccountStatus.CONNECTED and account.session["access_token"]
+    assert account.session_expires_at == datetime(2026, 12, 9, 6, 0, tzinfo=IST)
+    assert gateway_adapter(account).funds().available_cash >= 0
+
+
+def test_without_consent_an_expired_session_keeps_nothing(server, trader):
+    account = fyers_account(server, trader)
+    with time_machine.travel(datetime(2026, 12, 8, 6, 10, tzinfo=IST), tick=False):
+        broker_sessions_expire_due()
+        assert broker_sessions_renew() == {}
+    account.refresh_from_db()
+    assert account.status == AccountStatus.EXPIRED and account.session == {}
