@@ -88,7 +88,10 @@ class ThreadedWebSocketServer:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        async with serve(self._handle, "127.0.0.1", self.port, process_request=self._process_request) as server:
+        # A client that never answers a close (a refused one, abandoned mid-handshake) holds a stop for close_timeout.
+        async with serve(
+            self._handle, "127.0.0.1", self.port, process_request=self._process_request, close_timeout=1
+        ) as server:
             self._server = server
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
