@@ -45,6 +45,3 @@ class Lease:
         except Exception:
             logger.warning("the %s lease could not be released", self.key, exc_info=True)
         self.held = False
-
-    def holder(self) -> str | None:
-        return cache.get(self.key)

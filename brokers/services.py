@@ -327,7 +327,7 @@ def broker_session_check(*, account: BrokerAccount) -> str:
 
 # --- renewing sessions without a login ---------------------------------------------------------------------------
 
-PIN_LENGTHS = (4, 6)
+FYERS_PIN_LENGTH = 4
 
 
 def broker_session_renewal_set(*, user: User, account: BrokerAccount, enabled: bool, pin: str = "") -> BrokerAccount:
@@ -342,7 +342,7 @@ def broker_session_renewal_set(*, user: User, account: BrokerAccount, enabled: b
         )
     needs_pin = account.broker == Broker.FYERS
     pin = pin.strip()
-    if enabled and needs_pin and not (pin.isdigit() and len(pin) in PIN_LENGTHS):
+    if enabled and needs_pin and not (pin.isdigit() and len(pin) == FYERS_PIN_LENGTH):
         raise ValidationFailed(errors={"pin": ["Fyers renews a session with your 4-digit PIN."]})
     with transaction.atomic():
         account = row_locked(BrokerAccount.objects.all(), pk=account.pk)

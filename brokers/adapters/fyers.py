@@ -941,17 +941,13 @@ def _instrument_from_fyers_row(raw: dict[str, str]) -> BrokerInstrument | None:
 
 
 def _whole(row: dict[str, str], column: str) -> int:
-    value = row[column]
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{column.replace('_', ' ')} {value!r} is not a number") from None
-    if not number.is_finite() or number != number.to_integral_value():
-        raise ValueError(f"{column.replace('_', ' ')} {value!r} is not a whole number")
+    number = _finite(row, column)
+    if number != number.to_integral_value():
+        raise ValueError(f"{column.replace('_', ' ')} {row[column]!r} is not a whole number")
     return int(number)
 
 
-def _number(row: dict[str, str], column: str) -> Decimal:
+def _finite(row: dict[str, str], column: str) -> Decimal:
     value = row[column]
     try:
         number = Decimal(value)
@@ -959,6 +955,11 @@ def _number(row: dict[str, str], column: str) -> Decimal:
         raise ValueError(f"{column.replace('_', ' ')} {value!r} is not a number") from None
     if not number.is_finite():
         raise ValueError(f"{column.replace('_', ' ')} {value!r} is not a number")
+    return number
+
+
+def _number(row: dict[str, str], column: str) -> Decimal:
+    number = _finite(row, column)
     return number.normalize() if number == number.to_integral_value() else number
 
 

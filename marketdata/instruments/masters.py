@@ -376,13 +376,6 @@ def instrument_master_brokers_due() -> list[str]:
     return [broker for broker in due if broker != Broker.ZERODHA or master_account(broker=broker) is not None]
 
 
-def instrument_master_history(*, broker: str | None = None, limit: int = 20) -> list[InstrumentMasterLoad]:
-    loads = InstrumentMasterLoad.objects.order_by("-started_at", "-id")
-    if broker:
-        loads = loads.filter(broker=broker)
-    return list(loads[:limit])
-
-
 __all__ = [
     "MASTER_BROKERS",
     "MasterRefused",
@@ -390,7 +383,6 @@ __all__ = [
     "instrument_master_brokers_due",
     "instrument_master_check",
     "instrument_master_failing",
-    "instrument_master_history",
     "instrument_master_refresh",
     "instrument_records_from_master",
     "instruments_merge_master",

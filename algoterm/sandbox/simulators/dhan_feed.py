@@ -202,18 +202,10 @@ class DhanFeedSimulator(ThreadedWebSocketServer):
             await connection.send(disconnect_packet(refusal))
             await connection.close()
             return
-        client = FeedClient(connection, params["clientId"])
-        self.clients[connection] = client
-        streaming = asyncio.create_task(self._stream(client)) if self.stream_interval is not None else None
-        try:
-            async for message in connection:
-                if isinstance(message, str) and not await self._apply(client, message):
-                    await connection.close()
-                    return
-        finally:
-            if streaming is not None:
-                streaming.cancel()
-            self.clients.pop(connection, None)
+        streaming = self._stream if self.stream_interval is not None else None
+        await self.serve_requests(
+            connection, FeedClient(connection, params["clientId"]), frames=str, apply=self._apply, background=streaming
+        )
 
     async def _apply(self, client: FeedClient, message: str) -> bool:
         """Apply one request; False when the client asked to disconnect."""

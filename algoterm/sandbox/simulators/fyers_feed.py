@@ -451,18 +451,10 @@ class FyersFeedSimulator(ThreadedWebSocketServer):
     # --- one connection ------------------------------------------------------------------------------------------
 
     async def serve_client(self, connection: ServerConnection) -> None:
-        client = SocketClient(connection)
-        self.clients[connection] = client
-        streaming = asyncio.create_task(self._stream(client)) if self.stream_interval is not None else None
-        try:
-            async for data in connection:
-                if isinstance(data, bytes) and not await self._apply(client, data):
-                    await connection.close()
-                    return
-        finally:
-            if streaming is not None:
-                streaming.cancel()
-            self.clients.pop(connection, None)
+        streaming = self._stream if self.stream_interval is not None else None
+        await self.serve_requests(
+            connection, SocketClient(connection), frames=bytes, apply=self._apply, background=streaming
+        )
 
     async def _apply(self, client: SocketClient, data: bytes) -> bool:
         """Apply one request; False when the connection must close."""

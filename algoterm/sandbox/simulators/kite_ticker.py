@@ -18,7 +18,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -44,6 +44,7 @@ class ThreadedWebSocketServer:
     def __init__(self, *, port: int = 0) -> None:
         self.port = port
         self.connections: set[ServerConnection] = set()
+        self.clients: dict[ServerConnection, Any] = {}  # what a subclass knows of each connection
         self.connections_accepted = 0
         self.handshakes_refused = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,6 +125,29 @@ class ThreadedWebSocketServer:
 
     async def serve_client(self, connection: ServerConnection) -> None:
         raise NotImplementedError
+
+    async def serve_requests(
+        self,
+        connection: ServerConnection,
+        client: Any,
+        *,
+        frames: type,
+        apply: Callable[[Any, Any], Awaitable[bool]],
+        background: Callable[[Any], Coroutine[Any, Any, Any]] | None = None,
+    ) -> None:
+        """A feed client's life: registered in `self.clients`, `background(client)` running beside it (the price
+        stream), and each message of type `frames` applied in turn until `apply` answers False, which closes it."""
+        self.clients[connection] = client
+        task = asyncio.create_task(background(client)) if background is not None else None
+        try:
+            async for message in connection:
+                if isinstance(message, frames) and not await apply(client, message):
+                    await connection.close()
+                    return
+        finally:
+            if task is not None:
+                task.cancel()
+            self.clients.pop(connection, None)
 
     # --- control hooks for tests and the demo (call from any thread) -----------------------------------------------
 
